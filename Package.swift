@@ -1,0 +1,58 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "swift-libmemcached",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Memcached", targets: ["Memcached"]),
+        .library(name: "MemcachedTestSupport", targets: ["MemcachedTestSupport"]),
+        .executable(name: "QuickStart", targets: ["QuickStart"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2")
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLibMemcached",
+            pkgConfig: "libmemcached",
+            providers: [.apt(["libmemcached-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .target(
+            name: "Memcached",
+            dependencies: [
+                "CLibMemcached",
+                "CZlib",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "MemcachedTestSupport"
+        ),
+        .executableTarget(
+            name: "QuickStart",
+            dependencies: ["Memcached"],
+            path: "Examples/QuickStart"
+        ),
+        .testTarget(
+            name: "MemcachedTests",
+            dependencies: [
+                "Memcached", "MemcachedTestSupport", "CLibMemcached",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ]
+)
+
+for target in package.targets where target.type != .system {
+    var settings = target.swiftSettings ?? []
+    settings.append(.enableUpcomingFeature("MemberImportVisibility"))
+    settings.append(.enableUpcomingFeature("ExistentialAny"))
+    settings.append(.enableUpcomingFeature("InternalImportsByDefault"))
+    target.swiftSettings = settings
+}

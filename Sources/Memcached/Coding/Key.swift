@@ -1,0 +1,42 @@
+/// memcached's key length limit, in bytes.
+let maximumKeyLength = 250
+
+/// Checks a key with python-memcached's rule: 1 to 250 bytes after UTF-8 encoding (a prefix
+/// counts), every byte in 0x21–0x7E or 0x80–0xFF.
+///
+/// libmemcached's own `MEMCACHED_BEHAVIOR_VERIFY_KEY` stays off because it rejects UTF-8; without a
+/// check here, a key holding `\r\nflush_all\r\n` runs `flush_all` on the server and a key with a
+/// space desynchronises the connection until libmemcached aborts on an assertion.
+///
+/// - Parameters:
+///   - bytes: The key's bytes, prefix included.
+///   - key: The caller's key, for the error.
+/// - Throws: ``MemcachedError`` with code `emptyKey`, `keyTooLong` or `invalidKeyCharacters`.
+@inline(__always)
+func validateKey(_ bytes: UnsafeBufferPointer<UInt8>, key: @autoclosure () -> String) throws {
+    guard !bytes.isEmpty else { throw MemcachedError.emptyKey() }
+    guard bytes.count <= maximumKeyLength else { throw MemcachedError.keyTooLong(key(), byteCount: bytes.count) }
+    for index in bytes.indices {
+        let byte = bytes[index]
+        // Bytes up to 0x20 are controls and space, 0x7F is DEL: all of them end a text-protocol token.
+        if byte <= 0x20 || byte == 0x7F {
+            throw MemcachedError.invalidKeyCharacters(key(), offset: index)
+        }
+    }
+}
+
+/// A key prefix (python-memcached's `key_prefix`), checked once and prepended to every key of a
+/// multi-key call.
+struct KeyPrefix {
+    let bytes: [UInt8]
+
+    init(_ prefix: String) throws {
+        bytes = Array(prefix.utf8)
+        guard bytes.count <= maximumKeyLength else {
+            throw MemcachedError.keyTooLong(prefix, byteCount: bytes.count)
+        }
+        for (index, byte) in bytes.enumerated() where byte <= 0x20 || byte == 0x7F {
+            throw MemcachedError.invalidKeyCharacters(prefix, offset: index)
+        }
+    }
+}

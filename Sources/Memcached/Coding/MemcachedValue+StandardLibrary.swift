@@ -1,0 +1,157 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+// MARK: - Bytes
+
+extension Array: MemcachedValue where Element == UInt8 {
+    /// Stores the bytes unchanged with ``MemcachedFlags/bytes``, as python-memcached stores `bytes`.
+    public func memcachedPayload() -> MemcachedPayload {
+        MemcachedPayload(bytes: self, flags: .bytes)
+    }
+
+    /// Reads any stored value as its raw bytes, whatever its flags.
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) {
+        self.init(bytes)
+    }
+}
+
+extension Data: MemcachedValue {
+    /// Stores the bytes unchanged with ``MemcachedFlags/bytes``, as python-memcached stores `bytes`.
+    public func memcachedPayload() -> MemcachedPayload {
+        MemcachedPayload(bytes: Array(self), flags: .bytes)
+    }
+
+    /// Reads any stored value as its raw bytes, whatever its flags.
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) {
+        self.init(bytes)
+    }
+}
+
+// MARK: - Text
+
+extension String: MemcachedValue {
+    /// Stores the UTF-8 bytes with ``MemcachedFlags/text``, as python-memcached stores `str`.
+    public func memcachedPayload() -> MemcachedPayload {
+        MemcachedPayload(bytes: Array(utf8), flags: .text)
+    }
+
+    /// Reads text, raw bytes or a decimal integer as a string; the bytes must be valid UTF-8.
+    ///
+    /// - Throws: ``MemcachedError/Code/undecodableValue`` for a serialized object or bytes that
+    ///   are not UTF-8.
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+        guard !flags.contains(.serialized) else {
+            throw MemcachedError.undecodable(String.self, flags: flags, "it holds a serialized object")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw MemcachedError.undecodable(String.self, flags: flags, "the bytes are not valid UTF-8")
+        }
+        self = text
+    }
+}
+
+// MARK: - Numbers
+
+/// Parses ASCII decimal as memcached writes it: `incr`/`decr` may leave trailing spaces when the
+/// number gets shorter, and python-memcached's `int()` accepts surrounding whitespace.
+private func decimalText(_ bytes: UnsafeRawBufferPointer) -> Substring? {
+    // Trim bytes, not Characters: "\r\n" is one Character and would not match "\r" or "\n".
+    func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0D || byte == 0x0A }
+    var start = bytes.startIndex
+    var end = bytes.endIndex
+    while start < end, isSpace(bytes[start]) { start += 1 }
+    while end > start, isSpace(bytes[end - 1]) { end -= 1 }
+    guard let text = String(validating: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self) else { return nil }
+    return Substring(text)
+}
+
+extension MemcachedValue where Self: FixedWidthInteger {
+    /// Stores the number as ASCII decimal with ``MemcachedFlags/integer``, so `increment` works
+    /// on it and python-memcached reads an `int`.
+    public func memcachedPayload() -> MemcachedPayload {
+        MemcachedPayload(bytes: Array(String(self).utf8), flags: .integer)
+    }
+
+    /// Reads ASCII decimal stored as an integer, long, text or raw bytes.
+    ///
+    /// - Throws: ``MemcachedError/Code/undecodableValue`` when the bytes are not a decimal
+    ///   number that fits this type, or hold a serialized object.
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+        guard !flags.contains(.serialized) else {
+            throw MemcachedError.undecodable(Self.self, flags: flags, "it holds a serialized object")
+        }
+        guard let text = decimalText(bytes), let value = Self(text, radix: 10) else {
+            throw MemcachedError.undecodable(Self.self, flags: flags, "the bytes are not a decimal \(Self.self)")
+        }
+        self = value
+    }
+}
+
+extension Int: MemcachedValue {}
+extension Int8: MemcachedValue {}
+extension Int16: MemcachedValue {}
+extension Int32: MemcachedValue {}
+extension Int64: MemcachedValue {}
+extension UInt: MemcachedValue {}
+extension UInt8: MemcachedValue {}
+extension UInt16: MemcachedValue {}
+extension UInt32: MemcachedValue {}
+extension UInt64: MemcachedValue {}
+
+extension Bool: MemcachedValue {
+    /// Stores `1` or `0` with ``MemcachedFlags/integer``, as pylibmc does; python-memcached reads
+    /// it back as the `int` 1 or 0.
+    public func memcachedPayload() -> MemcachedPayload {
+        MemcachedPayload(bytes: self ? [0x31] : [0x30], flags: .integer)
+    }
+
+    /// Reads `1`/`0` (any flags but serialized), or JSON `true`/`false` (serialized).
+    ///
+    /// - Throws: ``MemcachedError/Code/undecodableValue`` for anything else.
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+        switch decimalText(bytes) {
+        case "1", "true", "True": self = true
+        case "0", "false", "False": self = false
+        default: throw MemcachedError.undecodable(Bool.self, flags: flags, "the bytes are not 1, 0, true or false")
+        }
+    }
+}
+
+extension Double: MemcachedValue {
+    /// Stores the shortest exact decimal form with ``MemcachedFlags/serialized``: a JSON number,
+    /// which a python-memcached client with a JSON unpickler reads as a `float`. Infinities and
+    /// NaN are written as `Infinity`, `-Infinity` and `NaN`, which Python's `json` module accepts.
+    public func memcachedPayload() -> MemcachedPayload {
+        let text: String
+        if isNaN {
+            text = "NaN"
+        } else if isInfinite {
+            text = self < 0 ? "-Infinity" : "Infinity"
+        } else {
+            text = String(self)
+        }
+        return MemcachedPayload(bytes: Array(text.utf8), flags: .serialized)
+    }
+
+    /// Reads a decimal number stored with any flags.
+    ///
+    /// - Throws: ``MemcachedError/Code/undecodableValue`` when the bytes are not a number.
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+        guard let text = decimalText(bytes) else {
+            throw MemcachedError.undecodable(Double.self, flags: flags, "the bytes are not valid UTF-8")
+        }
+        switch text {
+        case "NaN": self = .nan
+        case "Infinity": self = .infinity
+        case "-Infinity": self = -.infinity
+        default:
+            guard let value = Double(text) else {
+                throw MemcachedError.undecodable(Double.self, flags: flags, "the bytes are not a decimal number")
+            }
+            self = value
+        }
+    }
+}

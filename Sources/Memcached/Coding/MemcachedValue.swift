@@ -1,0 +1,84 @@
+/// The 32-bit flags memcached stores beside every value, read as python-memcached's type tags.
+///
+/// Using python-memcached's tags lets a Swift service and a Python service read each other's
+/// values: bytes 0, serialized object 1, integer 2, long 4, zlib-compressed 8 (combined with the
+/// others), UTF-8 text 16.
+public struct MemcachedFlags: OptionSet, Sendable, Hashable {
+    /// The flags as stored on the server.
+    public var rawValue: UInt32
+
+    /// Creates flags from their stored value.
+    ///
+    /// - Parameter rawValue: The 32-bit flags word.
+    public init(rawValue: UInt32) {
+        self.rawValue = rawValue
+    }
+
+    /// Raw bytes: no bit set. python-memcached writes `bytes` this way.
+    public static let bytes: MemcachedFlags = []
+    /// A serialized object (python-memcached's `_FLAG_PICKLE`, 1). This library stores
+    /// `Codable` values and `Double` this way, as JSON.
+    public static let serialized = MemcachedFlags(rawValue: 1)
+    /// An integer as ASCII decimal (python-memcached's `_FLAG_INTEGER`, 2).
+    public static let integer = MemcachedFlags(rawValue: 2)
+    /// A long integer as ASCII decimal (python-memcached's `_FLAG_LONG`, 4); read like ``integer``.
+    public static let long = MemcachedFlags(rawValue: 4)
+    /// The stored bytes are zlib-compressed (python-memcached's `_FLAG_COMPRESSED`, 8).
+    public static let compressed = MemcachedFlags(rawValue: 8)
+    /// UTF-8 text (python-memcached's `_FLAG_TEXT`, 16).
+    public static let text = MemcachedFlags(rawValue: 16)
+}
+
+/// A value in the form memcached stores it: bytes and flags.
+public struct MemcachedPayload: Sendable, Hashable {
+    /// The stored bytes.
+    public var bytes: [UInt8]
+    /// The stored flags.
+    public var flags: MemcachedFlags
+
+    /// Creates a payload.
+    ///
+    /// - Parameters:
+    ///   - bytes: The bytes to store.
+    ///   - flags: The flags that say how to read them back.
+    public init(bytes: [UInt8], flags: MemcachedFlags) {
+        self.bytes = bytes
+        self.flags = flags
+    }
+}
+
+/// A type that stores itself in memcached as bytes plus flags, and reads itself back.
+///
+/// `String`, `[UInt8]`, `Data`, every fixed-width integer, `Bool` and `Double` conform, using
+/// python-memcached's flags. Any other `Codable` type is stored by the configuration's
+/// ``MemcachedObjectCoder`` (JSON by default) without conforming to this protocol. Conform a type
+/// yourself when you want full control over its stored form.
+///
+/// Compression is not the conforming type's business: the connection compresses and decompresses
+/// around these two requirements, so ``init(memcachedBytes:flags:)`` never sees
+/// ``MemcachedFlags/compressed``.
+public protocol MemcachedValue {
+    /// Encodes the value for storage.
+    ///
+    /// - Returns: The bytes and flags to store.
+    /// - Throws: Any error; the connection reports it as ``MemcachedError/Code/unencodableValue``.
+    func memcachedPayload() throws -> MemcachedPayload
+
+    /// Decodes a stored value.
+    ///
+    /// - Parameters:
+    ///   - bytes: The stored bytes, valid only during the call.
+    ///   - flags: The stored flags, without ``MemcachedFlags/compressed``.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/undecodableValue`` when the
+    ///   bytes or flags do not hold this type.
+    init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws
+}
+
+extension MemcachedError {
+    static func undecodable(_ type: Any.Type, flags: MemcachedFlags, _ reason: String) -> MemcachedError {
+        MemcachedError(
+            code: .undecodableValue,
+            message: "cannot decode \(type) from a value with flags \(flags.rawValue): \(reason)"
+        )
+    }
+}

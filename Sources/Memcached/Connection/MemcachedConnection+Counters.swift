@@ -1,0 +1,139 @@
+extension MemcachedConnection {
+    // MARK: - delete
+
+    /// Deletes a key, as python-memcached's `delete`.
+    ///
+    /// - Parameter key: The key.
+    /// - Returns: `true` when the key was deleted, `false` when it was missing. With
+    ///   ``MemcachedConfiguration/noReply`` on, always `true`.
+    /// - Throws: ``MemcachedError`` for an invalid key or a server failure.
+    ///   The corresponding C function is `memcached_delete`.
+    @discardableResult
+    public func delete(_ key: String) throws -> Bool {
+        trace("delete")
+        return try withKey(key) { try handle.delete(key: $0, noReply: configuration.noReply) }
+    }
+
+    /// Deletes many keys, as python-memcached's `delete_multi`, and reports each key's outcome.
+    ///
+    /// Every key is checked before anything is sent. A server failure for one key does not stop
+    /// the others.
+    ///
+    /// - Parameters:
+    ///   - keys: The keys.
+    ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
+    /// - Returns: For each caller's key (without the prefix): `.success(true)` when deleted,
+    ///   `.success(false)` when missing, `.failure` when its server failed.
+    /// - Throws: ``MemcachedError`` for an invalid key, before anything is sent.
+    @discardableResult
+    public func deleteMulti(
+        _ keys: some Collection<String>,
+        keyPrefix: String = ""
+    ) throws -> [String: Result<Bool, MemcachedError>] {
+        trace("delete_multi", keys: keys.count)
+        let keys = Array(keys)
+        let batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
+        var outcomes: [String: Result<Bool, MemcachedError>] = [:]
+        outcomes.reserveCapacity(keys.count)
+        for index in keys.indices {
+            outcomes[keys[index]] = batch.withKey(at: index) { keyBytes in
+                Result {
+                    try handle.delete(key: PreparedKey(bytes: keyBytes, key: keys[index]), noReply: configuration.noReply)
+                }
+                .mapError { $0 as! MemcachedError }
+            }
+        }
+        return outcomes
+    }
+
+    // MARK: - increment / decrement
+
+    /// Adds to a counter, as python-memcached's `incr`.
+    ///
+    /// The stored value must be ASCII decimal, as integers are stored; memcached wraps at 2⁶⁴.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - delta: The amount to add, up to 2⁶⁴ − 1. The default is 1.
+    /// - Returns: The new value, or `nil` when the key is missing.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/clientError`` when the stored
+    ///   value is not a number, or another code for an invalid key or a server failure.
+    ///   The corresponding C function is `memcached_increment_by_key`.
+    @discardableResult
+    public func increment(_ key: String, by delta: UInt64 = 1) throws -> UInt64? {
+        trace("increment")
+        return try withKey(key) { try handle.arithmetic(key: $0, delta: delta, increment: true) }
+    }
+
+    /// Subtracts from a counter, as python-memcached's `decr`; memcached stops at 0.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - delta: The amount to subtract. The default is 1.
+    /// - Returns: The new value, or `nil` when the key is missing.
+    /// - Throws: ``MemcachedError`` as ``increment(_:by:)`` does.
+    ///   The corresponding C function is `memcached_decrement_by_key`.
+    @discardableResult
+    public func decrement(_ key: String, by delta: UInt64 = 1) throws -> UInt64? {
+        trace("decrement")
+        return try withKey(key) { try handle.arithmetic(key: $0, delta: delta, increment: false) }
+    }
+
+    // MARK: - touch
+
+    /// Changes when an item expires without reading it, as python-memcached's `touch`.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - expiration: The new expiration.
+    /// - Returns: `true` when the item exists, `false` when it is missing.
+    /// - Throws: ``MemcachedError`` for an invalid key or a server failure.
+    ///   The corresponding C function is `memcached_touch`.
+    @discardableResult
+    public func touch(_ key: String, expiration: MemcachedExpiration) throws -> Bool {
+        trace("touch")
+        return try withKey(key) { try handle.touch(key: $0, expiration: expiration.wireValue()) }
+    }
+
+    // MARK: - Servers
+
+    /// Invalidates every item on every server, as python-memcached's `flush_all`.
+    ///
+    /// - Parameter delay: How long the servers wait before flushing, in whole seconds (rounded
+    ///   up). The default is to flush at once.
+    /// - Throws: ``MemcachedError`` when a server fails; the others are still flushed.
+    ///   The corresponding C function is `memcached_flush`.
+    public func flush(delay: Duration = .zero) throws {
+        trace("flush_all", keys: 0)
+        try handle.flush(delaySeconds: Int64(Handle.seconds(delay, "delay")), noReply: configuration.noReply)
+    }
+
+    /// Reads every server's statistics, as python-memcached's `get_stats`.
+    ///
+    /// - Parameter group: A statistics group such as `"settings"`, `"slabs"` or `"items"`;
+    ///   `nil` for the general statistics.
+    /// - Returns: One result per server, in configuration order: its statistics, or why it gave none.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/invalidArguments`` for a group
+    ///   holding control characters, or ``MemcachedError/Code/connectionClosed``.
+    ///   The corresponding C function is `memcached_stat_execute`.
+    public func stats(_ group: String? = nil) throws -> [MemcachedServerResult<[String: String]>] {
+        trace("get_stats", keys: 0)
+        if let group {
+            // The group goes into the text protocol verbatim: refuse anything that could end the line.
+            guard !group.isEmpty, group.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }) else {
+                throw MemcachedError(code: .invalidArguments, message: "the statistics group holds control characters or is empty")
+            }
+        }
+        return try handle.stats(group: group)
+    }
+
+    /// Reads every server's version string, such as `"1.6.18"`.
+    ///
+    /// - Returns: One result per server, in configuration order.
+    /// - Throws: ``MemcachedError/Code/connectionClosed`` after ``close()``.
+    ///   The corresponding C function is `memcached_version`.
+    public func versions() throws -> [MemcachedServerResult<String>] {
+        trace("version", keys: 0)
+        return try handle.versions()
+    }
+}

@@ -1,0 +1,174 @@
+extension MemcachedConnection {
+    // MARK: - get
+
+    /// Reads a key, as python-memcached's `get`.
+    ///
+    /// - Parameters:
+    ///   - key: The key: 1 to 250 bytes of UTF-8 without spaces or control characters.
+    ///   - type: The type to decode; inferred from context when omitted.
+    /// - Returns: The value, or `nil` when the key is missing. A stored empty value is not a miss.
+    /// - Throws: ``MemcachedError``: an invalid key (before anything is sent), a value that does not
+    ///   decode as `type`, or a server failure. The corresponding C functions are `memcached_mget`
+    ///   and `memcached_fetch_result`.
+    public func get<Value: MemcachedValue>(_ key: String, as type: Value.Type = Value.self) throws -> Value? {
+        try fetch(key, command: "get") { item in
+            try decode(item, key: key) { try Value(memcachedBytes: $0, flags: $1) }
+        }
+    }
+
+    /// Reads a `Codable` value written by the configuration's ``MemcachedConfiguration/objectCoder``
+    /// (JSON by default).
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - type: The type to decode; inferred from context when omitted.
+    /// - Returns: The value, or `nil` when the key is missing.
+    /// - Throws: ``MemcachedError``, with code ``MemcachedError/Code/undecodableValue`` when the
+    ///   stored bytes are not this type (a Python pickle, for example).
+    @_disfavoredOverload
+    public func get<Value: Decodable>(_ key: String, as type: Value.Type = Value.self) throws -> Value? {
+        let coder = configuration.objectCoder
+        return try fetch(key, command: "get") { item in
+            try decode(item, key: key) { try coder.value(Value.self, bytes: $0, flags: $1) }
+        }
+    }
+
+    // MARK: - gets
+
+    /// Reads a key together with its compare-and-swap token, for a later
+    /// ``cas(_:_:token:expiration:)``.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - type: The type to decode; inferred from context when omitted.
+    /// - Returns: The value and its token, or `nil` when the key is missing.
+    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
+    public func gets<Value: MemcachedValue>(
+        _ key: String,
+        as type: Value.Type = Value.self
+    ) throws -> (value: Value, token: MemcachedCASToken)? {
+        try fetch(key, command: "gets") { item in
+            let value = try decode(item, key: key) { try Value(memcachedBytes: $0, flags: $1) }
+            return (value, MemcachedCASToken(rawValue: item.cas))
+        }
+    }
+
+    /// Reads a `Codable` value together with its compare-and-swap token.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - type: The type to decode; inferred from context when omitted.
+    /// - Returns: The value and its token, or `nil` when the key is missing.
+    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
+    @_disfavoredOverload
+    public func gets<Value: Decodable>(
+        _ key: String,
+        as type: Value.Type = Value.self
+    ) throws -> (value: Value, token: MemcachedCASToken)? {
+        let coder = configuration.objectCoder
+        return try fetch(key, command: "gets") { item in
+            let value = try decode(item, key: key) { try coder.value(Value.self, bytes: $0, flags: $1) }
+            return (value, MemcachedCASToken(rawValue: item.cas))
+        }
+    }
+
+    private func fetch<R>(_ key: String, command: StaticString, _ body: (FetchedItem) throws -> R) throws -> R? {
+        trace(command)
+        return try withKey(key) { prepared in
+            try handle.fetchOne(key: prepared, command: command, body)
+        }
+    }
+
+    // MARK: - getMulti
+
+    /// Reads many keys in one round trip per server, as python-memcached's `get_multi`.
+    ///
+    /// Keys are sent with libmemcached's batched `memcached_mget`, so the time grows with the
+    /// number of servers, not keys. Keys whose server cannot be reached count as misses, as in
+    /// python-memcached.
+    ///
+    /// - Parameters:
+    ///   - keys: The keys. Each is checked, with the prefix, before anything is sent.
+    ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`; it
+    ///     counts toward the 250-byte limit. The returned dictionary uses the keys without it.
+    ///   - type: The type to decode; inferred from context when omitted.
+    /// - Returns: The hits only, keyed by the caller's keys.
+    /// - Throws: ``MemcachedError``: an invalid key, a value that does not decode, a failure in the
+    ///   middle of a reply, or no server reachable at all.
+    public func getMulti<Value: MemcachedValue>(
+        _ keys: some Collection<String>,
+        keyPrefix: String = "",
+        as type: Value.Type = Value.self
+    ) throws -> [String: Value] {
+        try fetchMulti(keys, keyPrefix: keyPrefix) { item, key in
+            try decode(item, key: key) { try Value(memcachedBytes: $0, flags: $1) }
+        }
+    }
+
+    /// Reads many `Codable` values in one round trip per server.
+    ///
+    /// - Parameters:
+    ///   - keys: The keys.
+    ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
+    ///   - type: The type to decode; inferred from context when omitted.
+    /// - Returns: The hits only, keyed by the caller's keys.
+    /// - Throws: ``MemcachedError`` as ``getMulti(_:keyPrefix:as:)`` does.
+    @_disfavoredOverload
+    public func getMulti<Value: Decodable>(
+        _ keys: some Collection<String>,
+        keyPrefix: String = "",
+        as type: Value.Type = Value.self
+    ) throws -> [String: Value] {
+        let coder = configuration.objectCoder
+        return try fetchMulti(keys, keyPrefix: keyPrefix) { item, key in
+            try decode(item, key: key) { try coder.value(Value.self, bytes: $0, flags: $1) }
+        }
+    }
+
+    private func fetchMulti<Value>(
+        _ keys: some Collection<String>,
+        keyPrefix: String,
+        _ decodeItem: (FetchedItem, String) throws -> Value
+    ) throws -> [String: Value] {
+        trace("get_multi", keys: keys.count)
+        guard !keys.isEmpty else { return [:] }
+        let prefix = try KeyPrefix(keyPrefix)
+        let batch = try KeyBatch(keys: keys, prefix: prefix)
+        let requested = Set(keys)
+        let prefixLength = prefix.bytes.count
+        var hits: [String: Value] = [:]
+        hits.reserveCapacity(requested.count)
+        try handle.fetchMany(batch, command: "get_multi") { item in
+            let returned = item.keyBytes
+            guard returned.count >= prefixLength, returned.prefix(prefixLength).elementsEqual(prefix.bytes) else {
+                throw unexpectedKey()
+            }
+            let key = String(decoding: UnsafeRawBufferPointer(rebasing: returned[prefixLength...]), as: UTF8.self)
+            guard requested.contains(key) else {
+                throw unexpectedKey()
+            }
+            hits[key] = try decodeItem(item, key)
+        }
+        return hits
+    }
+
+    private func unexpectedKey() -> MemcachedError {
+        handle.resetConnections()
+        return MemcachedError(
+            code: .unexpectedKey,
+            message: "a server answered with a key that was not asked for; the connection was reset"
+        )
+    }
+
+    // MARK: - Server mapping
+
+    /// The server a key maps to under the configured hash and distribution.
+    ///
+    /// - Parameter key: The key.
+    /// - Returns: The server as `host:port`, `[v6]:port` or `unix:/path`.
+    /// - Throws: ``MemcachedError`` for an invalid key or when no server is configured.
+    ///   The corresponding C function is `memcached_server_by_key`.
+    public func server(forKey key: String) throws -> String {
+        try withKey(key) { try handle.server(forKey: $0) }
+    }
+}

@@ -1,0 +1,278 @@
+extension MemcachedConnection {
+    // MARK: - set / add / replace / cas
+
+    /// Stores a value whatever the key holds, as python-memcached's `set`.
+    ///
+    /// - Parameters:
+    ///   - key: The key: 1 to 250 bytes of UTF-8 without spaces or control characters.
+    ///   - value: The value, stored with python-memcached's flags for its type.
+    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    /// - Returns: `true` when stored; `false` when the server declined (rare for `set`).
+    ///   With ``MemcachedConfiguration/noReply`` on, always `true`.
+    /// - Throws: ``MemcachedError``: an invalid key or a value over
+    ///   ``MemcachedConfiguration/maximumValueLength`` (both before anything is sent), or a server
+    ///   failure. The corresponding C function is `memcached_set`.
+    @discardableResult
+    public func set<Value: MemcachedValue>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+        try store(.set, key, expiration, noReply: configuration.noReply) { try value.memcachedPayload() }
+    }
+
+    /// Stores a `Codable` value with the configuration's ``MemcachedConfiguration/objectCoder``
+    /// (JSON by default).
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The value.
+    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    /// - Returns: `true` when stored.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    @discardableResult
+    @_disfavoredOverload
+    public func set<Value: Encodable>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+        let coder = configuration.objectCoder
+        return try store(.set, key, expiration, noReply: configuration.noReply) { try coder.payload(for: value) }
+    }
+
+    /// Stores a value only if the key is missing, as python-memcached's `add`.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The value.
+    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    /// - Returns: `true` when stored, `false` when the key already held a value.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    ///   The corresponding C function is `memcached_add`.
+    @discardableResult
+    public func add<Value: MemcachedValue>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+        try store(.add, key, expiration) { try value.memcachedPayload() }
+    }
+
+    /// Stores a `Codable` value only if the key is missing.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The value.
+    ///   - expiration: When the item expires.
+    /// - Returns: `true` when stored, `false` when the key already held a value.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    @discardableResult
+    @_disfavoredOverload
+    public func add<Value: Encodable>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+        let coder = configuration.objectCoder
+        return try store(.add, key, expiration) { try coder.payload(for: value) }
+    }
+
+    /// Stores a value only if the key already holds one, as python-memcached's `replace`.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The value.
+    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    /// - Returns: `true` when stored, `false` when the key was missing.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    ///   The corresponding C function is `memcached_replace`.
+    @discardableResult
+    public func replace<Value: MemcachedValue>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+        try store(.replace, key, expiration) { try value.memcachedPayload() }
+    }
+
+    /// Stores a `Codable` value only if the key already holds one.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The value.
+    ///   - expiration: When the item expires.
+    /// - Returns: `true` when stored, `false` when the key was missing.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    @discardableResult
+    @_disfavoredOverload
+    public func replace<Value: Encodable>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+        let coder = configuration.objectCoder
+        return try store(.replace, key, expiration) { try coder.payload(for: value) }
+    }
+
+    /// Stores a value only if nobody changed the item since ``gets(_:as:)`` returned `token`.
+    ///
+    /// Unlike python-memcached's `cas` without `cache_cas`, this never degrades to a plain set:
+    /// the token is explicit.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The new value.
+    ///   - token: The token ``gets(_:as:)`` returned with the value being replaced.
+    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    ///   The corresponding C function is `memcached_cas`.
+    @discardableResult
+    public func cas<Value: MemcachedValue>(
+        _ key: String,
+        _ value: Value,
+        token: MemcachedCASToken,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
+        try store(.cas(token.rawValue), key, expiration) { try value.memcachedPayload() }
+    }
+
+    /// Stores a `Codable` value only if nobody changed the item since `token` was read.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The new value.
+    ///   - token: The token ``gets(_:as:)`` returned.
+    ///   - expiration: When the item expires.
+    /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    @discardableResult
+    @_disfavoredOverload
+    public func cas<Value: Encodable>(
+        _ key: String,
+        _ value: Value,
+        token: MemcachedCASToken,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
+        let coder = configuration.objectCoder
+        return try store(.cas(token.rawValue), key, expiration) { try coder.payload(for: value) }
+    }
+
+    // MARK: - append / prepend
+
+    /// Adds bytes after an existing value, as python-memcached's `append`.
+    ///
+    /// The server keeps the item's flags and expiration, so append text to text and bytes to bytes;
+    /// appending `"5"` to the integer `10` reads back as `105`. The appended bytes are never
+    /// compressed, and appending to a compressed value corrupts it.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The bytes to add, encoded as their type's stored form.
+    /// - Returns: `true` when appended, `false` when the key was missing.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    ///   The corresponding C function is `memcached_append`.
+    @discardableResult
+    public func append<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
+        try store(.append, key, .never, compressible: false) { try value.memcachedPayload() }
+    }
+
+    /// Adds bytes before an existing value, as python-memcached's `prepend`.
+    ///
+    /// The same rules as ``append(_:_:)`` apply.
+    ///
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - value: The bytes to add.
+    /// - Returns: `true` when prepended, `false` when the key was missing.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    ///   The corresponding C function is `memcached_prepend`.
+    @discardableResult
+    public func prepend<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
+        try store(.prepend, key, .never, compressible: false) { try value.memcachedPayload() }
+    }
+
+    private func store(
+        _ operation: StoreOperation,
+        _ key: String,
+        _ expiration: MemcachedExpiration,
+        compressible: Bool = true,
+        noReply: Bool = false,
+        _ encode: () throws -> MemcachedPayload
+    ) throws -> Bool {
+        try withKey(key) { prepared in
+            let payload = try payload(key: key, compressible: compressible, encode)
+            trace(operation.name, bytes: payload.bytes.count)
+            return try payload.bytes.withUnsafeBytes { bytes in
+                try handle.store(
+                    operation,
+                    key: prepared,
+                    value: bytes,
+                    flags: payload.flags.rawValue,
+                    expiration: expiration.wireValue(),
+                    noReply: noReply
+                )
+            }
+        }
+    }
+
+    // MARK: - setMulti
+
+    /// Stores many values, as python-memcached's `set_multi`.
+    ///
+    /// Every key and value is checked and encoded before anything is sent, so an invalid key or an
+    /// oversized value throws and stores nothing. After that, each item is stored on its server;
+    /// items the server declined or whose server failed are returned, not thrown.
+    ///
+    /// - Parameters:
+    ///   - items: The keys and values.
+    ///   - expiration: When the items expire. The default is ``MemcachedExpiration/never``.
+    ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`; it
+    ///     counts toward the 250-byte limit.
+    /// - Returns: The caller's keys (without the prefix) that were not stored, including keys
+    ///   whose server failed. Empty when everything was stored.
+    /// - Throws: ``MemcachedError`` for an invalid key or value, before anything is sent.
+    @discardableResult
+    public func setMulti<Value: MemcachedValue>(
+        _ items: [String: Value],
+        expiration: MemcachedExpiration = .never,
+        keyPrefix: String = ""
+    ) throws -> [String] {
+        try storeMulti(items, expiration: expiration, keyPrefix: keyPrefix) { try $0.memcachedPayload() }
+    }
+
+    /// Stores many `Codable` values with the configuration's ``MemcachedConfiguration/objectCoder``.
+    ///
+    /// - Parameters:
+    ///   - items: The keys and values.
+    ///   - expiration: When the items expire.
+    ///   - keyPrefix: A prefix for every key on the server.
+    /// - Returns: The caller's keys that were not stored.
+    /// - Throws: ``MemcachedError`` for an invalid key or value, before anything is sent.
+    @discardableResult
+    @_disfavoredOverload
+    public func setMulti<Value: Encodable>(
+        _ items: [String: Value],
+        expiration: MemcachedExpiration = .never,
+        keyPrefix: String = ""
+    ) throws -> [String] {
+        let coder = configuration.objectCoder
+        return try storeMulti(items, expiration: expiration, keyPrefix: keyPrefix) { try coder.payload(for: $0) }
+    }
+
+    private func storeMulti<Value>(
+        _ items: [String: Value],
+        expiration: MemcachedExpiration,
+        keyPrefix: String,
+        _ encode: (Value) throws -> MemcachedPayload
+    ) throws -> [String] {
+        trace("set_multi", keys: items.count)
+        guard !items.isEmpty else { return [] }
+        let prefix = try KeyPrefix(keyPrefix)
+        let keys = Array(items.keys)
+        let batch = try KeyBatch(keys: keys, prefix: prefix)
+        let payloads = try keys.map { key in try payload(key: key, compressible: true) { try encode(items[key]!) } }
+        let wireExpiration = expiration.wireValue()
+        var notStored: [String] = []
+        for index in keys.indices {
+            let stored: Bool
+            do {
+                stored = try batch.withKey(at: index) { keyBytes in
+                    try payloads[index].bytes.withUnsafeBytes { bytes in
+                        try handle.store(
+                            .set,
+                            key: PreparedKey(bytes: keyBytes, key: keys[index]),
+                            value: bytes,
+                            flags: payloads[index].flags.rawValue,
+                            expiration: wireExpiration,
+                            noReply: configuration.noReply
+                        )
+                    }
+                }
+            } catch let error as MemcachedError where error.code.isLibmemcachedCode {
+                stored = false
+            }
+            if !stored {
+                notStored.append(keys[index])
+            }
+        }
+        return notStored
+    }
+}

@@ -1,0 +1,189 @@
+import Logging
+
+/// A synchronous memcached client: one libmemcached handle with a connection to each server.
+///
+/// `MemcachedConnection` plays python-memcached's `memcache.Client`: the whole command set, many
+/// servers at once, automatic value coding. Every call blocks its thread until the servers answer
+/// or ``MemcachedConfiguration/timeout`` passes. It is the fastest way to talk to memcached and the
+/// right type for scripts, command-line tools and single-threaded code.
+///
+/// A connection is not thread-safe (libmemcached's handle is not) and therefore not `Sendable`:
+/// use it from one thread or task at a time.
+///
+/// ```swift
+/// let connection = try MemcachedConnection(servers: ["127.0.0.1:11211"])
+/// try connection.set("greeting", "hello", expiration: .seconds(60))
+/// let greeting = try connection.get("greeting", as: String.self)   // "hello"
+/// ```
+///
+/// The libmemcached handle is freed when the connection is deinitialized, or at once by
+/// ``close()``.
+///
+/// ## Topics
+///
+/// ### Creating a connection
+/// - ``init(configuration:)``
+/// - ``init(servers:)``
+/// - ``close()``
+/// - ``disconnect()``
+///
+/// ### Reading
+/// - ``get(_:as:)``
+/// - ``getMulti(_:keyPrefix:as:)``
+/// - ``gets(_:as:)``
+///
+/// ### Writing
+/// - ``set(_:_:expiration:)``
+/// - ``setMulti(_:expiration:keyPrefix:)``
+/// - ``add(_:_:expiration:)``
+/// - ``replace(_:_:expiration:)``
+/// - ``append(_:_:)``
+/// - ``prepend(_:_:)``
+/// - ``cas(_:_:token:expiration:)``
+/// - ``touch(_:expiration:)``
+///
+/// ### Deleting and counting
+/// - ``delete(_:)``
+/// - ``deleteMulti(_:keyPrefix:)``
+/// - ``increment(_:by:)``
+/// - ``decrement(_:by:)``
+///
+/// ### Servers
+/// - ``flush(delay:)``
+/// - ``stats(_:)``
+/// - ``versions()``
+/// - ``server(forKey:)``
+public final class MemcachedConnection {
+    let handle: Handle
+
+    /// The configuration the connection was created with.
+    public let configuration: MemcachedConfiguration
+
+    /// Creates a connection; sockets open lazily, on each server's first command.
+    ///
+    /// - Parameter configuration: Servers, protocol, timeouts and coding choices.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/invalidConfiguration`` or
+    ///   ``MemcachedError/Code/invalidServerSpecification`` when libmemcached refuses a setting.
+    public init(configuration: MemcachedConfiguration) throws {
+        self.configuration = configuration
+        self.handle = try Handle(configuration: configuration)
+    }
+
+    /// Creates a connection to servers written as strings, with every other setting at its default.
+    ///
+    /// - Parameter servers: Server strings such as `"127.0.0.1:11211"`; see ``MemcachedServer``.
+    /// - Throws: ``MemcachedError`` when a server string cannot be parsed.
+    public convenience init(servers: [String]) throws {
+        try self.init(configuration: MemcachedConfiguration(servers: servers))
+    }
+
+    /// Closes every socket and frees the libmemcached handle now, instead of at deinitialization.
+    ///
+    /// Every later command throws ``MemcachedError/Code/connectionClosed``. Calling `close()`
+    /// again does nothing.
+    public func close() {
+        handle.close()
+    }
+
+    /// Closes every server's socket, as python-memcached's `disconnect_all()`; the next command
+    /// reconnects.
+    ///
+    /// The corresponding C function is `memcached_quit`.
+    public func disconnect() {
+        handle.resetConnections()
+    }
+
+    // MARK: - Keys
+
+    /// Validates a key and calls `body` with its bytes, without copying a native string.
+    @inline(__always)
+    func withKey<R>(_ key: String, _ body: (PreparedKey) throws -> R) throws -> R {
+        var contiguous = key
+        return try contiguous.withUTF8 { bytes in
+            try validateKey(bytes, key: key)
+            return try body(PreparedKey(bytes: bytes, key: key))
+        }
+    }
+
+    // MARK: - Values
+
+    /// Encodes a value, compresses it when configured and allowed, and checks the size limit.
+    @inline(__always)
+    func payload(
+        key: String,
+        compressible: Bool,
+        _ encode: () throws -> MemcachedPayload
+    ) throws -> MemcachedPayload {
+        var payload: MemcachedPayload
+        do {
+            payload = try encode()
+        } catch let error as MemcachedError {
+            throw error.with(key: key)
+        } catch {
+            throw MemcachedError(code: .unencodableValue, message: "cannot encode the value: \(error)", key: key)
+        }
+        if compressible, let threshold = configuration.compressionThreshold, payload.bytes.count > threshold,
+            payload.flags.isDisjoint(with: [.integer, .long, .compressed]),
+            let compressed = Compression.compress(payload.bytes)
+        {
+            payload.bytes = compressed
+            payload.flags.insert(.compressed)
+        }
+        guard payload.bytes.count <= configuration.maximumValueLength else {
+            throw MemcachedError(
+                code: .valueTooLarge,
+                message: "the encoded value is \(payload.bytes.count) bytes; the limit is \(configuration.maximumValueLength)",
+                key: key
+            )
+        }
+        return payload
+    }
+
+    /// Decompresses a fetched value when flagged, then decodes it; errors carry the key.
+    @inline(__always)
+    func decode<Value>(
+        _ item: FetchedItem,
+        key: String,
+        _ decode: (UnsafeRawBufferPointer, MemcachedFlags) throws -> Value
+    ) throws -> Value {
+        var flags = MemcachedFlags(rawValue: item.flags)
+        do {
+            if flags.contains(.compressed) {
+                flags.remove(.compressed)
+                let bytes = try Compression.decompress(item.value)
+                return try bytes.withUnsafeBytes { try decode($0, flags) }
+            }
+            return try decode(item.value, flags)
+        } catch let error as MemcachedError {
+            throw error.with(key: key)
+        } catch {
+            throw MemcachedError(code: .undecodableValue, message: "cannot decode the value: \(error)", key: key)
+        }
+    }
+
+    // MARK: - Logging
+
+    /// Logs a command at trace level: its name and sizes, never keys or values.
+    @inline(__always)
+    func trace(_ command: StaticString, keys: Int = 1, bytes: Int? = nil) {
+        guard handle.traceEnabled else { return }
+        var metadata: Logger.Metadata = ["command": "\(command)", "keys": "\(keys)"]
+        if let bytes {
+            metadata["bytes"] = "\(bytes)"
+        }
+        handle.logger.trace("memcached command", metadata: metadata)
+    }
+}
+
+@available(*, unavailable, message: "A MemcachedConnection is used by one thread at a time; share a pool instead.")
+extension MemcachedConnection: Sendable {}
+
+extension MemcachedError {
+    func with(key: String) -> MemcachedError {
+        var error = self
+        if error.key == nil {
+            error.key = key
+        }
+        return error
+    }
+}

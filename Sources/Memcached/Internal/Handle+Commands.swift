@@ -1,0 +1,396 @@
+internal import CLibMemcached
+import Logging
+
+/// The storage commands, each one libmemcached call.
+enum StoreOperation {
+    case set, add, replace, append, prepend, cas(UInt64)
+
+    var name: StaticString {
+        switch self {
+        case .set: "set"
+        case .add: "add"
+        case .replace: "replace"
+        case .append: "append"
+        case .prepend: "prepend"
+        case .cas: "cas"
+        }
+    }
+}
+
+/// A key checked and laid out for C: its bytes (prefix included) and the caller's key for errors.
+struct PreparedKey {
+    var bytes: UnsafeBufferPointer<UInt8>
+    var key: String
+
+    @inline(__always)
+    var cString: UnsafePointer<CChar> {
+        UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
+    }
+}
+
+/// One value read from a server, valid until the next fetch on the same handle.
+struct FetchedItem {
+    var keyBytes: UnsafeRawBufferPointer
+    var value: UnsafeRawBufferPointer
+    var flags: UInt32
+    var cas: UInt64
+}
+
+/// A batch of keys for a multi-key command: one buffer holding every (prefixed) key, and the
+/// pointer and length arrays libmemcached's `memcached_mget` takes.
+struct KeyBatch {
+    private(set) var storage: [UInt8] = []
+    private(set) var ranges: [Range<Int>] = []
+
+    init(keys: some Collection<String>, prefix: KeyPrefix?) throws {
+        let prefixBytes = prefix?.bytes ?? []
+        storage.reserveCapacity(keys.count * (prefixBytes.count + 16))
+        ranges.reserveCapacity(keys.count)
+        for key in keys {
+            let start = storage.count
+            storage.append(contentsOf: prefixBytes)
+            storage.append(contentsOf: key.utf8)
+            let range = start..<storage.count
+            try storage.withUnsafeBufferPointer { all in
+                try validateKey(UnsafeBufferPointer(rebasing: all[range]), key: key)
+            }
+            ranges.append(range)
+        }
+    }
+
+    /// Calls `body` with C pointers to every key and their lengths.
+    func withCArrays<R>(
+        _ body: (UnsafePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>, Int) throws -> R
+    ) rethrows -> R {
+        try storage.withUnsafeBufferPointer { all in
+            let base = UnsafeRawPointer(all.baseAddress!).assumingMemoryBound(to: CChar.self)
+            let pointers: [UnsafePointer<CChar>?] = ranges.map { base + $0.lowerBound }
+            let lengths: [Int] = ranges.map(\.count)
+            return try pointers.withUnsafeBufferPointer { p in
+                try lengths.withUnsafeBufferPointer { l in
+                    try body(p.baseAddress!, l.baseAddress!, ranges.count)
+                }
+            }
+        }
+    }
+
+    /// Calls `body` with the bytes of the key at `index`.
+    func withKey<R>(at index: Int, _ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
+        try storage.withUnsafeBufferPointer { all in
+            try body(UnsafeBufferPointer(rebasing: all[ranges[index]]))
+        }
+    }
+}
+
+extension Handle {
+    // MARK: - Storage
+
+    /// Runs a storage command.
+    ///
+    /// - Returns: `true` when stored, `false` for the expected negatives: not stored (add on an
+    ///   existing key, replace, append or prepend on a missing one), and for `cas` a changed or
+    ///   missing item.
+    func store(
+        _ operation: StoreOperation,
+        key: PreparedKey,
+        value: UnsafeRawBufferPointer,
+        flags: UInt32,
+        expiration: Int64,
+        noReply: Bool = false
+    ) throws -> Bool {
+        let pointer = try live()
+        let valuePointer = value.baseAddress.map { $0.assumingMemoryBound(to: CChar.self) }
+        let keyPointer = key.cString
+        let keyLength = key.bytes.count
+        let expiry = time_t(expiration)
+        if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
+        defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
+        let rc: memcached_return_t
+        switch operation {
+        case .set:
+            rc = memcached_set(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags)
+        case .add:
+            rc = memcached_add(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags)
+        case .replace:
+            rc = memcached_replace(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags)
+        case .append:
+            rc = memcached_append(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags)
+        case .prepend:
+            rc = memcached_prepend(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags)
+        case .cas(let token):
+            rc = memcached_cas(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags, token)
+        }
+        if memcached_success(rc) {
+            return true
+        }
+        switch rc {
+        case MEMCACHED_NOTSTORED, MEMCACHED_DATA_EXISTS:
+            return false
+        case MEMCACHED_NOTFOUND:
+            // Only cas and the binary protocol's replace/append/prepend report a missing key this way.
+            return false
+        default:
+            throw failure(rc, command: operation.name, key: key.key, keyBytes: key.bytes)
+        }
+    }
+
+    // MARK: - Retrieval
+
+    /// Reads one key: one `memcached_mget` and one fetch, as `memcached_get` does, but into the
+    /// handle's reusable result so no value is copied or allocated by libmemcached.
+    ///
+    /// - Returns: What `decode` returned for a hit, `nil` for a miss.
+    func fetchOne<R>(
+        key: PreparedKey,
+        command: StaticString,
+        _ decode: (FetchedItem) throws -> R
+    ) throws -> R? {
+        let pointer = try live()
+        let result = try liveResult()
+        var keyPointer: UnsafePointer<CChar>? = key.cString
+        var keyLength = key.bytes.count
+        let rc = memcached_mget(pointer, &keyPointer, &keyLength, 1)
+        guard memcached_success(rc) else {
+            throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
+        }
+        var fetchRC = MEMCACHED_SUCCESS
+        guard memcached_fetch_result(pointer, result, &fetchRC) != nil else {
+            switch fetchRC {
+            case MEMCACHED_END, MEMCACHED_NOTFOUND:
+                return nil
+            default:
+                throw failure(fetchRC, command: command, key: key.key, keyBytes: key.bytes)
+            }
+        }
+        let item = FetchedItem(result)
+        guard item.keyBytes.elementsEqual(UnsafeRawBufferPointer(key.bytes)) else {
+            resetConnections()
+            throw MemcachedError(
+                code: .unexpectedKey,
+                message: "the server answered with another key; the connection was reset",
+                key: key.key
+            )
+        }
+        // Decode before draining: the next fetch reuses the result's buffer.
+        let decoded = Result { try decode(item) }
+        drainFetch(pointer, result)
+        return try decoded.get()
+    }
+
+    /// Reads the rest of a multi-get reply (ASCII `END`, binary `NOOP`) so it cannot be taken for
+    /// the next command's reply. libmemcached purges leftovers lazily in ASCII mode but not in
+    /// binary mode, where a leftover `NOOP` answers the next command.
+    private func drainFetch(_ pointer: UnsafeMutablePointer<memcached_st>, _ result: UnsafeMutablePointer<memcached_result_st>) {
+        var rc = MEMCACHED_SUCCESS
+        var extraItems = 0
+        while memcached_fetch_result(pointer, result, &rc) != nil {
+            extraItems += 1
+        }
+        if extraItems > 0 || !(rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND || rc == MEMCACHED_SUCCESS) {
+            resetConnections()
+        }
+    }
+
+    /// Reads many keys with one `memcached_mget` (one round trip per server) and calls `body`
+    /// for every hit, in the order the servers answer.
+    ///
+    /// Keys whose server cannot be reached are misses, as in python-memcached; the failure is
+    /// logged. When no server answered at all, or a server failed mid-reply, the call throws.
+    func fetchMany(_ batch: KeyBatch, command: StaticString, _ body: (FetchedItem) throws -> Void) throws {
+        let pointer = try live()
+        let result = try liveResult()
+        let rc = batch.withCArrays { keys, lengths, count in
+            memcached_mget(pointer, keys, lengths, count)
+        }
+        if !memcached_success(rc) {
+            if rc == MEMCACHED_SOME_ERRORS {
+                logger.debug("memcached multi-get: some servers are unavailable", metadata: ["command": "\(command)"])
+            } else {
+                throw failure(rc, command: command)
+            }
+        }
+        var fetchRC = MEMCACHED_SUCCESS
+        var bodyError: (any Error)?
+        while memcached_fetch_result(pointer, result, &fetchRC) != nil {
+            // Keep reading after a decoding error so the rest of the reply does not linger.
+            guard bodyError == nil else { continue }
+            do {
+                try body(FetchedItem(result))
+            } catch {
+                bodyError = error
+            }
+        }
+        switch fetchRC {
+        case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
+            break
+        case MEMCACHED_CONNECTION_FAILURE where rc == MEMCACHED_SOME_ERRORS:
+            break
+        default:
+            throw failure(fetchRC, command: command)
+        }
+        if let bodyError {
+            throw bodyError
+        }
+    }
+
+    // MARK: - Deletion, arithmetic, touch
+
+    /// Deletes a key. Returns `false` when it was not there.
+    func delete(key: PreparedKey, noReply: Bool = false) throws -> Bool {
+        let pointer = try live()
+        if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
+        defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
+        let rc = memcached_delete(pointer, key.cString, key.bytes.count, 0)
+        if memcached_success(rc) { return true }
+        if rc == MEMCACHED_NOTFOUND { return false }
+        throw failure(rc, command: "delete", key: key.key, keyBytes: key.bytes)
+    }
+
+    /// Adds to or subtracts from a counter with the 64-bit `_by_key` calls (`memcached_increment`
+    /// takes a 32-bit delta). The key is its own group key, so it maps to the same server.
+    ///
+    /// - Returns: The new value, or `nil` when the key is missing.
+    func arithmetic(key: PreparedKey, delta: UInt64, increment: Bool) throws -> UInt64? {
+        let pointer = try live()
+        var newValue: UInt64 = 0
+        let rc =
+            increment
+            ? memcached_increment_by_key(
+                pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
+            : memcached_decrement_by_key(
+                pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
+        if memcached_success(rc) { return newValue }
+        if rc == MEMCACHED_NOTFOUND { return nil }
+        throw failure(rc, command: increment ? "increment" : "decrement", key: key.key, keyBytes: key.bytes)
+    }
+
+    /// Changes a key's expiration. Returns `false` when it was not there.
+    func touch(key: PreparedKey, expiration: Int64) throws -> Bool {
+        let rc = memcached_touch(try live(), key.cString, key.bytes.count, time_t(expiration))
+        if memcached_success(rc) { return true }
+        if rc == MEMCACHED_NOTFOUND { return false }
+        throw failure(rc, command: "touch", key: key.key, keyBytes: key.bytes)
+    }
+
+    // MARK: - Administration
+
+    func flush(delaySeconds: Int64, noReply: Bool = false) throws {
+        let pointer = try live()
+        if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
+        defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
+        let rc = memcached_flush(pointer, time_t(delaySeconds))
+        guard memcached_success(rc) else {
+            throw failure(rc, command: "flush")
+        }
+    }
+
+    /// Every server in configuration order, described as `host:port` or `unix:/path`.
+    func serverInstances() throws -> [(instance: OpaquePointer, description: String)] {
+        let pointer = try live()
+        return (0..<memcached_server_count(pointer)).compactMap { position in
+            memcached_server_instance_by_position(pointer, position).map { ($0, Self.describe($0)) }
+        }
+    }
+
+    /// The error a server recorded for the current command, if any.
+    private func serverError(_ instance: OpaquePointer, server: String) -> MemcachedError? {
+        let rc = memcached_server_error_return(instance)
+        guard !memcached_success(rc) else { return nil }
+        let message = memcached_server_error(instance).map { String(cString: $0) } ?? String(cString: memcached_strerror(nil, rc))
+        return MemcachedError(code: MemcachedError.Code(rawValue: Int(rc.rawValue)), message: message, server: server)
+    }
+
+    /// Runs `stats [group]` on every server.
+    ///
+    /// Each server is asked through a short-lived handle of its own, because
+    /// `memcached_stat_execute` first runs `memcached_version` on every server and gives up on all
+    /// of them when one is down.
+    func stats(group: String?) throws -> [MemcachedServerResult<[String: String]>] {
+        _ = try live()
+        return configuration.servers.map { server in
+            var single = configuration
+            single.servers = [MemcachedServer(address: server.address, weight: 1)]
+            do {
+                let handle = try Handle(configuration: single)
+                defer { handle.close() }
+                return MemcachedServerResult(
+                    server: server.address.description,
+                    result: .success(try handle.statsOfOnlyServer(group: group))
+                )
+            } catch let error as MemcachedError {
+                var error = error
+                error.server = error.server ?? server.address.description
+                return MemcachedServerResult(server: server.address.description, result: .failure(error))
+            } catch {
+                return MemcachedServerResult(
+                    server: server.address.description,
+                    result: .failure(MemcachedError(code: .failure, message: "\(error)"))
+                )
+            }
+        }
+    }
+
+    private func statsOfOnlyServer(group: String?) throws -> [String: String] {
+        final class Collector {
+            var values: [String: String] = [:]
+        }
+        let pointer = try live()
+        let collector = Collector()
+        let callback: memcached_stat_fn = { _, key, keyLength, value, valueLength, context in
+            let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
+            let name = String(decoding: UnsafeRawBufferPointer(start: key, count: keyLength), as: UTF8.self)
+            collector.values[name] = String(decoding: UnsafeRawBufferPointer(start: value, count: valueLength), as: UTF8.self)
+            return MEMCACHED_SUCCESS
+        }
+        let rc = withExtendedLifetime(collector) {
+            memcached_stat_execute(pointer, group, callback, Unmanaged.passUnretained(collector).toOpaque())
+        }
+        guard memcached_success(rc) else {
+            throw failure(rc, command: "stats")
+        }
+        return collector.values
+    }
+
+    /// Asks every server for its version.
+    func versions() throws -> [MemcachedServerResult<String>] {
+        let pointer = try live()
+        let rc = memcached_version(pointer)
+        if !memcached_success(rc), Self.mayLeaveReplyUnread(rc) {
+            resetConnections()
+        }
+        return try serverInstances().map { instance, server in
+            if let error = serverError(instance, server: server) {
+                return MemcachedServerResult(server: server, result: .failure(error))
+            }
+            let version = [
+                memcached_server_major_version(instance),
+                memcached_server_minor_version(instance),
+                memcached_server_micro_version(instance),
+            ]
+            guard !version.contains(UInt8.max) else {
+                let error = MemcachedError(code: .failure, message: "the server reported no version", server: server)
+                return MemcachedServerResult(server: server, result: .failure(error))
+            }
+            return MemcachedServerResult(server: server, result: .success(version.map(String.init).joined(separator: ".")))
+        }
+    }
+
+    /// The server a key maps to under this handle's hash and distribution.
+    func server(forKey key: PreparedKey) throws -> String {
+        var rc = MEMCACHED_SUCCESS
+        guard let instance = memcached_server_by_key(try live(), key.cString, key.bytes.count, &rc) else {
+            throw failure(rc, command: "server_by_key", key: key.key, keyBytes: key.bytes)
+        }
+        return Self.describe(instance)
+    }
+}
+
+extension FetchedItem {
+    init(_ result: UnsafeMutablePointer<memcached_result_st>) {
+        let keyLength = memcached_result_key_length(result)
+        keyBytes = UnsafeRawBufferPointer(start: memcached_result_key_value(result), count: keyLength)
+        value = UnsafeRawBufferPointer(start: memcached_result_value(result), count: memcached_result_length(result))
+        flags = memcached_result_flags(result)
+        cas = memcached_result_cas(result)
+    }
+}

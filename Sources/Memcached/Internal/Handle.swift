@@ -1,0 +1,253 @@
+internal import CLibMemcached
+import Logging
+
+/// The one owner of a libmemcached `memcached_st` and its reusable `memcached_result_st`.
+///
+/// A `memcached_st` is not thread-safe (libmemcached's documentation: one handle per thread), so a
+/// `Handle` is used by one caller at a time: a ``MemcachedConnection`` owns exactly one. It is
+/// freed in `deinit`, or earlier by ``close()``; every use after `close()` throws
+/// `connectionClosed` instead of touching freed memory.
+final class Handle {
+    private(set) var pointer: UnsafeMutablePointer<memcached_st>?
+    /// Reused by every multi-key fetch, so reading N values allocates no result structs.
+    private var result: UnsafeMutablePointer<memcached_result_st>?
+
+    let configuration: MemcachedConfiguration
+    let logger: Logger
+    /// Cached once: checking the log level on every command would cost an existential call.
+    let traceEnabled: Bool
+
+    init(configuration: MemcachedConfiguration) throws {
+        self.configuration = configuration
+        self.logger = configuration.logger
+        self.traceEnabled = configuration.logger.logLevel <= .trace
+        guard let pointer = memcached_create(nil) else {
+            throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_create failed")
+        }
+        self.pointer = pointer
+        // From here on, deinit frees whatever was created if a later step throws.
+        // The result lives in memory we own: libmemcached frees a result it allocated itself at
+        // the end of every fetch loop (`memcached_fetch_result` checks `memcached_is_allocated`),
+        // which would leave this handle holding a dangling pointer.
+        let storage = UnsafeMutablePointer<memcached_result_st>.allocate(capacity: 1)
+        guard memcached_result_create(pointer, storage) != nil else {
+            storage.deallocate()
+            throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_result_create failed")
+        }
+        self.result = storage
+        try applyBehaviors(configuration)
+        try addServers(configuration.servers)
+    }
+
+    deinit {
+        free()
+    }
+
+    /// Frees the C handle now. Idempotent.
+    func close() {
+        free()
+    }
+
+    private func free() {
+        if let result {
+            memcached_result_free(result)
+            result.deallocate()
+            self.result = nil
+        }
+        if let pointer {
+            memcached_free(pointer)
+            self.pointer = nil
+        }
+    }
+
+    /// The live handle, or the error every command throws after ``close()``.
+    @inline(__always)
+    func live() throws -> UnsafeMutablePointer<memcached_st> {
+        guard let pointer else {
+            throw MemcachedError(code: .connectionClosed, message: "the connection is closed")
+        }
+        return pointer
+    }
+
+    @inline(__always)
+    func liveResult() throws -> UnsafeMutablePointer<memcached_result_st> {
+        guard let result else {
+            throw MemcachedError(code: .connectionClosed, message: "the connection is closed")
+        }
+        return result
+    }
+
+    // MARK: - Setup
+
+    private func applyBehaviors(_ configuration: MemcachedConfiguration) throws {
+        guard configuration.serverFailureLimit >= 1 else {
+            throw MemcachedError(code: .invalidConfiguration, message: "serverFailureLimit must be at least 1")
+        }
+        guard configuration.maximumValueLength >= 0 else {
+            throw MemcachedError(code: .invalidConfiguration, message: "maximumValueLength must not be negative")
+        }
+        let behaviors: [(memcached_behavior_t, UInt64, String)] = [
+            (MEMCACHED_BEHAVIOR_SUPPORT_CAS, 1, "support CAS"),
+            (MEMCACHED_BEHAVIOR_TCP_NODELAY, configuration.tcpNoDelay ? 1 : 0, "tcpNoDelay"),
+            (MEMCACHED_BEHAVIOR_BINARY_PROTOCOL, configuration.wireProtocol == .binary ? 1 : 0, "wireProtocol"),
+            (MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, try Self.milliseconds(configuration.connectTimeout, "connectTimeout"), "connectTimeout"),
+            (MEMCACHED_BEHAVIOR_POLL_TIMEOUT, try Self.milliseconds(configuration.timeout, "timeout"), "timeout"),
+            (MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, try Self.seconds(configuration.retryTimeout, "retryTimeout"), "retryTimeout"),
+            (MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, UInt64(configuration.serverFailureLimit), "serverFailureLimit"),
+            (MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS, configuration.removeFailedServers ? 1 : 0, "removeFailedServers"),
+            (MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(configuration.distribution.libmemcachedValue), "distribution"),
+            (MEMCACHED_BEHAVIOR_HASH, UInt64(Self.hashValue(configuration.hash)), "hash"),
+        ]
+        let pointer = try live()
+        for (behavior, value, name) in behaviors {
+            let rc = memcached_behavior_set(pointer, behavior, value)
+            guard memcached_success(rc) else {
+                throw MemcachedError(
+                    code: .invalidConfiguration,
+                    message: "libmemcached refused \(name) = \(value): \(lastErrorMessage(for: rc))"
+                )
+            }
+        }
+    }
+
+    private static func hashValue(_ hash: MemcachedHash) -> UInt32 {
+        switch hash.kind {
+        case .builtIn(_, let value): value
+        }
+    }
+
+    /// Converts a timeout for libmemcached's millisecond behaviours; rounds up so a sub-millisecond
+    /// timeout does not become 0, which libmemcached reads as "fail at once".
+    static func milliseconds(_ duration: Duration, _ name: String) throws -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        guard seconds >= 0, duration > .zero else {
+            throw MemcachedError(code: .invalidConfiguration, message: "\(name) must be positive")
+        }
+        let millis = seconds * 1_000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        guard millis <= Int64(Int32.max) else {
+            throw MemcachedError(code: .invalidConfiguration, message: "\(name) is too long")
+        }
+        return UInt64(millis)
+    }
+
+    /// Converts a duration for libmemcached's whole-second behaviours, rounding up.
+    static func seconds(_ duration: Duration, _ name: String) throws -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        guard seconds >= 0, duration >= .zero, seconds <= Int64(Int32.max) else {
+            throw MemcachedError(code: .invalidConfiguration, message: "\(name) must be between 0 and \(Int32.max) seconds")
+        }
+        return UInt64(seconds + (attoseconds > 0 ? 1 : 0))
+    }
+
+    private func addServers(_ servers: [MemcachedServer]) throws {
+        let pointer = try live()
+        for server in servers {
+            guard server.weight >= 1 else {
+                throw MemcachedError(code: .invalidServerSpecification, message: "server \(server) has a weight below 1")
+            }
+            let rc: memcached_return_t
+            switch server.address {
+            case .tcp(let host, let port):
+                guard (1...65_535).contains(port) else {
+                    throw MemcachedError(code: .invalidServerSpecification, message: "server \(server) has a bad port")
+                }
+                rc = memcached_server_add_with_weight(pointer, host, in_port_t(port), UInt32(server.weight))
+            case .unixSocket(let path):
+                rc = memcached_server_add_unix_socket_with_weight(pointer, path, UInt32(server.weight))
+            }
+            guard memcached_success(rc) else {
+                throw MemcachedError(
+                    code: .invalidServerSpecification,
+                    message: "libmemcached refused server \(server): \(lastErrorMessage(for: rc))",
+                    server: server.description
+                )
+            }
+        }
+    }
+
+    // MARK: - Errors
+
+    /// libmemcached's message for the handle's last error when it is this code, else the code's
+    /// generic text.
+    func lastErrorMessage(for rc: memcached_return_t) -> String {
+        if let pointer, memcached_last_error(pointer) == rc, let message = memcached_last_error_message(pointer) {
+            return String(cString: message)
+        }
+        return String(cString: memcached_strerror(nil, rc))
+    }
+
+    /// The server a key maps to, as `host:port` or a socket path.
+    func serverDescription(forKey keyBytes: UnsafeBufferPointer<UInt8>) -> String? {
+        guard let pointer, let base = keyBytes.baseAddress else { return nil }
+        var rc = MEMCACHED_SUCCESS
+        let instance = base.withMemoryRebound(to: CChar.self, capacity: keyBytes.count) {
+            memcached_server_by_key(pointer, $0, keyBytes.count, &rc)
+        }
+        return instance.map(Self.describe)
+    }
+
+    static func describe(_ instance: OpaquePointer) -> String {
+        let name = String(cString: memcached_server_name(instance))
+        let port = memcached_server_port(instance)
+        if port == 0 || name.hasPrefix("/") {
+            return "unix:\(name)"
+        }
+        return name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)"
+    }
+
+    /// Builds the error for a failed C call and resets the connections when the failure may have
+    /// left a reply half-read.
+    ///
+    /// A connection that may be mid-response is never reused: peers shipped "get returned another
+    /// key's value" bugs from exactly that. `memcached_quit` closes every server's socket (there is
+    /// no public per-server reset in libmemcached 1.1.4); the next command reconnects.
+    func failure(
+        _ rc: memcached_return_t,
+        command: StaticString,
+        key: String? = nil,
+        keyBytes: UnsafeBufferPointer<UInt8>? = nil
+    ) -> MemcachedError {
+        let server = keyBytes.flatMap(serverDescription(forKey:))
+        let error = MemcachedError(
+            code: MemcachedError.Code(rawValue: Int(rc.rawValue)),
+            message: lastErrorMessage(for: rc),
+            key: key,
+            server: server
+        )
+        if Self.mayLeaveReplyUnread(rc) {
+            resetConnections()
+        }
+        logger.debug(
+            "memcached command failed",
+            metadata: [
+                "command": "\(command)", "code": "\(error.code)", "server": "\(server ?? "-")",
+                "message": "\(error.message)",
+            ]
+        )
+        return error
+    }
+
+    /// Whether a failure may leave bytes of a reply unread on some socket. Failures that happen
+    /// before any byte is exchanged (no connection, server disabled) and replies that end cleanly
+    /// (not found, not stored, exists, E2BIG, CLIENT_ERROR) leave the connection in step.
+    static func mayLeaveReplyUnread(_ rc: memcached_return_t) -> Bool {
+        switch rc {
+        case MEMCACHED_HOST_LOOKUP_FAILURE, MEMCACHED_CONNECTION_FAILURE, MEMCACHED_SERVER_MARKED_DEAD,
+            MEMCACHED_SERVER_TEMPORARILY_DISABLED, MEMCACHED_NO_SERVERS, MEMCACHED_INVALID_ARGUMENTS,
+            MEMCACHED_BAD_KEY_PROVIDED, MEMCACHED_KEY_TOO_BIG, MEMCACHED_NOT_SUPPORTED:
+            return false
+        case MEMCACHED_ERROR:
+            // The server did not understand a command: the two sides disagree about the stream.
+            return true
+        default:
+            return memcached_fatal(rc)
+        }
+    }
+
+    /// Closes every server connection; the next command reconnects.
+    func resetConnections() {
+        if let pointer {
+            memcached_quit(pointer)
+        }
+    }
+}

@@ -1,0 +1,290 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// Returns a loopback TCP port that nothing is listening on right now.
+///
+/// The port is found by binding 127.0.0.1:0 and closing the socket again, so a
+/// connection attempt to it is refused — the fixture for "server is down". Another
+/// process could take the port in between, which is unlikely enough for tests.
+///
+/// - Returns: A port number in the kernel's ephemeral range.
+/// - Throws: ``MemcachedFixtureError/socketFailure(operation:errno:)`` if no socket can be bound.
+public func unusedLoopbackPort() throws -> Int {
+    let (descriptor, port) = try bindLoopbackSocket(listening: false)
+    close(descriptor)
+    return port
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections and never answers — the
+/// fixture for a hung server or a black-holed network path.
+///
+/// Accepted connections stay open, unread, until ``stop()``, so clients see their
+/// requests vanish rather than a reset.
+public final class SilentServer: Sendable {
+    private let server: BackgroundLoopbackServer
+
+    /// The port the server listens on.
+    public var port: Int { server.port }
+
+    /// The server's address as `host:port`.
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// How many connections the server has accepted so far.
+    public var acceptedConnectionCount: Int { server.acceptedConnectionCount }
+
+    /// Starts listening on a free loopback port.
+    ///
+    /// - Throws: ``MemcachedFixtureError/socketFailure(operation:errno:)`` if the socket
+    ///   or the background thread cannot be created.
+    public init() throws {
+        server = try BackgroundLoopbackServer.start(behaviour: .silent)
+    }
+
+    deinit {
+        server.stop()
+    }
+
+    /// Stops listening and closes every accepted connection. Calling it again does nothing.
+    public func stop() {
+        server.stop()
+    }
+}
+
+/// A TCP server on 127.0.0.1 that answers each request line with bytes chosen by
+/// a closure — the fixture for servers that misbehave, such as answering garbage
+/// or hanging up mid-request.
+///
+/// Requests are split into lines at `\r\n`, so for storage commands the data block
+/// arrives as a line of its own. Each line goes to the responder without its `\r\n`;
+/// the responder's bytes are sent back as they are (an empty array sends nothing),
+/// and `nil` closes that connection.
+///
+/// ```swift
+/// let server = try ScriptedServer { line in
+///     line.hasPrefix("get ") ? Array("VALUE garbage\r\n".utf8) : nil
+/// }
+/// ```
+public final class ScriptedServer: Sendable {
+    private let server: BackgroundLoopbackServer
+
+    /// The port the server listens on.
+    public var port: Int { server.port }
+
+    /// The server's address as `host:port`.
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// How many connections the server has accepted so far.
+    public var acceptedConnectionCount: Int { server.acceptedConnectionCount }
+
+    /// Starts listening on a free loopback port.
+    ///
+    /// - Parameter responder: Called on the server's thread with each request line
+    ///   (without `\r\n`); returns the bytes to send back, or `nil` to close the connection.
+    /// - Throws: ``MemcachedFixtureError/socketFailure(operation:errno:)`` if the socket
+    ///   or the background thread cannot be created.
+    public init(responder: @escaping @Sendable (String) -> [UInt8]?) throws {
+        server = try BackgroundLoopbackServer.start(behaviour: .scripted(responder))
+    }
+
+    deinit {
+        server.stop()
+    }
+
+    /// Stops listening and closes every connection. Calling it again does nothing.
+    public func stop() {
+        server.stop()
+    }
+}
+
+/// The listening socket and accept loop behind ``SilentServer`` and ``ScriptedServer``.
+///
+/// The loop runs on its own POSIX thread rather than in Swift concurrency, because
+/// it blocks in `poll` and must keep working while tests block the cooperative pool.
+/// `poll` wakes at least every 50 ms to notice ``stop()``, which also shuts the
+/// listening socket down to wake it at once, then joins the thread — so when
+/// ``stop()`` returns every socket is closed.
+final class BackgroundLoopbackServer: Sendable {
+    enum Behaviour: Sendable {
+        /// Accept and hold connections, never read or write.
+        case silent
+        /// Answer each request line with the responder's bytes; `nil` closes the connection.
+        case scripted(@Sendable (String) -> [UInt8]?)
+    }
+
+    let port: Int
+    private let listeningDescriptor: Int32
+    private let behaviour: Behaviour
+    private let stopRequested = Atomic<Bool>(false)
+    private let acceptedConnections = Atomic<Int>(0)
+    private let lifecycle = Mutex(Lifecycle())
+
+    private struct Lifecycle {
+        var thread: pthread_t?
+        var listenerClosed = false
+    }
+
+    /// How long the loop sleeps in `poll` before re-checking for ``stop()``.
+    private static let pollInterval: Int32 = 50
+
+    /// How long one reply may take to send before the connection is dropped.
+    private static let sendTimeout: Duration = .seconds(5)
+
+    var acceptedConnectionCount: Int { acceptedConnections.load(ordering: .relaxed) }
+
+    private init(listeningDescriptor: Int32, port: Int, behaviour: Behaviour) {
+        self.listeningDescriptor = listeningDescriptor
+        self.port = port
+        self.behaviour = behaviour
+    }
+
+    /// Binds a listening socket on 127.0.0.1 and starts the loop thread.
+    static func start(behaviour: Behaviour) throws -> BackgroundLoopbackServer {
+        let (descriptor, port) = try bindLoopbackSocket(listening: true)
+        setNonBlocking(descriptor)
+        let server = BackgroundLoopbackServer(listeningDescriptor: descriptor, port: port, behaviour: behaviour)
+        try server.startThread()
+        return server
+    }
+
+    private func startThread() throws {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        #if canImport(Glibc)
+        var thread = pthread_t()
+        #else
+        var thread: pthread_t?
+        #endif
+        let result = pthread_create(&thread, nil, { context in
+            // Optional on Linux, non-optional on Darwin; normalise before unwrapping.
+            let rawContext: UnsafeMutableRawPointer? = context
+            let server = Unmanaged<BackgroundLoopbackServer>.fromOpaque(rawContext!).takeRetainedValue()
+            server.runLoop()
+            return nil
+        }, context)
+        guard result == 0 else {
+            Unmanaged<BackgroundLoopbackServer>.fromOpaque(context).release()
+            stop()
+            throw MemcachedFixtureError.socketFailure(operation: "pthread_create", errno: result)
+        }
+        lifecycle.withLock { $0.thread = thread }
+    }
+
+    /// Stops the loop, joins its thread and closes every socket. Idempotent.
+    func stop() {
+        let thread = lifecycle.withLock { lifecycle -> pthread_t? in
+            stopRequested.store(true, ordering: .releasing)
+            if !lifecycle.listenerClosed {
+                shutdown(listeningDescriptor, Int32(SHUT_RDWR))
+            }
+            defer { lifecycle.thread = nil }
+            return lifecycle.thread
+        }
+        if let thread {
+            if pthread_equal(thread, pthread_self()) != 0 {
+                // Stopped from inside a responder: the loop ends after this
+                // callback and cleans up itself; nobody is left to join it.
+                pthread_detach(thread)
+            } else {
+                pthread_join(thread, nil)
+            }
+        }
+        closeListener()
+    }
+
+    private func closeListener() {
+        lifecycle.withLock { lifecycle in
+            guard !lifecycle.listenerClosed else { return }
+            close(listeningDescriptor)
+            lifecycle.listenerClosed = true
+        }
+    }
+
+    private func runLoop() {
+        // Accepted descriptor → received bytes that do not form a complete line yet.
+        var connections: [Int32: [UInt8]] = [:]
+        defer {
+            for descriptor in connections.keys {
+                close(descriptor)
+            }
+            closeListener()
+        }
+        while !stopRequested.load(ordering: .acquiring) {
+            var entries = [pollfd(fd: listeningDescriptor, events: Int16(POLLIN), revents: 0)]
+            if case .scripted = behaviour {
+                entries += connections.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            }
+            let ready = poll(&entries, nfds_t(entries.count), Self.pollInterval)
+            guard ready > 0, !stopRequested.load(ordering: .acquiring) else { continue }
+
+            let listenerEvents = entries[0].revents
+            if listenerEvents & Int16(POLLIN) != 0 {
+                guard acceptPendingConnections(into: &connections) else { return }
+            } else if listenerEvents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
+                return
+            }
+            if case .scripted(let responder) = behaviour {
+                for entry in entries.dropFirst() where entry.revents != 0 {
+                    serviceConnection(entry.fd, in: &connections, responder: responder)
+                }
+            }
+        }
+    }
+
+    /// Accepts every queued connection.
+    ///
+    /// - Returns: `false` when the listening socket is no longer usable (it was shut down).
+    private func acceptPendingConnections(into connections: inout [Int32: [UInt8]]) -> Bool {
+        while true {
+            let descriptor = accept(listeningDescriptor, nil, nil)
+            if descriptor >= 0 {
+                _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+                setNonBlocking(descriptor)
+                connections[descriptor] = []
+                acceptedConnections.add(1, ordering: .relaxed)
+                continue
+            }
+            switch errno {
+            case EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED, EMFILE, ENFILE:
+                return true
+            default:
+                return false
+            }
+        }
+    }
+
+    /// Reads what `descriptor` has sent and answers each complete line.
+    private func serviceConnection(
+        _ descriptor: Int32,
+        in connections: inout [Int32: [UInt8]],
+        responder: @Sendable (String) -> [UInt8]?
+    ) {
+        func drop() {
+            close(descriptor)
+            connections[descriptor] = nil
+        }
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+        if count == 0 {
+            return drop()
+        }
+        if count < 0 {
+            if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                drop()
+            }
+            return
+        }
+        var pending = connections[descriptor] ?? []
+        pending.append(contentsOf: chunk[..<count])
+        let lineEnd: [UInt8] = [UInt8(ascii: "\r"), UInt8(ascii: "\n")]
+        while let range = pending.firstRange(of: lineEnd) {
+            let line = String(decoding: pending[..<range.lowerBound], as: UTF8.self)
+            pending.removeSubrange(..<range.upperBound)
+            guard let reply = responder(line) else { return drop() }
+            guard sendAll(reply, to: descriptor, deadline: .now + Self.sendTimeout) else { return drop() }
+        }
+        connections[descriptor] = pending
+    }
+}

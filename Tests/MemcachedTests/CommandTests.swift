@@ -1,0 +1,236 @@
+import Foundation
+import Memcached
+import MemcachedTestSupport
+import Testing
+
+struct Film: Codable, Equatable {
+    var filmID: Int
+    var title: String
+    var rentalRate: Double
+    var tags: [String]
+    var sequel: String?
+}
+
+/// Every command, in both wire protocols, against a real memcached.
+@Suite("Commands")
+struct CommandTests {
+    static let protocols: [MemcachedConfiguration.WireProtocol] = [.ascii, .binary]
+
+    @Test("get, set, miss and stored-empty", arguments: protocols)
+    func getSet(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            #expect(try memc.get("missing", as: String.self) == nil)
+            #expect(try memc.set("greeting", "hello"))
+            #expect(try memc.get("greeting", as: String.self) == "hello")
+            #expect(try memc.set("greeting", "replaced"))
+            #expect(try memc.get("greeting", as: String.self) == "replaced")
+            #expect(try memc.set("empty", ""))
+            #expect(try memc.get("empty", as: String.self) == "")
+            #expect(try memc.get("empty", as: [UInt8].self) == [])
+        }
+    }
+
+    @Test("add, replace, append and prepend with their expected negatives", arguments: protocols)
+    func conditionalStores(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            #expect(try memc.add("k", "first"))
+            #expect(try memc.add("k", "second") == false)
+            #expect(try memc.get("k", as: String.self) == "first")
+            #expect(try memc.replace("k", "third"))
+            #expect(try memc.replace("absent", "x") == false)
+            #expect(try memc.get("absent", as: String.self) == nil)
+            #expect(try memc.append("k", "++"))
+            #expect(try memc.prepend("k", "--"))
+            #expect(try memc.get("k", as: String.self) == "--third++")
+            #expect(try memc.append("absent", "x") == false)
+            #expect(try memc.prepend("absent", "x") == false)
+            // The server keeps the item's flags: appending digits to an integer gives an integer.
+            try memc.set("n", 10)
+            #expect(try memc.append("n", "5"))
+            #expect(try memc.get("n", as: Int.self) == 105)
+        }
+    }
+
+    @Test("gets and cas with an explicit token", arguments: protocols)
+    func compareAndSwap(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            #expect(try memc.gets("k", as: String.self) == nil)
+            try memc.set("k", "v1")
+            let (value, token) = try #require(try memc.gets("k", as: String.self))
+            #expect(value == "v1")
+            #expect(try memc.cas("k", "v2", token: token))
+            #expect(try memc.cas("k", "v3", token: token) == false, "a stale token must not store")
+            #expect(try memc.get("k", as: String.self) == "v2")
+            let (_, fresh) = try #require(try memc.gets("k", as: String.self))
+            #expect(fresh != token)
+            try memc.delete("k")
+            #expect(try memc.cas("k", "v4", token: fresh) == false, "cas on a missing key must not store")
+            #expect(try memc.get("k", as: String.self) == nil)
+        }
+    }
+
+    @Test("delete and deleteMulti report per-key outcomes", arguments: protocols)
+    func deletes(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            try memc.set("k", "v")
+            #expect(try memc.delete("k"))
+            #expect(try memc.delete("k") == false)
+            try memc.setMulti(["a": 1, "b": 2], keyPrefix: "p:")
+            let outcomes = try memc.deleteMulti(["a", "b", "c"], keyPrefix: "p:")
+            #expect(outcomes.count == 3)
+            #expect(try outcomes["a"]?.get() == true)
+            #expect(try outcomes["b"]?.get() == true)
+            #expect(try outcomes["c"]?.get() == false)
+            #expect(try memc.getMulti(["a", "b"], keyPrefix: "p:", as: Int.self).isEmpty)
+        }
+    }
+
+    @Test("increment and decrement with 64-bit deltas", arguments: protocols)
+    func counters(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            #expect(try memc.increment("missing") == nil)
+            #expect(try memc.decrement("missing") == nil)
+            try memc.set("n", 0)
+            #expect(try memc.increment("n") == 1)
+            let big: UInt64 = 1 << 40 + 7  // beyond memcached_increment's 32-bit delta
+            #expect(try memc.increment("n", by: big) == 1 + big)
+            #expect(try memc.decrement("n", by: 2) == big - 1)
+            #expect(try memc.decrement("n", by: UInt64.max) == 0, "memcached stops decrements at 0")
+            #expect(try memc.increment("n", by: UInt64.max) == UInt64.max)
+            #expect(try memc.increment("n", by: 2) == 1, "memcached wraps increments at 2^64")
+            #expect(try memc.get("n", as: UInt64.self) == 1)
+            try memc.set("n", 100)
+            _ = try memc.decrement("n", by: 95)  // memcached may pad the shorter number with spaces
+            #expect(try memc.get("n", as: Int.self) == 5)
+            try memc.set("word", "abc")
+            #expect(throws: MemcachedError.self) { try memc.increment("word") }
+            #expect(try memc.get("word", as: String.self) == "abc", "the connection stays usable")
+        }
+    }
+
+    @Test("touch changes the expiration and reports missing keys", arguments: protocols)
+    func touch(wireProtocol: MemcachedConfiguration.WireProtocol) async throws {
+        try await withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            #expect(try memc.touch("missing", expiration: .seconds(10)) == false)
+            try memc.set("short", "v", expiration: .seconds(1))
+            try memc.set("kept", "v", expiration: .seconds(1))
+            #expect(try memc.touch("kept", expiration: .seconds(60)))
+            try await Task.sleep(for: .milliseconds(2_200))
+            #expect(try memc.get("short", as: String.self) == nil, "a 1 s item is gone after 2.2 s")
+            #expect(try memc.get("kept", as: String.self) == "v", "touch extended the item's life")
+        }
+    }
+
+    @Test("expirations: relative, past, absolute and over 30 days")
+    func expirations() throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster)
+            try memc.set("expired", "v", expiration: .seconds(-1))
+            #expect(try memc.get("expired", as: String.self) == nil)
+            try memc.set("zero", "v", expiration: .seconds(0))
+            #expect(try memc.get("zero", as: String.self) == nil, "zero seconds means already expired, not never")
+            try memc.set("past", "v", expiration: .at(Date(timeIntervalSinceNow: -3_600)))
+            #expect(try memc.get("past", as: String.self) == nil)
+            try memc.set("future", "v", expiration: .at(Date(timeIntervalSinceNow: 3_600)))
+            #expect(try memc.get("future", as: String.self) == "v")
+            // Sent as a relative number, 31 days would be read as a Unix time in 1970: gone at once.
+            try memc.set("long", "v", expiration: .seconds(31 * 24 * 3_600))
+            #expect(try memc.get("long", as: String.self) == "v")
+            try memc.set("longer", "v", expiration: .after(.seconds(365 * 24 * 3_600)))
+            #expect(try memc.get("longer", as: String.self) == "v")
+            try memc.set("forever", "v", expiration: .never)
+            #expect(try memc.get("forever", as: String.self) == "v")
+        }
+    }
+
+    @Test("flush now and with a delay")
+    func flush() async throws {
+        try await withMemcached(servers: 2) { cluster in
+            let memc = try connect(cluster)
+            try memc.setMulti(Dictionary(uniqueKeysWithValues: (0..<20).map { ("k\($0)", $0) }))
+            try memc.flush()
+            #expect(try memc.getMulti((0..<20).map { "k\($0)" }, as: Int.self).isEmpty)
+            try memc.set("delayed", "v")
+            try memc.flush(delay: .seconds(2))
+            #expect(try memc.get("delayed", as: String.self) == "v", "a delayed flush leaves items until it runs")
+            try await Task.sleep(for: .milliseconds(3_200))
+            #expect(try memc.get("delayed", as: String.self) == nil)
+        }
+    }
+
+    @Test("stats and versions per server")
+    func statsAndVersions() throws {
+        try withMemcached(servers: 2) { cluster in
+            let memc = try connect(cluster)
+            let versions = try memc.versions()
+            #expect(versions.map(\.server) == cluster.addresses)
+            for entry in versions {
+                let version = try entry.result.get()
+                #expect(version.split(separator: ".").count == 3)
+                #expect(try cluster.servers[0].rawCommand("version\r\n", until: "\r\n") == "VERSION \(version)\r\n")
+            }
+            let stats = try memc.stats()
+            #expect(stats.map(\.server) == cluster.addresses)
+            for (entry, server) in zip(stats, cluster.servers) {
+                #expect(try entry.result.get()["pid"] == String(server.pid))
+            }
+            let settings = try memc.stats("settings")
+            #expect(try settings[0].result.get()["item_size_max"] == "1048576")
+            #expect(throws: MemcachedError.self) { try memc.stats("items\r\nflush_all") }
+        }
+    }
+
+    @Test("close frees the handle and later calls fail with connectionClosed")
+    func close() throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster)
+            try memc.set("k", "v")
+            memc.close()
+            memc.close()
+            #expect(throws: MemcachedError.self) { try memc.get("k", as: String.self) }
+            do {
+                try memc.set("k", "v")
+                Issue.record("set after close must throw")
+            } catch MemcachedError.Code.connectionClosed {
+            }
+            let other = try connect(cluster)
+            #expect(try other.get("k", as: String.self) == "v")
+        }
+    }
+
+    @Test("disconnect closes sockets and the next command reconnects")
+    func disconnect() throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster)
+            try memc.set("k", "v")
+            let before = try statistic("total_connections", of: cluster.servers[0])
+            memc.disconnect()
+            #expect(try memc.get("k", as: String.self) == "v")
+            let after = try statistic("total_connections", of: cluster.servers[0])
+            // One new connection from the client, one from the second stats reading.
+            #expect(after - before == 2)
+        }
+    }
+
+    @Test("noReply stores without waiting and still stores")
+    func noReply() throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster) { $0.noReply = true }
+            #expect(try memc.set("k", "v"))
+            #expect(try memc.setMulti(["a": "1", "b": "2"]).isEmpty)
+            // Commands whose result is the point still wait for their reply.
+            #expect(try memc.add("k", "other") == false)
+            #expect(try memc.get("k", as: String.self) == "v")
+            #expect(try memc.getMulti(["a", "b"], as: String.self) == ["a": "1", "b": "2"])
+            #expect(try memc.delete("a"))
+            #expect(try memc.increment("missing") == nil)
+            #expect(try memc.get("a", as: String.self) == nil)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import MemcachedTestSupport
+import Synchronization
+import Testing
+
+/// Tests of the test fixtures themselves: real `memcached` processes and the
+/// loopback fault servers. Every test starts its own servers, so they may run
+/// in parallel.
+@Suite("Test fixtures")
+struct FixtureTests {
+    @Test("Two servers get different ports, answer, and report their own pid")
+    func twoServersAnswerOnDistinctPorts() throws {
+        try withMemcached(servers: 2) { cluster in
+            #expect(cluster.servers.count == 2)
+            #expect(cluster.addresses.count == 2)
+            let ports = cluster.servers.map(\.port)
+            #expect(ports[0] != ports[1])
+            for server in cluster.servers {
+                #expect(server.address == "127.0.0.1:\(server.port)")
+                let version = try server.rawCommand("version\r\n", until: "\r\n")
+                #expect(version.hasPrefix("VERSION "))
+                #expect(version.hasSuffix("\r\n"))
+
+                let stats = try server.rawCommand("stats\r\n")
+                #expect(MemcachedServerProcess.parseStatistic("pid", from: stats) == String(server.pid))
+            }
+        }
+    }
+
+    @Test("stop() ends the process and can be called twice")
+    func stopEndsTheProcess() throws {
+        let server = try MemcachedServerProcess.start()
+        let pid = server.pid
+        #expect(processExists(pid))
+        #expect(server.isRunning)
+
+        server.stop()
+
+        #expect(!server.isRunning)
+        let signalResult = kill(pid, 0)
+        let signalError = errno
+        #expect(signalResult == -1)
+        #expect(signalError == ESRCH)
+        server.stop()
+        #expect(!server.isRunning)
+    }
+
+    @Test("pause() makes requests time out and resume() makes them answer again")
+    func pauseAndResume() throws {
+        let server = try MemcachedServerProcess.start()
+        defer { server.stop() }
+
+        server.pause()
+        let error = #expect(throws: MemcachedFixtureError.self) {
+            try server.rawCommand("version\r\n", until: "\r\n", timeout: .milliseconds(300))
+        }
+        guard case .timedOut? = error else {
+            Issue.record("expected a timeout while paused, got \(String(describing: error))")
+            return
+        }
+        #expect(server.isRunning)
+
+        server.resume()
+        let version = try server.rawCommand("version\r\n", until: "\r\n")
+        #expect(version.hasPrefix("VERSION "))
+    }
+
+    @Test("Extra arguments reach memcached")
+    func extraArgumentsAreHonoured() throws {
+        let server = try MemcachedServerProcess.start(arguments: ["-I", "2m"])
+        defer { server.stop() }
+
+        let settings = try server.rawCommand("stats settings\r\n")
+        #expect(MemcachedServerProcess.parseStatistic("item_size_max", from: settings) == "2097152")
+    }
+
+    @Test("kill() ends the process but keeps its output readable")
+    func killEndsTheProcess() throws {
+        let server = try MemcachedServerProcess.start(arguments: ["-vv"])
+        defer { server.stop() }
+        let pid = server.pid
+
+        server.kill()
+
+        #expect(!server.isRunning)
+        #expect(!processExists(pid))
+        #expect(throws: MemcachedFixtureError.self) {
+            try server.rawCommand("version\r\n", until: "\r\n", timeout: .seconds(1))
+        }
+        // -vv makes memcached log its listening socket at startup.
+        #expect(!server.output.isEmpty)
+    }
+
+    @Test("SilentServer accepts a connection and never replies")
+    func silentServerNeverReplies() throws {
+        let server = try SilentServer()
+        defer { server.stop() }
+        #expect(server.address == "127.0.0.1:\(server.port)")
+
+        let error = #expect(throws: MemcachedFixtureError.self) {
+            try rawLoopbackCommand("version\r\n", port: server.port, until: "\r\n", timeout: .milliseconds(200))
+        }
+        guard case .timedOut(_, let received)? = error else {
+            Issue.record("expected a timeout after connecting, got \(String(describing: error))")
+            return
+        }
+        #expect(received.isEmpty)
+        #expect(server.acceptedConnectionCount == 1)
+
+        server.stop()
+        #expect(throws: MemcachedFixtureError.self) {
+            try rawLoopbackCommand("version\r\n", port: server.port, until: "\r\n", timeout: .milliseconds(200))
+        }
+    }
+
+    @Test("ScriptedServer answers each line with the responder's bytes and closes on nil")
+    func scriptedServerAnswersPerLine() throws {
+        let receivedLines = Mutex<[String]>([])
+        let server = try ScriptedServer { line in
+            receivedLines.withLock { $0.append(line) }
+            if line == "quit" { return nil }
+            return Array("ECHO \(line)\r\n".utf8)
+        }
+        defer { server.stop() }
+
+        let reply = try rawLoopbackCommand("one\r\ntwo\r\n", port: server.port, until: "ECHO two\r\n")
+        #expect(reply == "ECHO one\r\nECHO two\r\n")
+
+        let closed = #expect(throws: MemcachedFixtureError.self) {
+            try rawLoopbackCommand("quit\r\n", port: server.port, until: "\r\n", timeout: .seconds(2))
+        }
+        guard case .connectionClosed? = closed else {
+            Issue.record("expected the connection to be closed, got \(String(describing: closed))")
+            return
+        }
+        #expect(receivedLines.withLock { $0 } == ["one", "two", "quit"])
+    }
+
+    @Test("An unused loopback port refuses connections")
+    func unusedPortRefusesConnections() throws {
+        let port = try unusedLoopbackPort()
+        #expect((1...65535).contains(port))
+        let error = #expect(throws: MemcachedFixtureError.self) {
+            try rawLoopbackCommand("version\r\n", port: port, until: "\r\n", timeout: .seconds(2))
+        }
+        guard case .socketFailure(_, let code)? = error else {
+            Issue.record("expected a refused connection, got \(String(describing: error))")
+            return
+        }
+        #expect(code == ECONNREFUSED)
+    }
+
+    @Test("withMemcached stops its servers when the async body throws")
+    func withMemcachedStopsServersOnError() async throws {
+        struct ExpectedFailure: Error {}
+        var started: [MemcachedServerProcess] = []
+        var runningInsideBody = false
+
+        await #expect(throws: ExpectedFailure.self) {
+            try await withMemcached(servers: 2) { cluster in
+                await Task.yield()  // Makes the body async, selecting the async overload.
+                started = cluster.servers
+                runningInsideBody = cluster.servers.allSatisfy(\.isRunning)
+                throw ExpectedFailure()
+            }
+        }
+
+        #expect(runningInsideBody)
+        #expect(started.count == 2)
+        for server in started {
+            #expect(!server.isRunning)
+            #expect(!processExists(server.pid))
+        }
+    }
+
+    @Test("The synchronous withMemcached stops its servers when the body throws")
+    func synchronousWithMemcachedStopsServersOnError() throws {
+        struct ExpectedFailure: Error {}
+        var started: [MemcachedServerProcess] = []
+
+        #expect(throws: ExpectedFailure.self) {
+            try withMemcached { cluster in
+                started = cluster.servers
+                throw ExpectedFailure()
+            }
+        }
+
+        #expect(started.count == 1)
+        #expect(started.allSatisfy { !$0.isRunning && !processExists($0.pid) })
+    }
+
+    @Test("withMemcached stops its servers after the async body returns")
+    func withMemcachedStopsServersOnSuccess() async throws {
+        let servers = try await withMemcached { cluster in
+            await Task.yield()  // Makes the body async, selecting the async overload.
+            let version = try cluster.servers[0].rawCommand("version\r\n", until: "\r\n")
+            #expect(version.hasPrefix("VERSION "))
+            return cluster.servers
+        }
+
+        #expect(servers.count == 1)
+        #expect(servers.allSatisfy { !$0.isRunning && !processExists($0.pid) })
+    }
+
+    @Test("The not-installed error says how to install memcached")
+    func notInstalledErrorExplainsTheFix() {
+        let error = MemcachedFixtureError.memcachedNotInstalled(searchedDirectories: ["/usr/bin"])
+        #expect(error.description.contains("memcached is not installed: apt-get install memcached"))
+    }
+}
+
+/// Whether a process with this pid exists; `kill` with signal 0 only checks.
+private func processExists(_ pid: pid_t) -> Bool {
+    kill(pid, 0) == 0 || errno != ESRCH
+}
