@@ -29,12 +29,21 @@ do {
     defer { memc.close() }
     print("servers: \(servers.joined(separator: ", "))")
 
-    show("set(\"greeting\", \"hello\", expiration: .seconds(60))", try memc.set("greeting", "hello", expiration: .seconds(60)))
+    show(
+        "set(\"greeting\", \"hello\", expiration: .seconds(60))",
+        try memc.set("greeting", "hello", expiration: .seconds(60))
+    )
     show("get(\"greeting\")", try memc.get("greeting", as: String.self))
     show("get(\"no-such-key\")", try memc.get("no-such-key", as: String.self))
 
-    show("setMulti([\"a\": \"1\", \"b\": \"2\"], keyPrefix: \"users:\")", try memc.setMulti(["a": "1", "b": "2"], keyPrefix: "users:"))
-    show("getMulti([\"a\", \"b\", \"c\"], keyPrefix: \"users:\")", try memc.getMulti(["a", "b", "c"], keyPrefix: "users:", as: String.self).sorted { $0.key < $1.key })
+    show(
+        "setMulti([\"a\": \"1\", \"b\": \"2\"], keyPrefix: \"users:\")",
+        try memc.setMulti(["a": "1", "b": "2"], keyPrefix: "users:")
+    )
+    show(
+        "getMulti([\"a\", \"b\", \"c\"], keyPrefix: \"users:\")",
+        try memc.getMulti(["a", "b", "c"], keyPrefix: "users:", as: String.self).sorted { $0.key < $1.key }
+    )
 
     show("add(\"greeting\", \"again\")", try memc.add("greeting", "again"))
     show("add(\"fresh\", \"new\")", try memc.add("fresh", "new"))
@@ -62,8 +71,12 @@ do {
 
     show("delete(\"greeting\")", try memc.delete("greeting"))
     show("delete(\"greeting\") again", try memc.delete("greeting"))
-    show("deleteMulti([\"a\", \"b\", \"c\"], keyPrefix: \"users:\")",
-         try memc.deleteMulti(["a", "b", "c"], keyPrefix: "users:").sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" })
+    show(
+        "deleteMulti([\"a\", \"b\", \"c\"], keyPrefix: \"users:\")",
+        try memc.deleteMulti(["a", "b", "c"], keyPrefix: "users:").sorted { $0.key < $1.key }.map {
+            "\($0.key): \($0.value)"
+        }
+    )
 
     show("set(\"bad key\", \"x\")", try memc.set("bad key", "x"))
     show("versions()", try memc.versions().map { "\($0.server): \($0.result)" })

@@ -1,9 +1,10 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Synchronization
 
 /// Returns a loopback TCP port that nothing is listening on right now.
 ///
@@ -157,13 +158,18 @@ final class BackgroundLoopbackServer: Sendable {
         #else
         var thread: pthread_t?
         #endif
-        let result = pthread_create(&thread, nil, { context in
-            // Optional on Linux, non-optional on Darwin; normalise before unwrapping.
-            let rawContext: UnsafeMutableRawPointer? = context
-            let server = Unmanaged<BackgroundLoopbackServer>.fromOpaque(rawContext!).takeRetainedValue()
-            server.runLoop()
-            return nil
-        }, context)
+        let result = pthread_create(
+            &thread,
+            nil,
+            { context in
+                // Optional on Linux, non-optional on Darwin; normalise before unwrapping.
+                let rawContext: UnsafeMutableRawPointer? = context
+                let server = Unmanaged<BackgroundLoopbackServer>.fromOpaque(rawContext!).takeRetainedValue()
+                server.runLoop()
+                return nil
+            },
+            context
+        )
         guard result == 0 else {
             Unmanaged<BackgroundLoopbackServer>.fromOpaque(context).release()
             stop()

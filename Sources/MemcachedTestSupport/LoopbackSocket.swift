@@ -214,14 +214,18 @@ final class LoopbackConnection {
         while !isComplete(received) {
             guard try pollDescriptor(descriptor, events: Int16(POLLIN), deadline: deadline) != nil else {
                 throw MemcachedFixtureError.timedOut(
-                    operation: operation, receivedSoFar: String(decoding: received, as: UTF8.self))
+                    operation: operation,
+                    receivedSoFar: String(decoding: received, as: UTF8.self)
+                )
             }
             let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
             if count > 0 {
                 received.append(contentsOf: chunk[..<count])
             } else if count == 0 {
                 throw MemcachedFixtureError.connectionClosed(
-                    operation: operation, receivedSoFar: String(decoding: received, as: UTF8.self))
+                    operation: operation,
+                    receivedSoFar: String(decoding: received, as: UTF8.self)
+                )
             } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
                 throw MemcachedFixtureError.socketFailure(operation: operation, errno: errno)
             }

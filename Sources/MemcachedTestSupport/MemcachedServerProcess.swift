@@ -1,10 +1,11 @@
+import Foundation
+import Synchronization
+
 #if canImport(Glibc)
 public import Glibc
 #elseif canImport(Darwin)
 public import Darwin
 #endif
-import Foundation
-import Synchronization
 
 /// A real `memcached` server running as a child process on a free loopback port.
 ///
@@ -98,8 +99,11 @@ public final class MemcachedServerProcess: Sendable {
         let pid: pid_t
         do {
             pid = try spawnProcess(
-                executable: executable, arguments: commandLine, environment: fullEnvironment,
-                outputPath: outputPath)
+                executable: executable,
+                arguments: commandLine,
+                environment: fullEnvironment,
+                outputPath: outputPath
+            )
         } catch {
             try? FileManager.default.removeItem(atPath: scratchDirectory)
             throw error
@@ -109,10 +113,18 @@ public final class MemcachedServerProcess: Sendable {
         let deadline = ContinuousClock.now + startupTimeout
         do {
             let port = try waitForAnnouncedPort(
-                pid: pid, portFilePath: portFilePath, outputPath: outputPath, deadline: deadline)
+                pid: pid,
+                portFilePath: portFilePath,
+                outputPath: outputPath,
+                deadline: deadline
+            )
             try waitUntilServing(pid: pid, port: port, outputPath: outputPath, deadline: deadline)
             return MemcachedServerProcess(
-                pid: pid, port: port, scratchDirectory: scratchDirectory, outputPath: outputPath)
+                pid: pid,
+                port: port,
+                scratchDirectory: scratchDirectory,
+                outputPath: outputPath
+            )
         } catch {
             ChildProcessRegistry.send(SIGKILL, to: pid)
             _ = ChildProcessRegistry.waitForExit(of: pid, timeout: killTimeout)
@@ -139,7 +151,10 @@ public final class MemcachedServerProcess: Sendable {
             try failIfExited(pid: pid, outputPath: outputPath)
             if ContinuousClock.now >= deadline {
                 throw MemcachedFixtureError.startupTimedOut(
-                    pid: pid, waitingFor: "the port file \(portFilePath)", output: readOutput(outputPath))
+                    pid: pid,
+                    waitingFor: "the port file \(portFilePath)",
+                    output: readOutput(outputPath)
+                )
             }
             usleep(10_000)
         }
@@ -177,7 +192,11 @@ public final class MemcachedServerProcess: Sendable {
             let reply: String
             do {
                 reply = try exchangeRawText(
-                    port: port, request: "stats\r\n", terminator: "END\r\n", timeout: attemptTimeout)
+                    port: port,
+                    request: "stats\r\n",
+                    terminator: "END\r\n",
+                    timeout: attemptTimeout
+                )
             } catch {
                 lastError = error
                 try failIfExited(pid: pid, outputPath: outputPath)
@@ -187,7 +206,11 @@ public final class MemcachedServerProcess: Sendable {
             let reportedPID = parseStatistic("pid", from: reply)
             guard reportedPID == String(pid) else {
                 throw MemcachedFixtureError.unexpectedServerIdentity(
-                    port: port, expectedPID: pid, reportedPID: reportedPID, output: readOutput(outputPath))
+                    port: port,
+                    expectedPID: pid,
+                    reportedPID: reportedPID,
+                    output: readOutput(outputPath)
+                )
             }
             return
         }
@@ -201,7 +224,10 @@ public final class MemcachedServerProcess: Sendable {
     private static func failIfExited(pid: pid_t, outputPath: String) throws {
         if case .exited(let description) = ChildProcessRegistry.reapIfExited(pid) {
             throw MemcachedFixtureError.serverExitedDuringStartup(
-                pid: pid, exit: description, output: readOutput(outputPath))
+                pid: pid,
+                exit: description,
+                output: readOutput(outputPath)
+            )
         }
     }
 

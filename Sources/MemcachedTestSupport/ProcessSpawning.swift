@@ -1,9 +1,10 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Foundation
 
 /// Directories searched for `memcached` after `PATH`, because `sbin` and
 /// `/usr/local/bin` are often missing from a test runner's `PATH`.
@@ -70,7 +71,12 @@ func spawnProcess(
 
     posix_spawn_file_actions_addopen(&fileActions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(
-        &fileActions, STDOUT_FILENO, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        &fileActions,
+        STDOUT_FILENO,
+        outputPath,
+        O_WRONLY | O_CREAT | O_APPEND,
+        0o600
+    )
     posix_spawn_file_actions_adddup2(&fileActions, STDOUT_FILENO, STDERR_FILENO)
     addCloseFromAction(&fileActions, lowestDescriptor: STDERR_FILENO + 1)
 
@@ -90,7 +96,13 @@ func spawnProcess(
     var pid: pid_t = 0
     let result = withExtendedLifetime((argumentVector, environmentVector)) {
         posix_spawn(
-            &pid, executable, &fileActions, &attributes, argumentVector.pointers, environmentVector.pointers)
+            &pid,
+            executable,
+            &fileActions,
+            &attributes,
+            argumentVector.pointers,
+            environmentVector.pointers
+        )
     }
     guard result == 0 else {
         throw MemcachedFixtureError.spawnFailed(executable: executable, errno: result)

@@ -1,6 +1,7 @@
 import Foundation
-@testable import Memcached
 import Testing
+
+@testable import Memcached
 
 /// A server string and the server it should parse to, written out by hand.
 private struct ParseCase: Sendable, CustomTestStringConvertible {
@@ -33,8 +34,10 @@ private let validSpecifications: [ParseCase] = [
     ParseCase("unix:/run/memcached.sock 4", MemcachedServer(unixSocketPath: "/run/memcached.sock", weight: 4)),
 ]
 
-private let invalidSpecifications = ["", "   ", "host:0", "host:70000", "host:abc", "[::1", "host:1:0", "host:1:1001",
-                                     "host:11211 0", "host:11211 x", "unix:", ":11211", "[::1]x"]
+private let invalidSpecifications = [
+    "", "   ", "host:0", "host:70000", "host:abc", "[::1", "host:1:0", "host:1:1001",
+    "host:11211 0", "host:11211 x", "unix:", ":11211", "[::1]x",
+]
 
 /// The error code a throwing call ends with, or nil when it returns.
 private func failureCode(_ body: () throws -> Void) -> MemcachedError.Code? {
@@ -83,11 +86,13 @@ struct ConfigurationTests {
     @Test("A configuration parses its server strings in order")
     func configurationFromStrings() throws {
         let configuration = try MemcachedConfiguration(servers: ["a:1", "b:2:5", "unix:/s"])
-        #expect(configuration.servers == [
-            MemcachedServer(host: "a", port: 1),
-            MemcachedServer(host: "b", port: 2, weight: 5),
-            MemcachedServer(unixSocketPath: "/s"),
-        ])
+        #expect(
+            configuration.servers == [
+                MemcachedServer(host: "a", port: 1),
+                MemcachedServer(host: "b", port: 2, weight: 5),
+                MemcachedServer(unixSocketPath: "/s"),
+            ]
+        )
         #expect(failureCode { _ = try MemcachedConfiguration(servers: ["a:1", "b:0"]) } == .invalidServerSpecification)
     }
 
@@ -118,7 +123,10 @@ struct ConfigurationTests {
     func longRelativeExpirations() {
         let fixedNow: Int64 = 1_700_000_000
         #expect(MemcachedExpiration.seconds(2_592_001).wireValue(now: { fixedNow }) == fixedNow + 2_592_001)
-        #expect(MemcachedExpiration.after(.seconds(2_592_000) + .milliseconds(1)).wireValue(now: { fixedNow }) == fixedNow + 2_592_001)
+        #expect(
+            MemcachedExpiration.after(.seconds(2_592_000) + .milliseconds(1)).wireValue(now: { fixedNow }) == fixedNow
+                + 2_592_001
+        )
         #expect(MemcachedExpiration.seconds(365 * 86_400).wireValue(now: { fixedNow }) == fixedNow + 365 * 86_400)
         // With the real clock, the value lands near now.
         let real = MemcachedExpiration.seconds(40 * 86_400).wireValue()
@@ -198,16 +206,20 @@ struct ConfigurationTests {
         #expect(failureCode { _ = try MemcachedConnection(configuration: configuration) } == .invalidConfiguration)
     }
 
-    @Test("Servers built with port 0 or weight 0 are refused",
-          arguments: [
+    @Test(
+        "Servers built with port 0 or weight 0 are refused",
+        arguments: [
             MemcachedServer(host: "127.0.0.1", port: 0),
             MemcachedServer(host: "127.0.0.1", port: 65_536),
             MemcachedServer(host: "127.0.0.1", port: -1),
             MemcachedServer(host: "127.0.0.1", port: 11211, weight: 0),
             MemcachedServer(unixSocketPath: "/tmp/m.sock", weight: 0),
-          ])
+        ]
+    )
     func badMemberwiseServers(server: MemcachedServer) {
         let configuration = MemcachedConfiguration(servers: [MemcachedServer(host: "127.0.0.1"), server])
-        #expect(failureCode { _ = try MemcachedConnection(configuration: configuration) } == .invalidServerSpecification)
+        #expect(
+            failureCode { _ = try MemcachedConnection(configuration: configuration) } == .invalidServerSpecification
+        )
     }
 }

@@ -1,6 +1,7 @@
 import CLibMemcached
-@testable import Memcached
 import Testing
+
+@testable import Memcached
 
 /// The C enumerators of `memcached_return_t`, in the order of
 /// /usr/include/libmemcached-1.0/types/return.h (libmemcached 1.1.4), so index == raw value.
@@ -79,7 +80,12 @@ private let libmemcachedCases: [LibmemcachedCase] = [
     .init(MEMCACHED_FAILURE, "MEMCACHED_FAILURE", .failure, "failure"),
     .init(MEMCACHED_HOST_LOOKUP_FAILURE, "MEMCACHED_HOST_LOOKUP_FAILURE", .hostLookupFailure, "hostLookupFailure"),
     .init(MEMCACHED_CONNECTION_FAILURE, "MEMCACHED_CONNECTION_FAILURE", .connectionFailure, "connectionFailure"),
-    .init(MEMCACHED_CONNECTION_BIND_FAILURE, "MEMCACHED_CONNECTION_BIND_FAILURE", .connectionBindFailure, "connectionBindFailure"),
+    .init(
+        MEMCACHED_CONNECTION_BIND_FAILURE,
+        "MEMCACHED_CONNECTION_BIND_FAILURE",
+        .connectionBindFailure,
+        "connectionBindFailure"
+    ),
     .init(MEMCACHED_WRITE_FAILURE, "MEMCACHED_WRITE_FAILURE", .writeFailure, "writeFailure"),
     .init(MEMCACHED_READ_FAILURE, "MEMCACHED_READ_FAILURE", .readFailure, "readFailure"),
     .init(MEMCACHED_UNKNOWN_READ_FAILURE, "MEMCACHED_UNKNOWN_READ_FAILURE", .unknownReadFailure, "unknownReadFailure"),
@@ -92,7 +98,12 @@ private let libmemcachedCases: [LibmemcachedCase] = [
     .init(MEMCACHED_NOTSTORED, "MEMCACHED_NOTSTORED", .notStored, "notStored"),
     .init(MEMCACHED_STORED, "MEMCACHED_STORED", .stored, "stored"),
     .init(MEMCACHED_NOTFOUND, "MEMCACHED_NOTFOUND", .notFound, "notFound"),
-    .init(MEMCACHED_MEMORY_ALLOCATION_FAILURE, "MEMCACHED_MEMORY_ALLOCATION_FAILURE", .memoryAllocationFailure, "memoryAllocationFailure"),
+    .init(
+        MEMCACHED_MEMORY_ALLOCATION_FAILURE,
+        "MEMCACHED_MEMORY_ALLOCATION_FAILURE",
+        .memoryAllocationFailure,
+        "memoryAllocationFailure"
+    ),
     .init(MEMCACHED_PARTIAL_READ, "MEMCACHED_PARTIAL_READ", .partialRead, "partialRead"),
     .init(MEMCACHED_SOME_ERRORS, "MEMCACHED_SOME_ERRORS", .someErrors, "someErrors"),
     .init(MEMCACHED_NO_SERVERS, "MEMCACHED_NO_SERVERS", .noServers, "noServers"),
@@ -109,7 +120,12 @@ private let libmemcachedCases: [LibmemcachedCase] = [
     .init(MEMCACHED_TIMEOUT, "MEMCACHED_TIMEOUT", .timeout, "timeout"),
     .init(MEMCACHED_BUFFERED, "MEMCACHED_BUFFERED", .buffered, "buffered"),
     .init(MEMCACHED_BAD_KEY_PROVIDED, "MEMCACHED_BAD_KEY_PROVIDED", .badKeyProvided, "badKeyProvided"),
-    .init(MEMCACHED_INVALID_HOST_PROTOCOL, "MEMCACHED_INVALID_HOST_PROTOCOL", .invalidHostProtocol, "invalidHostProtocol"),
+    .init(
+        MEMCACHED_INVALID_HOST_PROTOCOL,
+        "MEMCACHED_INVALID_HOST_PROTOCOL",
+        .invalidHostProtocol,
+        "invalidHostProtocol"
+    ),
     .init(MEMCACHED_SERVER_MARKED_DEAD, "MEMCACHED_SERVER_MARKED_DEAD", .serverMarkedDead, "serverMarkedDead"),
     .init(MEMCACHED_UNKNOWN_STAT_KEY, "MEMCACHED_UNKNOWN_STAT_KEY", .unknownStatKey, "unknownStatKey"),
     .init(MEMCACHED_E2BIG, "MEMCACHED_E2BIG", .itemTooBig, "itemTooBig"),
@@ -123,12 +139,16 @@ private let libmemcachedCases: [LibmemcachedCase] = [
     .init(MEMCACHED_DEPRECATED, "MEMCACHED_DEPRECATED", .deprecated, "deprecated"),
     .init(MEMCACHED_IN_PROGRESS, "MEMCACHED_IN_PROGRESS", .inProgress, "inProgress"),
     .init(
-        MEMCACHED_SERVER_TEMPORARILY_DISABLED, "MEMCACHED_SERVER_TEMPORARILY_DISABLED",
-        .serverTemporarilyDisabled, "serverTemporarilyDisabled"
+        MEMCACHED_SERVER_TEMPORARILY_DISABLED,
+        "MEMCACHED_SERVER_TEMPORARILY_DISABLED",
+        .serverTemporarilyDisabled,
+        "serverTemporarilyDisabled"
     ),
     .init(
-        MEMCACHED_SERVER_MEMORY_ALLOCATION_FAILURE, "MEMCACHED_SERVER_MEMORY_ALLOCATION_FAILURE",
-        .serverMemoryAllocationFailure, "serverMemoryAllocationFailure"
+        MEMCACHED_SERVER_MEMORY_ALLOCATION_FAILURE,
+        "MEMCACHED_SERVER_MEMORY_ALLOCATION_FAILURE",
+        .serverMemoryAllocationFailure,
+        "serverMemoryAllocationFailure"
     ),
 ]
 
@@ -164,8 +184,10 @@ struct ErrorCodeTests {
         #expect(MEMCACHED_CONNECTION_SOCKET_CREATE_FAILURE.rawValue == MEMCACHED_ERROR.rawValue)
     }
 
-    @Test("Every raw value below MEMCACHED_MAXIMUM_RETURN has a Swift name and the header's C name",
-          arguments: 0..<maximumReturn)
+    @Test(
+        "Every raw value below MEMCACHED_MAXIMUM_RETURN has a Swift name and the header's C name",
+        arguments: 0..<maximumReturn
+    )
     func everyRawValueIsNamed(raw: Int) throws {
         let code = MemcachedError.Code(rawValue: raw)
         let entry = try #require(MemcachedError.Code.names[raw], "raw value \(raw) has no entry")
@@ -194,7 +216,10 @@ struct ErrorCodeTests {
         #expect(MemcachedError.Code.itemTooBig.rawValue == Int(MEMCACHED_E2BIG.rawValue))
         #expect(MemcachedError.Code.errorReply.rawValue == Int(MEMCACHED_ERROR.rawValue))
         #expect(MemcachedError.Code.errorReply.rawValue == Int(MEMCACHED_CONNECTION_SOCKET_CREATE_FAILURE.rawValue))
-        #expect(MemcachedError.Code.serverTemporarilyDisabled.rawValue == Int(MEMCACHED_SERVER_TEMPORARILY_DISABLED.rawValue))
+        #expect(
+            MemcachedError.Code.serverTemporarilyDisabled.rawValue
+                == Int(MEMCACHED_SERVER_TEMPORARILY_DISABLED.rawValue)
+        )
         #expect(MemcachedError.Code.authFailure.rawValue == Int(MEMCACHED_AUTH_FAILURE.rawValue))
         #expect(MemcachedError.Code.systemError.rawValue == Int(MEMCACHED_ERRNO.rawValue))
         #expect(MemcachedError.Code.dataExists.rawValue == Int(MEMCACHED_DATA_EXISTS.rawValue))

@@ -1,11 +1,12 @@
+import MemcachedTestSupport
+import Synchronization
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import MemcachedTestSupport
-import Synchronization
-import Testing
 
 /// Tests of the test fixtures themselves: real `memcached` processes and the
 /// loopback fault servers. Every test starts its own servers, so they may run

@@ -76,7 +76,9 @@ struct KeySafetyTests {
                 #expect(throws: MemcachedError.self) { try memc.get(key, as: String.self) }
                 #expect(throws: MemcachedError.self) { try memc.getMulti([key], keyPrefix: "p", as: String.self) }
             }
-            #expect(throws: MemcachedError.self) { try memc.getMulti(["a"], keyPrefix: "p\r\nflush_all\r\n", as: String.self) }
+            #expect(throws: MemcachedError.self) {
+                try memc.getMulti(["a"], keyPrefix: "p\r\nflush_all\r\n", as: String.self)
+            }
             #expect(try memc.get("sentinel", as: String.self) == "alive")
             #expect(try cluster.servers[0].rawCommand("get sentinel\r\n").contains("alive"))
             #expect(try statistic("cmd_flush", of: cluster.servers[0]) == 0)
@@ -87,7 +89,10 @@ struct KeySafetyTests {
     func validKeys() throws {
         try withMemcached { cluster in
             let memc = try connect(cluster)
-            let keys = ["会", "ключ", "a:b/c?d=e&f", "!~", String(repeating: "k", count: 250), String(repeating: "é", count: 125)]
+            let keys = [
+                "会", "ключ", "a:b/c?d=e&f", "!~", String(repeating: "k", count: 250),
+                String(repeating: "é", count: 125),
+            ]
             for key in keys {
                 try memc.set(key, key)
                 #expect(try memc.get(key, as: String.self) == key)
@@ -139,7 +144,11 @@ struct KeySafetyTests {
             _ = try? memc.increment("secret-word")
             let entries = handler.entries.withLock { $0 }
             #expect(entries.contains { $0.level == .trace && $0.metadata["command"] == "set" })
-            #expect(entries.contains { $0.level == .trace && $0.metadata["command"] == "get_multi" && $0.metadata["keys"] == "2" })
+            #expect(
+                entries.contains {
+                    $0.level == .trace && $0.metadata["command"] == "get_multi" && $0.metadata["keys"] == "2"
+                }
+            )
             #expect(entries.contains { $0.level == .debug && $0.metadata["code"] == "clientError" })
             for entry in entries {
                 let text = entry.message + entry.metadata.values.joined()

@@ -1,5 +1,6 @@
-@testable import Memcached
 import Testing
+
+@testable import Memcached
 
 /// Runs `validateKey` on a string's UTF-8 bytes; returns the error code, or nil when accepted.
 private func verdict(of key: String) -> MemcachedError.Code? {
@@ -82,8 +83,10 @@ struct KeyValidationTests {
         #expect(batchVerdict([tooLong]) == .keyTooLong)
     }
 
-    @Test("Spaces, control characters and DEL are refused",
-          arguments: [UInt8(0x20), 0x09, 0x0D, 0x0A, 0x00, 0x7F, 0x01, 0x1F])
+    @Test(
+        "Spaces, control characters and DEL are refused",
+        arguments: [UInt8(0x20), 0x09, 0x0D, 0x0A, 0x00, 0x7F, 0x01, 0x1F]
+    )
     func forbiddenBytes(byte: UInt8) {
         let scalar = Character(Unicode.Scalar(byte))
         for key in ["\(scalar)", "ab\(scalar)cd", "abcd\(scalar)", "\(scalar)abcd"] {
@@ -93,8 +96,10 @@ struct KeyValidationTests {
         }
     }
 
-    @Test("Printable ASCII edges and UTF-8 keys are accepted",
-          arguments: ["!", "~", "!~", "会", "ключ", "user:42/profile", "emoji-🔑", "a\u{80}b"])
+    @Test(
+        "Printable ASCII edges and UTF-8 keys are accepted",
+        arguments: ["!", "~", "!~", "会", "ключ", "user:42/profile", "emoji-🔑", "a\u{80}b"]
+    )
     func acceptedKeys(key: String) {
         #expect(verdict(of: key) == nil)
         #expect(batchVerdict([key]) == nil)
@@ -161,7 +166,8 @@ struct KeyValidationTests {
         }
         let total = keys.reduce(0) { $0 + 2 + $1.utf8.count }
         #expect(batch.storage.count == total)
-        let lengths = batch.withCArrays { _, lengths, count in Array(UnsafeBufferPointer(start: lengths, count: count)) }
+        let lengths = batch.withCArrays { _, lengths, count in Array(UnsafeBufferPointer(start: lengths, count: count))
+        }
         #expect(lengths == keys.map { 2 + $0.utf8.count })
     }
 
@@ -204,7 +210,9 @@ struct KeyValidationTests {
             if actual != expected {
                 mismatches += 1
                 if mismatches <= 5 {
-                    Issue.record("key \(Array(key.utf8)): expected \(String(describing: expected)), got \(String(describing: actual))")
+                    Issue.record(
+                        "key \(Array(key.utf8)): expected \(String(describing: expected)), got \(String(describing: actual))"
+                    )
                 }
             }
         }

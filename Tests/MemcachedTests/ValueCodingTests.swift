@@ -1,6 +1,7 @@
 import Foundation
-@testable import Memcached
 import Testing
+
+@testable import Memcached
 
 // MARK: - Helpers
 
@@ -247,8 +248,10 @@ struct ValueCodingTests {
 
     // MARK: Strings and bytes
 
-    @Test("String round-trips as UTF-8 with flag 16",
-          arguments: ["", "hello", "héllo wörld 会 🔑", "a\u{0}b", "\r\n", String(repeating: "x", count: 100_000)])
+    @Test(
+        "String round-trips as UTF-8 with flag 16",
+        arguments: ["", "hello", "héllo wörld 会 🔑", "a\u{0}b", "\r\n", String(repeating: "x", count: 100_000)]
+    )
     func stringRoundTrip(text: String) throws {
         let payload = text.memcachedPayload()
         #expect(payload.flags.rawValue == 16)
@@ -339,8 +342,12 @@ struct ValueCodingTests {
 
     @Test("Bool stores 1 or 0 with flag 2 and reads them back")
     func boolRoundTrip() throws {
-        #expect(true.memcachedPayload() == MemcachedPayload(bytes: [UInt8(ascii: "1")], flags: MemcachedFlags(rawValue: 2)))
-        #expect(false.memcachedPayload() == MemcachedPayload(bytes: [UInt8(ascii: "0")], flags: MemcachedFlags(rawValue: 2)))
+        #expect(
+            true.memcachedPayload() == MemcachedPayload(bytes: [UInt8(ascii: "1")], flags: MemcachedFlags(rawValue: 2))
+        )
+        #expect(
+            false.memcachedPayload() == MemcachedPayload(bytes: [UInt8(ascii: "0")], flags: MemcachedFlags(rawValue: 2))
+        )
         for value in [true, false] {
             let payload = value.memcachedPayload()
             #expect(try decode(Bool.self, payload.bytes, payload.flags) == value)

@@ -44,7 +44,9 @@ struct ValueRoundTripTests {
             #expect(try memc.get("false", as: Bool.self) == false)
             #expect(try storedFlags("true", on: server) == 2)
 
-            for (index, double) in [0.1, -2.5e300, Double.infinity, -Double.infinity, Double.leastNonzeroMagnitude].enumerated() {
+            for (index, double) in [0.1, -2.5e300, Double.infinity, -Double.infinity, Double.leastNonzeroMagnitude]
+                .enumerated()
+            {
                 try memc.set("double\(index)", double)
                 #expect(try memc.get("double\(index)", as: Double.self) == double)
             }
@@ -160,7 +162,10 @@ struct ValueRoundTripTests {
             #expect(try memc.get("word", as: String.self) == "not a number")
             try memc.setMulti(["a": "1", "b": "x"])
             #expect(throws: MemcachedError.self) { try memc.getMulti(["a", "b"], as: Int.self) }
-            #expect(try memc.getMulti(["a", "b"], as: String.self) == ["a": "1", "b": "x"], "no stale replies after a decoding error")
+            #expect(
+                try memc.getMulti(["a", "b"], as: String.self) == ["a": "1", "b": "x"],
+                "no stale replies after a decoding error"
+            )
         }
     }
 }

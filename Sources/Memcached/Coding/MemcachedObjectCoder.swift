@@ -72,7 +72,11 @@ extension MemcachedObjectCoder {
         }
     }
 
-    func value<Value: Decodable>(_ type: Value.Type, bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws -> Value {
+    func value<Value: Decodable>(
+        _ type: Value.Type,
+        bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags
+    ) throws -> Value {
         guard flags.isDisjoint(with: [.integer, .long]) else {
             throw MemcachedError.undecodable(Value.self, flags: flags, "it holds an integer, not a serialized object")
         }
@@ -81,7 +85,9 @@ extension MemcachedObjectCoder {
         } catch {
             // python-memcached pickles objects under the same flag; say so rather than just "bad JSON".
             let looksPickled = bytes.first == 0x80 || bytes.first == UInt8(ascii: "(")
-            let hint = looksPickled ? " (the bytes look like a Python pickle; configure the Python client with a JSON pickler)" : ""
+            let hint =
+                looksPickled
+                ? " (the bytes look like a Python pickle; configure the Python client with a JSON pickler)" : ""
             throw MemcachedError.undecodable(Value.self, flags: flags, "\(error)\(hint)")
         }
     }

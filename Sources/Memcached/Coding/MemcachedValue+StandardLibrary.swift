@@ -64,7 +64,9 @@ private func decimalText(_ bytes: UnsafeRawBufferPointer) -> Substring? {
     var end = bytes.endIndex
     while start < end, isSpace(bytes[start]) { start += 1 }
     while end > start, isSpace(bytes[end - 1]) { end -= 1 }
-    guard let text = String(validating: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self) else { return nil }
+    guard let text = String(validating: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self) else {
+        return nil
+    }
     return Substring(text)
 }
 

@@ -38,7 +38,10 @@ extension MemcachedConnection {
         for index in keys.indices {
             outcomes[keys[index]] = batch.withKey(at: index) { keyBytes in
                 Result {
-                    try handle.delete(key: PreparedKey(bytes: keyBytes, key: keys[index]), noReply: configuration.noReply)
+                    try handle.delete(
+                        key: PreparedKey(bytes: keyBytes, key: keys[index]),
+                        noReply: configuration.noReply
+                    )
                 }
                 .mapError { $0 as! MemcachedError }
             }
@@ -121,7 +124,10 @@ extension MemcachedConnection {
         if let group {
             // The group goes into the text protocol verbatim: refuse anything that could end the line.
             guard !group.isEmpty, group.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }) else {
-                throw MemcachedError(code: .invalidArguments, message: "the statistics group holds control characters or is empty")
+                throw MemcachedError(
+                    code: .invalidArguments,
+                    message: "the statistics group holds control characters or is empty"
+                )
             }
         }
         return try handle.stats(group: group)

@@ -13,7 +13,11 @@ extension MemcachedConnection {
     ///   ``MemcachedConfiguration/maximumValueLength`` (both before anything is sent), or a server
     ///   failure. The corresponding C function is `memcached_set`.
     @discardableResult
-    public func set<Value: MemcachedValue>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+    public func set<Value: MemcachedValue>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
         try store(.set, key, expiration, noReply: configuration.noReply) { try value.memcachedPayload() }
     }
 
@@ -28,7 +32,11 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     @_disfavoredOverload
-    public func set<Value: Encodable>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+    public func set<Value: Encodable>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
         let coder = configuration.objectCoder
         return try store(.set, key, expiration, noReply: configuration.noReply) { try coder.payload(for: value) }
     }
@@ -43,7 +51,11 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     ///   The corresponding C function is `memcached_add`.
     @discardableResult
-    public func add<Value: MemcachedValue>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+    public func add<Value: MemcachedValue>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
         try store(.add, key, expiration) { try value.memcachedPayload() }
     }
 
@@ -57,7 +69,11 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     @_disfavoredOverload
-    public func add<Value: Encodable>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+    public func add<Value: Encodable>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
         let coder = configuration.objectCoder
         return try store(.add, key, expiration) { try coder.payload(for: value) }
     }
@@ -72,7 +88,11 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     ///   The corresponding C function is `memcached_replace`.
     @discardableResult
-    public func replace<Value: MemcachedValue>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+    public func replace<Value: MemcachedValue>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
         try store(.replace, key, expiration) { try value.memcachedPayload() }
     }
 
@@ -86,7 +106,11 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     @_disfavoredOverload
-    public func replace<Value: Encodable>(_ key: String, _ value: Value, expiration: MemcachedExpiration = .never) throws -> Bool {
+    public func replace<Value: Encodable>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration = .never
+    ) throws -> Bool {
         let coder = configuration.objectCoder
         return try store(.replace, key, expiration) { try coder.payload(for: value) }
     }

@@ -132,7 +132,8 @@ public final class MemcachedConnection {
         guard payload.bytes.count <= configuration.maximumValueLength else {
             throw MemcachedError(
                 code: .valueTooLarge,
-                message: "the encoded value is \(payload.bytes.count) bytes; the limit is \(configuration.maximumValueLength)",
+                message:
+                    "the encoded value is \(payload.bytes.count) bytes; the limit is \(configuration.maximumValueLength)",
                 key: key
             )
         }

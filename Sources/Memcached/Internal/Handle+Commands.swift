@@ -3,7 +3,8 @@ import Logging
 
 /// The storage commands, each one libmemcached call.
 enum StoreOperation {
-    case set, add, replace, append, prepend, cas(UInt64)
+    case set, add, replace, append, prepend
+    case cas(UInt64)
 
     var name: StaticString {
         switch self {
@@ -180,7 +181,10 @@ extension Handle {
     /// Reads the rest of a multi-get reply (ASCII `END`, binary `NOOP`) so it cannot be taken for
     /// the next command's reply. libmemcached purges leftovers lazily in ASCII mode but not in
     /// binary mode, where a leftover `NOOP` answers the next command.
-    private func drainFetch(_ pointer: UnsafeMutablePointer<memcached_st>, _ result: UnsafeMutablePointer<memcached_result_st>) {
+    private func drainFetch(
+        _ pointer: UnsafeMutablePointer<memcached_st>,
+        _ result: UnsafeMutablePointer<memcached_result_st>
+    ) {
         var rc = MEMCACHED_SUCCESS
         var extraItems = 0
         while memcached_fetch_result(pointer, result, &rc) != nil {
@@ -256,9 +260,23 @@ extension Handle {
         let rc =
             increment
             ? memcached_increment_by_key(
-                pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
+                pointer,
+                key.cString,
+                key.bytes.count,
+                key.cString,
+                key.bytes.count,
+                delta,
+                &newValue
+            )
             : memcached_decrement_by_key(
-                pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
+                pointer,
+                key.cString,
+                key.bytes.count,
+                key.cString,
+                key.bytes.count,
+                delta,
+                &newValue
+            )
         if memcached_success(rc) { return newValue }
         if rc == MEMCACHED_NOTFOUND { return nil }
         throw failure(rc, command: increment ? "increment" : "decrement", key: key.key, keyBytes: key.bytes)
@@ -296,7 +314,8 @@ extension Handle {
     private func serverError(_ instance: OpaquePointer, server: String) -> MemcachedError? {
         let rc = memcached_server_error_return(instance)
         guard !memcached_success(rc) else { return nil }
-        let message = memcached_server_error(instance).map { String(cString: $0) } ?? String(cString: memcached_strerror(nil, rc))
+        let message =
+            memcached_server_error(instance).map { String(cString: $0) } ?? String(cString: memcached_strerror(nil, rc))
         return MemcachedError(code: MemcachedError.Code(rawValue: Int(rc.rawValue)), message: message, server: server)
     }
 
@@ -339,7 +358,10 @@ extension Handle {
         let callback: memcached_stat_fn = { _, key, keyLength, value, valueLength, context in
             let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
             let name = String(decoding: UnsafeRawBufferPointer(start: key, count: keyLength), as: UTF8.self)
-            collector.values[name] = String(decoding: UnsafeRawBufferPointer(start: value, count: valueLength), as: UTF8.self)
+            collector.values[name] = String(
+                decoding: UnsafeRawBufferPointer(start: value, count: valueLength),
+                as: UTF8.self
+            )
             return MEMCACHED_SUCCESS
         }
         let rc = withExtendedLifetime(collector) {
@@ -371,7 +393,10 @@ extension Handle {
                 let error = MemcachedError(code: .failure, message: "the server reported no version", server: server)
                 return MemcachedServerResult(server: server, result: .failure(error))
             }
-            return MemcachedServerResult(server: server, result: .success(version.map(String.init).joined(separator: ".")))
+            return MemcachedServerResult(
+                server: server,
+                result: .success(version.map(String.init).joined(separator: "."))
+            )
         }
     }
 

@@ -90,11 +90,20 @@ final class Handle {
             (MEMCACHED_BEHAVIOR_SUPPORT_CAS, 1, "support CAS"),
             (MEMCACHED_BEHAVIOR_TCP_NODELAY, configuration.tcpNoDelay ? 1 : 0, "tcpNoDelay"),
             (MEMCACHED_BEHAVIOR_BINARY_PROTOCOL, configuration.wireProtocol == .binary ? 1 : 0, "wireProtocol"),
-            (MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, try Self.milliseconds(configuration.connectTimeout, "connectTimeout"), "connectTimeout"),
+            (
+                MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT,
+                try Self.milliseconds(configuration.connectTimeout, "connectTimeout"), "connectTimeout"
+            ),
             (MEMCACHED_BEHAVIOR_POLL_TIMEOUT, try Self.milliseconds(configuration.timeout, "timeout"), "timeout"),
-            (MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, try Self.seconds(configuration.retryTimeout, "retryTimeout"), "retryTimeout"),
+            (
+                MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, try Self.seconds(configuration.retryTimeout, "retryTimeout"),
+                "retryTimeout"
+            ),
             (MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, UInt64(configuration.serverFailureLimit), "serverFailureLimit"),
-            (MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS, configuration.removeFailedServers ? 1 : 0, "removeFailedServers"),
+            (
+                MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS, configuration.removeFailedServers ? 1 : 0,
+                "removeFailedServers"
+            ),
             (MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(configuration.distribution.libmemcachedValue), "distribution"),
             (MEMCACHED_BEHAVIOR_HASH, UInt64(Self.hashValue(configuration.hash)), "hash"),
         ]
@@ -134,7 +143,10 @@ final class Handle {
     static func seconds(_ duration: Duration, _ name: String) throws -> UInt64 {
         let (seconds, attoseconds) = duration.components
         guard seconds >= 0, duration >= .zero, seconds <= Int64(Int32.max) else {
-            throw MemcachedError(code: .invalidConfiguration, message: "\(name) must be between 0 and \(Int32.max) seconds")
+            throw MemcachedError(
+                code: .invalidConfiguration,
+                message: "\(name) must be between 0 and \(Int32.max) seconds"
+            )
         }
         return UInt64(seconds + (attoseconds > 0 ? 1 : 0))
     }
@@ -143,7 +155,10 @@ final class Handle {
         let pointer = try live()
         for server in servers {
             guard server.weight >= 1 else {
-                throw MemcachedError(code: .invalidServerSpecification, message: "server \(server) has a weight below 1")
+                throw MemcachedError(
+                    code: .invalidServerSpecification,
+                    message: "server \(server) has a weight below 1"
+                )
             }
             let rc: memcached_return_t
             switch server.address {
