@@ -69,6 +69,12 @@ public final class MemcachedConnection {
         self.handle = try Handle(configuration: configuration)
     }
 
+    /// Wraps a handle, such as a clone made for a pool.
+    init(handle: Handle) {
+        self.configuration = handle.configuration
+        self.handle = handle
+    }
+
     /// Creates a connection to servers written as strings, with every other setting at its default.
     ///
     /// - Parameter servers: Server strings such as `"127.0.0.1:11211"`; see ``MemcachedServer``.

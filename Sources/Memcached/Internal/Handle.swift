@@ -16,6 +16,10 @@ final class Handle {
     let logger: Logger
     /// Cached once: checking the log level on every command would cost an existential call.
     let traceEnabled: Bool
+    /// An object the C handle points into without owning it (the box of a custom hash function,
+    /// whose pointer libhashkit copies into every clone and never releases). Every handle that
+    /// carries the pointer holds the object, so it lives exactly as long as the last such handle.
+    private(set) var keepAlive: AnyObject?
 
     init(configuration: MemcachedConfiguration) throws {
         self.configuration = configuration
@@ -26,17 +30,35 @@ final class Handle {
         }
         self.pointer = pointer
         // From here on, deinit frees whatever was created if a later step throws.
-        // The result lives in memory we own: libmemcached frees a result it allocated itself at
-        // the end of every fetch loop (`memcached_fetch_result` checks `memcached_is_allocated`),
-        // which would leave this handle holding a dangling pointer.
+        try createResult()
+        try applyBehaviors(configuration)
+        try addServers(configuration.servers)
+    }
+
+    /// Creates a handle with the same behaviours, servers and hash as `source`, with sockets of its
+    /// own. The corresponding C function is `memcached_clone`.
+    init(cloning source: Handle) throws {
+        self.configuration = source.configuration
+        self.logger = source.logger
+        self.traceEnabled = source.traceEnabled
+        self.keepAlive = source.keepAlive
+        guard let pointer = memcached_clone(nil, try source.live()) else {
+            throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_clone failed")
+        }
+        self.pointer = pointer
+        try createResult()
+    }
+
+    /// Creates the reusable fetch result in memory this handle owns: libmemcached frees a result it
+    /// allocated itself at the end of every fetch loop (`memcached_fetch_result` checks
+    /// `memcached_is_allocated`), which would leave the handle holding a dangling pointer.
+    private func createResult() throws {
         let storage = UnsafeMutablePointer<memcached_result_st>.allocate(capacity: 1)
-        guard memcached_result_create(pointer, storage) != nil else {
+        guard memcached_result_create(try live(), storage) != nil else {
             storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_result_create failed")
         }
         self.result = storage
-        try applyBehaviors(configuration)
-        try addServers(configuration.servers)
     }
 
     deinit {
