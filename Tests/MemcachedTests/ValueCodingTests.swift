@@ -103,19 +103,6 @@ private func runPython(_ script: String, input: [UInt8] = []) throws -> [UInt8] 
     return Array(data)
 }
 
-/// SplitMix64: a small, seeded, deterministic generator.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 // MARK: - Integer cases
 
 /// One fixed-width integer type, checked by the generic body below.

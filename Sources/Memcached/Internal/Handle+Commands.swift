@@ -158,6 +158,7 @@ extension Handle {
         guard memcached_fetch_result(pointer, result, &fetchRC) != nil else {
             switch fetchRC {
             case MEMCACHED_END, MEMCACHED_NOTFOUND:
+                try throwHiddenReadFailure(pointer, command: command, key: key)
                 return nil
             default:
                 throw failure(fetchRC, command: command, key: key.key, keyBytes: key.bytes)
@@ -190,8 +191,27 @@ extension Handle {
         while memcached_fetch_result(pointer, result, &rc) != nil {
             extraItems += 1
         }
-        if extraItems > 0 || !(rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND || rc == MEMCACHED_SUCCESS) {
+        if extraItems > 0 || !(rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND || rc == MEMCACHED_SUCCESS)
+            || Self.mayLeaveReplyUnread(memcached_last_error(pointer))
+        {
             resetConnections()
+        }
+    }
+
+    /// Throws when a fetch that reported "not found" actually met a broken reply.
+    ///
+    /// `memcached_fetch_result` turns an unparsable reply (garbage, `SERVER_ERROR`) into
+    /// `MEMCACHED_NOTFOUND` when no item was read, which would make a misbehaving server look like
+    /// a cache miss and leave its bytes on the socket. The real code stays in the handle's last
+    /// error, which libmemcached clears at the start of every command.
+    private func throwHiddenReadFailure(
+        _ pointer: UnsafeMutablePointer<memcached_st>,
+        command: StaticString,
+        key: PreparedKey? = nil
+    ) throws {
+        let hidden = memcached_last_error(pointer)
+        if Self.mayLeaveReplyUnread(hidden) {
+            throw failure(hidden, command: command, key: key?.key, keyBytes: key?.bytes)
         }
     }
 
@@ -226,7 +246,7 @@ extension Handle {
         }
         switch fetchRC {
         case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
-            break
+            try throwHiddenReadFailure(pointer, command: command)
         case MEMCACHED_CONNECTION_FAILURE where rc == MEMCACHED_SOME_ERRORS:
             break
         default:
