@@ -68,7 +68,8 @@ public final class MemcachedServerProcess: Sendable {
     /// it in the file named by `MEMCACHED_PORT_FILENAME`, which avoids the race of
     /// choosing a port first and binding it later. The server counts as ready once
     /// a `stats` request on that port reports the spawned pid, which proves the
-    /// fixture talks to its own process rather than a stranger.
+    /// fixture talks to its own process rather than a stranger. A server started with `-S`
+    /// (SASL only) answers no text command, so for it the announced port is enough.
     ///
     /// - Parameters:
     ///   - arguments: Extra command-line arguments, for example `["-I", "2m"]`.
@@ -118,7 +119,13 @@ public final class MemcachedServerProcess: Sendable {
                 outputPath: outputPath,
                 deadline: deadline
             )
-            try waitUntilServing(pid: pid, port: port, outputPath: outputPath, deadline: deadline)
+            if arguments.contains("-S") {
+                // A SASL-only server answers no text command before authentication; memcached
+                // writes the port file only after binding, so a live process is ready.
+                try failIfExited(pid: pid, outputPath: outputPath)
+            } else {
+                try waitUntilServing(pid: pid, port: port, outputPath: outputPath, deadline: deadline)
+            }
             return MemcachedServerProcess(
                 pid: pid,
                 port: port,

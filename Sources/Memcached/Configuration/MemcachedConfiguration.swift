@@ -114,6 +114,14 @@ public struct MemcachedConfiguration: Sendable {
     /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_DISTRIBUTION`.
     public var distribution: MemcachedDistribution = .modula
 
+    /// SASL credentials for servers started with `-S`; `nil` for none.
+    ///
+    /// SASL needs the binary protocol: creating a connection with credentials and
+    /// ``WireProtocol/ascii`` throws ``MemcachedError/Code/invalidConfiguration``. Wrong credentials
+    /// make the first command fail with ``MemcachedError/Code/authFailure``. The default is `nil`.
+    /// The corresponding C function is `memcached_set_sasl_auth_data`.
+    public var credentials: MemcachedCredentials? = nil
+
     /// The logger for command tracing, python-memcached's `debug=1`.
     ///
     /// Commands are logged at `.trace`, failures at `.debug`, with the command name, key count,
@@ -135,5 +143,30 @@ public struct MemcachedConfiguration: Sendable {
     ///   for a string that cannot be parsed.
     public init(servers: [String]) throws {
         self.servers = try servers.map(MemcachedServer.init(parsing:))
+    }
+}
+
+/// A user name and password for SASL authentication (mechanism PLAIN, as memcached offers it).
+///
+/// The password never appears in `description` or in logs.
+public struct MemcachedCredentials: Sendable, Hashable, CustomStringConvertible {
+    /// The SASL user name.
+    public var username: String
+    /// The SASL password.
+    public var password: String
+
+    /// Creates credentials.
+    ///
+    /// - Parameters:
+    ///   - username: The SASL user name.
+    ///   - password: The SASL password.
+    public init(username: String, password: String) {
+        self.username = username
+        self.password = password
+    }
+
+    /// The user name with the password redacted.
+    public var description: String {
+        "MemcachedCredentials(username: \(username), password: <redacted>)"
     }
 }

@@ -33,6 +33,25 @@ final class Handle {
         try createResult()
         try applyBehaviors(configuration)
         try addServers(configuration.servers)
+        try applyCredentials(configuration)
+    }
+
+    private func applyCredentials(_ configuration: MemcachedConfiguration) throws {
+        guard let credentials = configuration.credentials else { return }
+        guard configuration.wireProtocol == .binary else {
+            throw MemcachedError(
+                code: .invalidConfiguration,
+                message: "SASL authentication needs the binary protocol: set wireProtocol to .binary"
+            )
+        }
+        // libmemcached runs sasl_client_init once per process itself, on first authentication.
+        let rc = memcached_set_sasl_auth_data(try live(), credentials.username, credentials.password)
+        guard memcached_success(rc) else {
+            throw MemcachedError(
+                code: .invalidConfiguration,
+                message: "libmemcached refused the SASL credentials: \(lastErrorMessage(for: rc))"
+            )
+        }
     }
 
     /// Creates a handle with the same behaviours, servers and hash as `source`, with sockets of its
