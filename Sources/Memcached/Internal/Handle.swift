@@ -34,6 +34,19 @@ final class Handle {
         try applyBehaviors(configuration)
         try addServers(configuration.servers)
         try applyCredentials(configuration)
+        try applyDeadServerRetry(configuration)
+    }
+
+    /// Lets an ejected server back in: with `MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS`, libmemcached
+    /// retries an ejected server only when a dead timeout is set (`backoff_handling` in connect.cc);
+    /// without one, a server that reached the failure limit stays out for good.
+    private func applyDeadServerRetry(_ configuration: MemcachedConfiguration) throws {
+        guard configuration.removeFailedServers else { return }
+        let seconds = try Self.seconds(configuration.retryTimeout, "retryTimeout")
+        let rc = memcached_behavior_set(try live(), MEMCACHED_BEHAVIOR_DEAD_TIMEOUT, max(seconds, 1))
+        guard memcached_success(rc) else {
+            throw MemcachedError(code: .invalidConfiguration, message: "libmemcached refused the dead timeout")
+        }
     }
 
     private func applyCredentials(_ configuration: MemcachedConfiguration) throws {
