@@ -303,7 +303,33 @@ public final class MemcachedServerProcess: Sendable {
     /// which is how a hung server looks to a client.
     public func pause() {
         ChildProcessRegistry.send(SIGSTOP, to: pid)
+        // kill() returns before every thread has stopped: a worker thread on another CPU can still
+        // answer a request sent right away. Wait until the kernel reports the process stopped.
+        #if os(Linux)
+        let deadline = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < deadline {
+            if allThreadsStopped() {
+                return
+            }
+            usleep(1_000)
+        }
+        #endif
     }
+
+    #if os(Linux)
+    /// Whether every thread of the process is in the stopped state.
+    private func allThreadsStopped() -> Bool {
+        guard let threads = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else {
+            return false
+        }
+        return threads.allSatisfy { thread in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(thread)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return false }
+            return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
+        }
+    }
+    #endif
 
     /// Lets a server frozen by ``pause()`` continue with `SIGCONT`.
     public func resume() {
