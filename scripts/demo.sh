@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
-# Starts a memcached on a free loopback port, runs the demo against it, and stops that server.
+# The README's `make demo`: starts a memcached on a free loopback port, runs the FilmCache example
+# twice against it (the first run reads the database, the second the cache, each printing how long
+# its lookup took), and stops that server. The database is a SQLite file in a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/servers.sh
 
 workdir=$(mktemp -d)
-port_file="$workdir/port"
-user_args=()
-[ "$(id -u)" -eq 0 ] && user_args=(-u root)
-
-MEMCACHED_PORT_FILENAME="$port_file" memcached -l 127.0.0.1 -p -1 -U 0 "${user_args[@]}" >"$workdir/memcached.log" 2>&1 &
-server_pid=$!
+memcached_pid=""
 cleanup() {
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+    [ -z "$memcached_pid" ] || stop_pid "$memcached_pid"
     rm -rf "$workdir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-for _ in $(seq 1 100); do
-    grep -q 'TCP INET: [0-9]' "$port_file" 2>/dev/null && break
-    sleep 0.05
-done
-port=$(sed -n 's/^TCP INET: \([0-9]*\).*/\1/p' "$port_file" | head -n1)
-[ -n "$port" ] || { echo "memcached did not start:"; cat "$workdir/memcached.log"; exit 1; }
-echo "memcached (pid $server_pid) listens on 127.0.0.1:$port"
+start_memcached "$workdir"
+echo "memcached (pid $memcached_pid) listens on 127.0.0.1:$memcached_port"
 
-swift build --product QuickStart
-MEMCACHED_SERVERS="127.0.0.1:$port" swift run --skip-build QuickStart
+swift build --package-path Examples --product FilmCache
+run_filmcache() {
+    local args=(--servers "127.0.0.1:$memcached_port" --database "$workdir/sakila.sqlite")
+    echo
+    echo "\$ swift run --package-path Examples FilmCache ${args[*]}"
+    swift run --skip-build --package-path Examples FilmCache "${args[@]}"
+}
+
+echo
+echo "First run: memcached is empty, so FilmCache reads SQLite and caches the top five films."
+run_filmcache
+echo
+echo "Second run, within the 60-second expiry: the rows come from memcached."
+run_filmcache
+
+echo
+echo "Also: Examples/python/read_top5films.py reads the same key with python-memcached,"
+echo "FilmCache --mysql mysql://user:password@host:port/sakila reads MariaDB or MySQL instead of SQLite,"
+echo "and 'swift run QuickStart' runs every memcached command (MEMCACHED_SERVERS=host:port)."

@@ -240,9 +240,23 @@ final class Handle {
     /// generic text.
     func lastErrorMessage(for rc: memcached_return_t) -> String {
         if let pointer, memcached_last_error(pointer) == rc, let message = memcached_last_error_message(pointer) {
-            return String(cString: message)
+            return Self.readable(String(cString: message))
         }
         return String(cString: memcached_strerror(nil, rc))
+    }
+
+    /// libmemcached's messages carry its handle's address and its own source location
+    /// ("(0x55de…) CONNECTION FAILURE,  host: h:p -> ./src/libmemcached/get.cc:233"), which mean
+    /// nothing to a caller and vary from run to run; keep the text between them.
+    static func readable(_ message: String) -> String {
+        var text = Substring(message)
+        if text.hasPrefix("(0x"), let close = text.firstIndex(of: ")") {
+            text = text[text.index(after: close)...]
+        }
+        if let location = text.firstRange(of: " -> ") {
+            text = text[..<location.lowerBound]
+        }
+        return text.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
     }
 
     /// The server a key maps to, as `host:port` or a socket path.
