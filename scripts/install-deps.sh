@@ -25,3 +25,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The real python-memcached the interoperability tests run against, in .venv-python.
+"$(dirname "$0")/install-python-deps.sh"

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -16,7 +15,7 @@ import Darwin
 /// sent after that point — neither by a fixture nor by the exit handler.
 enum ChildProcessRegistry {
     /// Live (not yet reaped) children, mapped to the scratch directory to delete at exit.
-    private static let liveChildren = Mutex<[pid_t: String]>([:])
+    private static let liveChildren = Locked<[pid_t: String]>([:])
 
     /// What a non-blocking reap attempt found.
     enum ReapResult: Equatable {

@@ -121,7 +121,7 @@ final class BackgroundLoopbackServer: Sendable {
     private let behaviour: Behaviour
     private let stopRequested = Atomic<Bool>(false)
     private let acceptedConnections = Atomic<Int>(0)
-    private let lifecycle = Mutex(Lifecycle())
+    private let lifecycle = Locked(Lifecycle())
 
     private struct Lifecycle {
         var thread: pthread_t?

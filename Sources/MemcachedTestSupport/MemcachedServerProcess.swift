@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 #if canImport(Glibc)
 public import Glibc
@@ -40,7 +39,7 @@ public final class MemcachedServerProcess: Sendable {
 
     private let scratchDirectory: String
     private let outputPath: String
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         /// How the process ended, once it has been reaped.

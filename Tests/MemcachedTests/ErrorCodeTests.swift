@@ -165,6 +165,8 @@ private let clientSideCodes: [(code: MemcachedError.Code, name: String)] = [
     (.connectionClosed, "connectionClosed"),
     (.unexpectedKey, "unexpectedKey"),
     (.decompressionFailed, "decompressionFailed"),
+    (.poolTimeout, "poolTimeout"),
+    (.poolClosed, "poolClosed"),
 ]
 
 private let maximumReturn = Int(MEMCACHED_MAXIMUM_RETURN.rawValue)

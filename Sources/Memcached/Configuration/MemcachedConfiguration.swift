@@ -104,14 +104,16 @@ public struct MemcachedConfiguration: Sendable {
 
     /// The function that hashes keys to pick a server.
     ///
-    /// The default is ``MemcachedHash/default``, libmemcached's one-at-a-time hash.
-    /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_HASH`.
+    /// The default is ``MemcachedHash/default``, libmemcached's one-at-a-time hash. A built-in hash
+    /// is set with `MEMCACHED_BEHAVIOR_HASH`; a custom one (including ``MemcachedHash/crc32`` and
+    /// ``MemcachedHash/adler32``) is installed with `memcached_set_hashkit`.
     public var hash: MemcachedHash = .default
 
     /// How key hashes are spread over the servers.
     ///
-    /// The default is ``MemcachedDistribution/modula``.
-    /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_DISTRIBUTION`.
+    /// The default is ``MemcachedDistribution/modula``. Both consistent distributions use
+    /// `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED` (libketama's continuum), with every weight 1 for
+    /// ``MemcachedDistribution/consistent``.
     public var distribution: MemcachedDistribution = .modula
 
     /// SASL credentials for servers started with `-S`; `nil` for none.

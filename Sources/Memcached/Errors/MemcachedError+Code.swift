@@ -244,6 +244,16 @@ extension MemcachedError.Code {
     ///
     /// This code is raised by the Swift layer before any C call; it has no libmemcached counterpart.
     public static let decompressionFailed = Self(rawValue: 10_011)
+    /// No pooled connection became free within ``MemcachedClient/Options/connectionWaitTimeout``:
+    /// every one of ``MemcachedClient/Options/maximumConnections`` was in use the whole time.
+    ///
+    /// This code is raised by the Swift layer before any C call; it has no libmemcached counterpart.
+    public static let poolTimeout = Self(rawValue: 10_012)
+    /// The ``MemcachedClient`` was closed, with ``MemcachedClient/close()`` or at the end of
+    /// ``MemcachedClient/run()``, and runs no more commands.
+    ///
+    /// This code is raised by the Swift layer before any C call; it has no libmemcached counterpart.
+    public static let poolClosed = Self(rawValue: 10_013)
 }
 
 extension MemcachedError.Code {
@@ -309,5 +319,7 @@ extension MemcachedError.Code {
         10_009: ("connectionClosed", nil),
         10_010: ("unexpectedKey", nil),
         10_011: ("decompressionFailed", nil),
+        10_012: ("poolTimeout", nil),
+        10_013: ("poolClosed", nil),
     ]
 }

@@ -322,12 +322,16 @@ extension Handle {
         }
     }
 
-    /// Every server in configuration order, described as `host:port` or `unix:/path`.
+    /// Every server in configuration order, described as `host:port` or `unix:/path`, each once.
+    ///
+    /// With modula distribution a server of weight `w` is `w` libmemcached entries in a row; the
+    /// first one stands for the server.
     func serverInstances() throws -> [(instance: OpaquePointer, description: String)] {
         let pointer = try live()
+        var seen: Set<String> = []
         return (0..<memcached_server_count(pointer)).compactMap { position in
             memcached_server_instance_by_position(pointer, position).map { ($0, Self.describe($0)) }
-        }
+        }.filter { seen.insert($0.description).inserted }
     }
 
     /// The error a server recorded for the current command, if any.

@@ -158,8 +158,10 @@ final class Handle {
                 MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS, configuration.removeFailedServers ? 1 : 0,
                 "removeFailedServers"
             ),
-            (MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(configuration.distribution.libmemcachedValue), "distribution"),
-            (MEMCACHED_BEHAVIOR_HASH, UInt64(Self.hashValue(configuration.hash)), "hash"),
+            (
+                MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(Self.distributionValue(configuration.distribution).rawValue),
+                "distribution"
+            ),
         ]
         let pointer = try live()
         for (behavior, value, name) in behaviors {
@@ -171,13 +173,33 @@ final class Handle {
                 )
             }
         }
-    }
-
-    private static func hashValue(_ hash: MemcachedHash) -> UInt32 {
-        switch hash.kind {
-        case .builtIn(_, let value): value
+        // The hash goes last: setting MEMCACHED_BEHAVIOR_HASH after a custom function replaces it.
+        switch configuration.hash.kind {
+        case .builtIn(let name, let value):
+            let rc = memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_HASH, UInt64(value))
+            guard memcached_success(rc) else {
+                throw MemcachedError(
+                    code: .invalidConfiguration,
+                    message: "libmemcached refused hash \(name): \(lastErrorMessage(for: rc))"
+                )
+            }
+        case .custom(let function):
+            keepAlive = function
+            try installCustomHash(function)
         }
     }
+
+    /// Both consistent distributions use libmemcached's weighted continuum, which is libketama's;
+    /// ``addServers(_:)`` gives every server weight 1 for ``MemcachedDistribution/consistent``.
+    private static func distributionValue(_ distribution: MemcachedDistribution) -> memcached_server_distribution_t {
+        switch distribution.kind {
+        case .modula: MEMCACHED_DISTRIBUTION_MODULA
+        case .consistent, .consistentWeighted: MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED
+        }
+    }
+
+    /// libmemcached asserts (and so aborts the process) when a continuum has more servers.
+    static let maximumConsistentServers = 100
 
     /// Converts a timeout for libmemcached's millisecond behaviours; rounds up so a sub-millisecond
     /// timeout does not become 0, which libmemcached reads as "fail at once".
@@ -205,32 +227,61 @@ final class Handle {
         return UInt64(seconds + (attoseconds > 0 ? 1 : 0))
     }
 
+    /// Adds the servers the way the distribution reads weights: modula ignores libmemcached's
+    /// weights, so a server of weight `w` is added `w` times in a row (python-memcached's bucket
+    /// list); the consistent continuum takes the weight itself, or 1 for every server when the
+    /// distribution is unweighted.
     private func addServers(_ servers: [MemcachedServer]) throws {
         let pointer = try live()
+        let distribution = configuration.distribution.kind
+        if distribution != .modula, servers.count > Self.maximumConsistentServers {
+            throw MemcachedError(
+                code: .invalidConfiguration,
+                message:
+                    "a consistent distribution takes at most \(Self.maximumConsistentServers) servers, not \(servers.count)"
+            )
+        }
         for server in servers {
-            guard server.weight >= 1 else {
+            // The parser's range; with modula a weight is that many server entries, each a socket.
+            guard (1...1_000).contains(server.weight) else {
                 throw MemcachedError(
                     code: .invalidServerSpecification,
-                    message: "server \(server) has a weight below 1"
+                    message: "server \(server) has a weight outside 1...1000"
                 )
             }
-            let rc: memcached_return_t
-            switch server.address {
-            case .tcp(let host, let port):
-                guard (1...65_535).contains(port) else {
-                    throw MemcachedError(code: .invalidServerSpecification, message: "server \(server) has a bad port")
+            let (entries, weight) =
+                switch distribution {
+                case .modula: (server.weight, UInt32(1))
+                case .consistent: (1, UInt32(1))
+                case .consistentWeighted: (1, UInt32(clamping: server.weight))
                 }
-                rc = memcached_server_add_with_weight(pointer, host, in_port_t(port), UInt32(server.weight))
-            case .unixSocket(let path):
-                rc = memcached_server_add_unix_socket_with_weight(pointer, path, UInt32(server.weight))
+            for _ in 0..<entries {
+                try addServer(server, weight: weight, to: pointer)
             }
-            guard memcached_success(rc) else {
-                throw MemcachedError(
-                    code: .invalidServerSpecification,
-                    message: "libmemcached refused server \(server): \(lastErrorMessage(for: rc))",
-                    server: server.description
-                )
+        }
+    }
+
+    private func addServer(
+        _ server: MemcachedServer,
+        weight: UInt32,
+        to pointer: UnsafeMutablePointer<memcached_st>
+    ) throws {
+        let rc: memcached_return_t
+        switch server.address {
+        case .tcp(let host, let port):
+            guard (1...65_535).contains(port) else {
+                throw MemcachedError(code: .invalidServerSpecification, message: "server \(server) has a bad port")
             }
+            rc = memcached_server_add_with_weight(pointer, host, in_port_t(port), weight)
+        case .unixSocket(let path):
+            rc = memcached_server_add_unix_socket_with_weight(pointer, path, weight)
+        }
+        guard memcached_success(rc) else {
+            throw MemcachedError(
+                code: .invalidServerSpecification,
+                message: "libmemcached refused server \(server): \(lastErrorMessage(for: rc))",
+                server: server.description
+            )
         }
     }
 
@@ -327,8 +378,23 @@ final class Handle {
         }
     }
 
+    /// Whether an error a command threw means the handle may be out of step with a server: the
+    /// failures ``mayLeaveReplyUnread(_:)`` names, and a reply for a key nobody asked for.
+    /// ``MemcachedClient``'s pool discards such a handle instead of lending it again.
+    static func mayLeaveReplyUnread(_ code: MemcachedError.Code) -> Bool {
+        if code == .unexpectedKey {
+            return true
+        }
+        return code.isLibmemcachedCode && mayLeaveReplyUnread(memcached_return_t(UInt32(code.rawValue)))
+    }
+
+    /// How many times ``resetConnections()`` has run: a pool compares it before and after a lease
+    /// to notice trouble the lease holder caught and did not rethrow.
+    private(set) var connectionResets = 0
+
     /// Closes every server connection; the next command reconnects.
     func resetConnections() {
+        connectionResets &+= 1
         if let pointer {
             memcached_quit(pointer)
         }

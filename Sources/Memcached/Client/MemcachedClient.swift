@@ -1,0 +1,195 @@
+/// A memcached client to share across tasks: a bounded pool of connections with an async API.
+///
+/// `MemcachedClient` is the type server code keeps, one per cluster, and calls from any number of
+/// concurrent tasks (request handlers in Vapor, Hummingbird or a gRPC service). Each command
+/// borrows one of up to ``Options/maximumConnections`` synchronous ``MemcachedConnection``s,
+/// cloned from one configured template, and runs it on a thread the client owns, so the blocking
+/// libmemcached call never occupies one of Swift's cooperative threads. A task that finds every
+/// connection busy suspends (it blocks no thread) until one comes back, its task is cancelled, or
+/// ``Options/connectionWaitTimeout`` passes.
+///
+/// ```swift
+/// let client = try MemcachedClient(servers: ["127.0.0.1:11211"])
+/// try await client.set("greeting", "hello", expiration: .seconds(60))
+/// let greeting = try await client.get("greeting", as: String.self)   // "hello"
+/// await client.close()
+/// ```
+///
+/// Commands behave exactly as the ``MemcachedConnection`` method of the same name; values cross
+/// to the client's threads, so they must be `Sendable`. Use ``withConnection(_:)`` to run several
+/// commands on one connection without a thread hop between them.
+///
+/// A connection is lent to one task at a time. When a command fails in a way that may leave a
+/// reply half read (a timeout, a read or write failure, a protocol error, a reply for another
+/// key), the connection is freed instead of being lent again, and a fresh clone takes its place.
+/// Failures that leave nothing unread keep it: a refused connection or a server marked dead (with
+/// libmemcached's memory of the failing server), an invalid key, a value that does not decode.
+///
+/// Close the client with ``close()``, or add it to a `ServiceGroup`: it is a swift-service-lifecycle
+/// `Service` whose ``run()`` closes it at graceful shutdown. A client that is deinitialized
+/// without being closed frees its connections and stops its threads too.
+///
+/// See <doc:Concurrency> for which type to use when, and why the client owns its threads.
+///
+/// ## Topics
+///
+/// ### Essentials
+/// - <doc:Concurrency>
+///
+/// ### Creating a client
+/// - ``init(configuration:options:)``
+/// - ``init(servers:options:)``
+/// - ``Options``
+/// - ``configuration``
+/// - ``options``
+///
+/// ### Leasing a connection
+/// - ``withConnection(_:)``
+///
+/// ### Closing
+/// - ``close()``
+/// - ``run()``
+///
+/// ### Reading
+/// - ``get(_:as:)-hsk4``
+/// - ``get(_:as:)-67t3l``
+/// - ``getMulti(_:keyPrefix:as:)-2pufo``
+/// - ``getMulti(_:keyPrefix:as:)-2u5xh``
+/// - ``gets(_:as:)-3dle6``
+/// - ``gets(_:as:)-1ak0w``
+///
+/// ### Writing
+/// - ``set(_:_:expiration:)-62rze``
+/// - ``set(_:_:expiration:)-3lgxz``
+/// - ``setMulti(_:expiration:keyPrefix:)-sdjl``
+/// - ``setMulti(_:expiration:keyPrefix:)-6omgb``
+/// - ``add(_:_:expiration:)-5adan``
+/// - ``add(_:_:expiration:)-77da2``
+/// - ``replace(_:_:expiration:)-5m36b``
+/// - ``replace(_:_:expiration:)-9y34n``
+/// - ``append(_:_:)``
+/// - ``prepend(_:_:)``
+/// - ``cas(_:_:token:expiration:)-37dzr``
+/// - ``cas(_:_:token:expiration:)-9u5sa``
+/// - ``touch(_:expiration:)``
+///
+/// ### Deleting and counting
+/// - ``delete(_:)``
+/// - ``deleteMulti(_:keyPrefix:)``
+/// - ``increment(_:by:)``
+/// - ``decrement(_:by:)``
+///
+/// ### Servers
+/// - ``flush(delay:)``
+/// - ``stats(_:)``
+/// - ``versions()``
+/// - ``server(forKey:)``
+public final class MemcachedClient: Sendable {
+    /// How many connections the client keeps and how long a task waits for one.
+    public struct Options: Sendable, Hashable {
+        /// The most connections the client opens; also the number of threads it runs them on.
+        ///
+        /// Connections are created when needed, up to this many, and each holds one socket per
+        /// server. memcached answers in microseconds, so a few connections carry many requests
+        /// a second; raise it when commands wait on a slow network or when
+        /// ``withConnection(_:)`` holds connections for long. Must be at least 1.
+        /// The default is 8.
+        public var maximumConnections = 8
+
+        /// How long a command waits for a free connection before it fails with
+        /// ``MemcachedError/Code/poolTimeout``.
+        ///
+        /// The wait covers only finding a connection, not the command itself, which
+        /// ``MemcachedConfiguration/timeout`` bounds. `.zero` fails at once when every
+        /// connection is busy. The default is 5 seconds: longer than one command's default
+        /// timeout (3 seconds), so a burst behind a slow server is not failed early. Must not be
+        /// negative.
+        public var connectionWaitTimeout: Duration = .seconds(5)
+
+        /// Creates options with every field at its default.
+        public init() {}
+    }
+
+    /// The configuration every pooled connection is cloned from.
+    public let configuration: MemcachedConfiguration
+
+    /// The pool's size and waiting limit.
+    public let options: Options
+
+    let pool: ConnectionPool
+
+    /// Creates a client; no connection or socket is opened until the first command.
+    ///
+    /// The client starts ``Options/maximumConnections`` threads of its own for the blocking
+    /// libmemcached calls.
+    ///
+    /// - Parameters:
+    ///   - configuration: Servers, protocol, timeouts and coding choices, applied to every connection.
+    ///   - options: The pool's size and waiting limit.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/invalidConfiguration`` or
+    ///   ``MemcachedError/Code/invalidServerSpecification`` when libmemcached refuses a setting or
+    ///   an option is out of range.
+    public init(configuration: MemcachedConfiguration, options: Options = Options()) throws {
+        self.configuration = configuration
+        self.options = options
+        self.pool = try ConnectionPool(
+            configuration: configuration,
+            maximumConnections: options.maximumConnections,
+            waitTimeout: options.connectionWaitTimeout
+        )
+    }
+
+    /// Creates a client for servers written as strings, with every other setting at its default.
+    ///
+    /// - Parameters:
+    ///   - servers: Server strings such as `"127.0.0.1:11211"`; see ``MemcachedServer``.
+    ///   - options: The pool's size and waiting limit.
+    /// - Throws: ``MemcachedError`` when a server string cannot be parsed.
+    public convenience init(servers: [String], options: Options = Options()) throws {
+        try self.init(configuration: MemcachedConfiguration(servers: servers), options: options)
+    }
+
+    /// Runs `body` with one pooled connection, for several commands in a row.
+    ///
+    /// `body` runs synchronously on one of the client's threads, where blocking is expected, and
+    /// the connection goes back to the pool when it returns. Nothing else uses the connection
+    /// meanwhile, so commands in `body` see each other's effects in order. Do not keep the
+    /// connection after `body` returns, and do not wait in `body` for other work on the same
+    /// client: with every connection leased, that work could never start.
+    ///
+    /// ```swift
+    /// let stored = try await client.withConnection { connection in
+    ///     guard let (visits, token) = try connection.gets("visits", as: Int.self) else {
+    ///         return try connection.add("visits", 1)
+    ///     }
+    ///     return try connection.cas("visits", visits + 1, token: token)
+    /// }
+    /// ```
+    ///
+    /// If `body` throws an error that may leave the connection out of step with a server (or
+    /// catches one), the connection is freed instead of returned. Cancelling the task while it
+    /// waits for a connection ends the wait; once `body` runs, it runs to the end.
+    ///
+    /// - Parameter body: The work to do with the connection.
+    /// - Returns: What `body` returns.
+    /// - Throws: What `body` throws; ``MemcachedError`` with code
+    ///   ``MemcachedError/Code/poolTimeout`` when no connection became free in time, or
+    ///   ``MemcachedError/Code/poolClosed`` after ``close()``; `CancellationError` when the task
+    ///   was cancelled before `body` started.
+    public func withConnection<Result: Sendable>(
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> Result
+    ) async throws -> Result {
+        try await pool.withConnection(body)
+    }
+
+    /// Closes the client: fails waiting and later calls, frees every connection, stops the threads.
+    ///
+    /// Tasks waiting for a connection, and every call made after this one starts, fail at once
+    /// with ``MemcachedError/Code/poolClosed``. Idle connections are freed at once; connections in
+    /// use finish their command (bounded by ``MemcachedConfiguration/timeout``) and are freed as
+    /// they come back. `close()` returns when every libmemcached handle is freed and the client's
+    /// threads have stopped. Calling it again waits for the first call to finish.
+    public func close() async {
+        await pool.close()
+    }
+}

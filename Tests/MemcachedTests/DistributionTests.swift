@@ -1,0 +1,212 @@
+internal import CLibMemcached
+import Foundation
+import Memcached
+import MemcachedTestSupport
+import Testing
+
+/// How keys spread over servers: modula, the libketama continuum, and weights.
+@Suite("Distributions and weights")
+struct DistributionTests {
+    static func connection(
+        _ servers: [MemcachedServer],
+        _ distribution: MemcachedDistribution,
+        hash: MemcachedHash = .default
+    ) throws -> MemcachedConnection {
+        var configuration = MemcachedConfiguration(servers: servers)
+        configuration.distribution = distribution
+        configuration.hash = hash
+        configuration.timeout = .seconds(2)
+        configuration.connectTimeout = .seconds(2)
+        return try MemcachedConnection(configuration: configuration)
+    }
+
+    static func servers(_ addresses: [String], weights: [Int]? = nil) throws -> [MemcachedServer] {
+        try zip(addresses, weights ?? addresses.map { _ in 1 }).map {
+            var server = try MemcachedServer(parsing: $0)
+            server.weight = $1
+            return server
+        }
+    }
+
+    @Test(
+        "adding a 4th server to 3 moves about a quarter of 10,000 keys with ketama, most with modula",
+        arguments: [MemcachedHash.default, .md5]
+    )
+    func addingAServer(hash: MemcachedHash) throws {
+        try withMemcached(servers: 4) { cluster in
+            let keys = (0..<10_000).map { "user:\($0):profile" }
+            for distribution in [MemcachedDistribution.consistent, .modula] {
+                let three = try Self.connection(
+                    try Self.servers(Array(cluster.addresses.prefix(3))),
+                    distribution,
+                    hash: hash
+                )
+                let four = try Self.connection(try Self.servers(cluster.addresses), distribution, hash: hash)
+                let before = try keys.map { try three.server(forKey: $0) }
+                let after = try keys.map { try four.server(forKey: $0) }
+                let moved = zip(before, after).filter { $0 != $1 }
+                let share = Double(moved.count) / Double(keys.count)
+                print("\(distribution) with \(hash): \(moved.count) of \(keys.count) keys moved")
+                #expect(Set(before).count == 3 && Set(after).count == 4, "every server gets keys")
+                switch distribution {
+                case .consistent:
+                    #expect((0.15...0.35).contains(share), "ketama moved \(share)")
+                    // Consistent hashing only hands keys to the new server; none move between old ones.
+                    #expect(moved.allSatisfy { $0.1 == cluster.addresses[3] })
+                default:
+                    #expect(share > 0.6, "modula moved \(share)")
+                }
+                // The keys really are where server(forKey:) says, on the 4-server layout.
+                for key in keys.prefix(40) {
+                    #expect(try four.set(key, key))
+                    let owner = cluster.servers[
+                        try #require(cluster.addresses.firstIndex(of: try four.server(forKey: key)))
+                    ]
+                    #expect(try owner.rawCommand("get \(key)\r\n").contains("VALUE \(key) "))
+                }
+                try four.flush()
+            }
+        }
+    }
+
+    @Test("consistent and consistentWeighted with md5 place keys exactly as an independent libketama implementation")
+    func libketamaReference() throws {
+        let keys = (0..<3_000).map { "ketama-\($0)-\($0 % 7 == 0 ? "会" : "k")" }
+        let cases: [(ports: [Int], weights: [Int], distribution: MemcachedDistribution, reference: [Int])] = [
+            ([41101, 41102, 41103], [1, 1, 1], .consistent, [1, 1, 1]),
+            // consistent ignores weights: the reference gets equal ones.
+            ([41101, 41102, 41103], [5, 1, 2], .consistent, [1, 1, 1]),
+            ([41101, 41102, 41103], [1, 2, 3], .consistentWeighted, [1, 2, 3]),
+            ([41101, 41102, 41103, 41104, 41105], [3, 1, 1, 7, 2], .consistentWeighted, [3, 1, 1, 7, 2]),
+            // libmemcached names a server on the default port without it: "127.0.0.1-0", not "127.0.0.1:11211-0".
+            ([11211, 41102], [1, 1], .consistent, [1, 1]),
+        ]
+        let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        for (ports, weights, distribution, reference) in cases {
+            let addresses = zip(hosts, ports).map { "\($0):\($1)" }
+            let memc = try Self.connection(try Self.servers(addresses, weights: weights), distribution, hash: .md5)
+            let names = zip(hosts, ports).map { $1 == 11211 ? $0 : "\($0):\($1)" }
+            let expected = try PythonMemcached.run(
+                ["--servers", PythonMemcached.serverList(names, weights: reference)],
+                script: "ketama_reference.py",
+                keys: keys,
+                as: [String: String].self
+            )
+            var mismatches = 0
+            for key in keys {
+                let name = try #require(expected[key])
+                let server = try memc.server(forKey: key)
+                let index = try #require(names.firstIndex(of: name))
+                if server != addresses[index] { mismatches += 1 }
+            }
+            #expect(
+                mismatches == 0,
+                "\(distribution) \(weights): \(mismatches) of \(keys.count) keys differ from libketama"
+            )
+            #expect(Set(expected.values).count == names.count)
+        }
+    }
+
+    @Test("consistentWeighted with md5 is libmemcached's own libketama-compatible mode (KETAMA_WEIGHTED)")
+    func libmemcachedKetamaWeighted() throws {
+        let addresses = ["127.0.0.1:41201", "127.0.0.1:41202", "127.0.0.1:41203", "127.0.0.1:41204"]
+        let weights = [2, 1, 4, 1]
+        let memc = try Self.connection(try Self.servers(addresses, weights: weights), .consistentWeighted, hash: .md5)
+
+        let raw = try #require(memcached_create(nil))
+        defer { memcached_free(raw) }
+        #expect(memcached_success(memcached_behavior_set(raw, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1)))
+        for (address, weight) in zip(addresses, weights) {
+            let port = in_port_t(try #require(Int(address.split(separator: ":")[1])))
+            #expect(memcached_success(memcached_server_add_with_weight(raw, "127.0.0.1", port, UInt32(weight))))
+        }
+        let keys = (0..<3_000).map { "weighted-\($0)" }
+        let different = try keys.filter { key in
+            var rc = MEMCACHED_SUCCESS
+            let instance = try #require(memcached_server_by_key(raw, key, key.utf8.count, &rc))
+            return try memc.server(forKey: key) != "127.0.0.1:\(memcached_server_port(instance))"
+        }
+        #expect(different.isEmpty, "\(different.count) keys differ, such as \(different.prefix(5))")
+    }
+
+    @Test("weights: consistentWeighted shares follow them, consistent ignores them")
+    func weightedShares() throws {
+        let addresses = ["127.0.0.1:41301", "127.0.0.1:41302", "127.0.0.1:41303"]
+        let keys = (0..<10_000).map { "share-\($0)" }
+        func shares(_ distribution: MemcachedDistribution) throws -> [Double] {
+            let memc = try Self.connection(try Self.servers(addresses, weights: [1, 1, 4]), distribution, hash: .md5)
+            let counts = try Dictionary(grouping: keys) { try memc.server(forKey: $0) }.mapValues(\.count)
+            return addresses.map { Double(counts[$0] ?? 0) / Double(keys.count) }
+        }
+        let weighted = try shares(.consistentWeighted)
+        let unweighted = try shares(.consistent)
+        print("shares with weights 1, 1, 4: consistentWeighted \(weighted), consistent \(unweighted)")
+        #expect((0.55...0.78).contains(weighted[2]), "weight 4 of 6: \(weighted)")
+        #expect(weighted[0] < 0.3 && weighted[1] < 0.3)
+        #expect(unweighted.allSatisfy { (0.2...0.47).contains($0) }, "equal shares: \(unweighted)")
+    }
+
+    @Test("modula weights repeat a server in order, as python-memcached's bucket list")
+    func modulaWeights() throws {
+        let addresses = ["127.0.0.1:41401", "127.0.0.1:41402", "127.0.0.1:41403"]
+        let weights = [1, 3, 2]
+        let buckets = zip(addresses, weights).flatMap { Array(repeating: $0, count: $1) }
+        let memc = try MemcachedConnection(
+            configuration: .pythonMemcachedCompatible(servers: try Self.servers(addresses, weights: weights))
+        )
+        let keys = (0..<3_000).map { "bucket-\($0)-é" }
+        let different = try keys.filter {
+            try memc.server(forKey: $0) != buckets[Int(ReferenceHash.cmemcache(Array($0.utf8))) % buckets.count]
+        }
+        #expect(different.isEmpty, "\(different.count) keys are not in python's bucket, such as \(different.prefix(5))")
+    }
+
+    @Test("with weights, versions and stats report each physical server once and keys are stored once")
+    func weightedServersReportedOnce() throws {
+        try withMemcached(servers: 3) { cluster in
+            let servers = try Self.servers(cluster.addresses, weights: [1, 3, 2])
+            for distribution in [MemcachedDistribution.modula, .consistent, .consistentWeighted] {
+                let memc = try Self.connection(servers, distribution)
+                let versions = try memc.versions()
+                #expect(versions.map(\.server) == cluster.addresses, "\(distribution)")
+                #expect(versions.allSatisfy { (try? $0.result.get()) != nil })
+                let stats = try memc.stats()
+                #expect(stats.map(\.server) == cluster.addresses)
+                #expect(stats.allSatisfy { (try? $0.result.get()) != nil })
+
+                let items = Dictionary(uniqueKeysWithValues: (0..<300).map { ("w-\($0)", "v-\($0)") })
+                #expect(try memc.setMulti(items).isEmpty)
+                #expect(try memc.getMulti(Array(items.keys), as: String.self) == items)
+                let counts = try cluster.servers.map { try statistic("curr_items", of: $0) }
+                #expect(counts.reduce(0, +) == items.count, "\(distribution): \(counts)")
+                #expect(counts.allSatisfy { $0 > 0 })
+                try memc.flush()
+            }
+        }
+    }
+
+    @Test("a consistent distribution over more than 100 servers is refused instead of aborting in libmemcached")
+    func continuumLimit() throws {
+        let addresses = (0..<101).map { "127.0.0.1:\(42_000 + $0)" }
+        for distribution in [MemcachedDistribution.consistent, .consistentWeighted] {
+            let error = #expect(throws: MemcachedError.self) {
+                try Self.connection(try Self.servers(addresses), distribution)
+            }
+            #expect(error?.code == .invalidConfiguration)
+            _ = try Self.connection(try Self.servers(Array(addresses.prefix(100))), distribution)
+        }
+        _ = try Self.connection(try Self.servers(addresses), .modula)
+    }
+
+    @Test("weights outside 1...1000 are refused")
+    func weightRange() throws {
+        for weight in [0, -1, 1_001] {
+            var server = MemcachedServer(host: "127.0.0.1", port: 42_500)
+            server.weight = weight
+            for distribution in [MemcachedDistribution.modula, .consistentWeighted] {
+                let error = #expect(throws: MemcachedError.self) { try Self.connection([server], distribution) }
+                #expect(error?.code == .invalidServerSpecification)
+            }
+        }
+    }
+}

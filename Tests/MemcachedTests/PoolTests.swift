@@ -1,0 +1,603 @@
+import Dispatch
+import Foundation
+import MemcachedTestSupport
+import Testing
+
+@testable import Memcached
+
+/// The pool behind ``MemcachedClient``: correctness under load, threads, waiting, closing and
+/// discarding, against real servers and a real silent socket.
+@Suite("MemcachedClient pool", .timeLimit(.minutes(5)))
+struct PoolTests {
+    // MARK: - Load
+
+    @Test("64 tasks x 500 mixed operations through 8 connections to 2 servers: every read and count is exact")
+    func concurrentMixedOperations() async throws {
+        try await withMemcached(servers: 2) { cluster in
+            let connectionsBefore = try cluster.servers.map { try statistic("total_connections", of: $0) }
+            let client = try makeClient(cluster, maximumConnections: 8)
+            let models = try await withThrowingTaskGroup(of: TaskModel.self) { group in
+                for task in 0..<64 {
+                    group.addTask { try await runMixedOperations(task: task, operations: 500, client: client) }
+                }
+                return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
+            }
+
+            let mismatches = models.flatMap(\.mismatches)
+            #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
+
+            // Read everything back in one batch, on the pool, and from the servers' own counts.
+            let expectedText = models.reduce(into: [String: String]()) { $0.merge($1.text) { a, _ in a } }
+            let expectedCounters = models.reduce(into: [String: Int]()) { all, model in
+                if let counter = model.counter { all[model.counterKey] = counter }
+            }
+            let allTextKeys = models.flatMap(\.textKeys)
+            let text = try await client.getMulti(allTextKeys, as: String.self)
+            #expect(text == expectedText)
+            let counters = try await client.getMulti(models.map(\.counterKey), as: Int.self)
+            #expect(counters == expectedCounters)
+            let items = try cluster.servers.map { try statistic("curr_items", of: $0) }
+            #expect(items.reduce(0, +) == expectedText.count + expectedCounters.count, "per server: \(items)")
+            #expect(items.allSatisfy { $0 > 0 }, "keys land on both servers: \(items)")
+
+            // No connection was discarded or opened beyond the bound: each server saw at most 8
+            // sockets from the pool (plus one for each of the two statistics reads).
+            #expect(client.pool.openConnectionCount <= 8)
+            #expect(client.pool.liveHandleCount == client.pool.openConnectionCount + 1)
+            let connectionsAfter = try cluster.servers.map { try statistic("total_connections", of: $0) }
+            for (before, after) in zip(connectionsBefore, connectionsAfter) {
+                #expect(after - before - 2 <= 8, "opened \(after - before - 2) connections")
+            }
+            await client.close()
+            #expect(client.pool.liveHandleCount == 0)
+        }
+    }
+
+    // MARK: - Threads
+
+    @Test("calls stuck on a silent server never hold their caller's thread, and time out within the timeout + 50%")
+    func stuckCallsDoNotBlockTheCaller() async throws {
+        // The calls, the ticker and their continuations run on one serial executor of this test's
+        // own instead of Swift's shared cooperative pool: other tests block that pool's few threads
+        // while they start and stop memcached, which would stall the ticker for reasons of theirs.
+        // One thread is also the strictest setting: a single call blocking the thread it was made
+        // on would stop the ticker and hold up every other call behind it.
+        let executor = SerialTestExecutor(label: "stuck-calls")
+        try await withTaskExecutorPreference(executor) {
+            let silent = try SilentServer()
+            defer { silent.stop() }
+            // More stuck calls than Swift has cooperative threads, as if they were on them.
+            let stuckCalls = max(8, ProcessInfo.processInfo.activeProcessorCount + 2)
+            let timeout = Duration.milliseconds(600)
+            let client = try makeClient(servers: [silent.address], maximumConnections: stuckCalls) {
+                $0.timeout = timeout
+                $0.connectTimeout = timeout
+            }
+            let clock = ContinuousClock()
+            let ticks = Locked<[ContinuousClock.Instant]>([])
+            // Woken by a Dispatch timer rather than Task.sleep, whose timer fires on the shared pool.
+            let timer = DispatchQueue(label: "ticker-timer")
+            let ticker = Task(executorPreference: executor) {
+                while !Task.isCancelled {
+                    ticks.withLock { $0.append(clock.now) }
+                    await withCheckedContinuation { continuation in
+                        timer.asyncAfter(deadline: .now() + .milliseconds(10)) { continuation.resume() }
+                    }
+                }
+            }
+            try await waitUntil { !ticks.value.isEmpty }
+
+            let windowStart = clock.now
+            let outcomes = await withTaskGroup(of: (Duration, (any Error)?).self) { group in
+                for index in 0..<stuckCalls {
+                    group.addTask {
+                        let start = clock.now
+                        do {
+                            _ = try await client.get("stuck-\(index)", as: String.self)
+                            return (start.duration(to: clock.now), nil)
+                        } catch {
+                            return (start.duration(to: clock.now), error)
+                        }
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            let windowEnd = clock.now
+            ticker.cancel()
+            await ticker.value
+            await client.close()
+
+            #expect(silent.acceptedConnectionCount == stuckCalls, "every call had a connection of its own")
+            for (elapsed, error) in outcomes {
+                #expect((error as? MemcachedError)?.code == .timeout, "got \(String(describing: error))")
+                #expect(elapsed < timeout * 1.5, "took \(elapsed)")
+                #expect(elapsed >= timeout * 0.9, "failed early, after \(elapsed)")
+            }
+            let inWindow = ticks.value.filter { $0 >= windowStart && $0 <= windowEnd }
+            let marks = [windowStart] + inWindow + [windowEnd]
+            let longestGap = zip(marks, marks.dropFirst()).map { $0.duration(to: $1) }.max()!
+            // About 60 ticks fit in the window; a blocked thread would give next to none.
+            #expect(inWindow.count >= 20, "only \(inWindow.count) ticks in \(windowStart.duration(to: windowEnd))")
+            #expect(longestGap < .milliseconds(200), "the ticker stalled for \(longestGap)")
+        }
+    }
+
+    // MARK: - Waiting
+
+    @Test("a task waiting for a connection gives up with poolTimeout when the pool stays exhausted")
+    func waitTimesOut() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "wait-timeout")
+        try await withTaskExecutorPreference(executor) {
+            try await withMemcached { cluster in
+                let waitTimeout = Duration.milliseconds(300)
+                let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: waitTimeout)
+                let holder = try await ConnectionHolder(client)
+                let clock = ContinuousClock()
+                let start = clock.now
+                let error = await #expect(throws: MemcachedError.self) { try await client.get("k", as: String.self) }
+                let elapsed = start.duration(to: clock.now)
+                #expect(error?.code == .poolTimeout)
+                #expect(elapsed >= waitTimeout, "gave up after \(elapsed)")
+                // Generous: the wait's timer is a Task.sleep, which fires on Swift's shared pool, and
+                // other tests block that pool for up to a second while they stop servers.
+                #expect(elapsed < waitTimeout + .seconds(2), "gave up after \(elapsed)")
+                #expect(client.pool.waiterCount == 0)
+
+                // The held connection comes back, and the pool serves again.
+                try await holder.release()
+                #expect(try await client.set("k", "v"))
+                #expect(try await client.get("k", as: String.self) == "v")
+                #expect(client.pool.openConnectionCount == 1)
+                await client.close()
+            }
+        }
+    }
+
+    @Test("a zero wait fails at once when every connection is in use")
+    func zeroWait() async throws {
+        try await withMemcached { cluster in
+            let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: .zero)
+            let holder = try await ConnectionHolder(client)
+            let error = await #expect(throws: MemcachedError.self) { try await client.delete("k") }
+            #expect(error?.code == .poolTimeout)
+            try await holder.release()
+            #expect(try await client.delete("k") == false)
+            await client.close()
+        }
+    }
+
+    @Test("cancelling a task that waits for a connection ends its wait promptly")
+    func cancellationEndsTheWait() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "cancellation")
+        try await withTaskExecutorPreference(executor) {
+            try await withMemcached { cluster in
+                let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: .seconds(30))
+                let holder = try await ConnectionHolder(client)
+                let waiter = Task(executorPreference: executor) { try await client.get("k", as: String.self) }
+                try await waitUntil { client.pool.waiterCount == 1 }
+
+                let clock = ContinuousClock()
+                let start = clock.now
+                waiter.cancel()
+                let result = await waiter.result
+                let elapsed = start.duration(to: clock.now)
+                #expect(throws: CancellationError.self) { try result.get() }
+                #expect(elapsed < .milliseconds(200), "the cancelled wait lasted \(elapsed)")
+                #expect(client.pool.waiterCount == 0)
+
+                // A task cancelled before it asks never leases at all.
+                let early = Task(executorPreference: executor) {
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    return try await client.set("k", "v")
+                }
+                await #expect(throws: CancellationError.self) { try await early.value }
+
+                try await holder.release()
+                #expect(try await client.set("k", "v"))
+                #expect(client.pool.openConnectionCount == 1, "the cancelled waiters took no connection with them")
+                await client.close()
+            }
+        }
+    }
+
+    @Test("waiting tasks get connections in the order they asked")
+    func waitersAreServedInOrder() async throws {
+        try await withMemcached { cluster in
+            let client = try makeClient(cluster, maximumConnections: 1)
+            let holder = try await ConnectionHolder(client)
+            let order = Locked<[Int]>([])
+            var waiters: [Task<Void, any Error>] = []
+            for index in 0..<4 {
+                waiters.append(
+                    Task {
+                        try await client.withConnection { _ in order.withLock { $0.append(index) } }
+                    }
+                )
+                try await waitUntil { client.pool.waiterCount == index + 1 }
+            }
+            try await holder.release()
+            for waiter in waiters {
+                try await waiter.value
+            }
+            #expect(order.value == [0, 1, 2, 3])
+            await client.close()
+        }
+    }
+
+    // MARK: - Closing
+
+    @Test("close() fails waiters and new calls at once, and waits for the leased connection")
+    func closeWithLeasedConnection() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "close")
+        try await withTaskExecutorPreference(executor) {
+            try await withMemcached { cluster in
+                let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: .seconds(30))
+                let handles = Locked<[WeakHandle]>([])
+                let holder = try await ConnectionHolder(client) { connection in
+                    handles.withLock { $0.append(WeakHandle(connection.handle)) }
+                    _ = try connection.set("held", "yes")
+                }
+                let waiter = Task(executorPreference: executor) { try await client.get("k", as: String.self) }
+                try await waitUntil { client.pool.waiterCount == 1 }
+
+                let clock = ContinuousClock()
+                let closeStart = clock.now
+                let closed = Locked(0)
+                let closing = (0..<2).map { _ in
+                    Task(executorPreference: executor) {
+                        await client.close()
+                        closed.withLock { $0 += 1 }
+                    }
+                }
+                let waiterError = await #expect(throws: MemcachedError.self) { try await waiter.value }
+                #expect(waiterError?.code == .poolClosed)
+                #expect(closeStart.duration(to: clock.now) < .milliseconds(200), "the waiter was failed late")
+                let lateCall = await #expect(throws: MemcachedError.self) { try await client.set("k", "v") }
+                #expect(lateCall?.code == .poolClosed)
+
+                // The leased connection is still in use: close() waits for it, the template is gone.
+                try await Task.sleep(for: .milliseconds(100))
+                #expect(closed.value == 0, "neither close() returned")
+                #expect(client.pool.liveHandleCount == 1)
+                #expect(handles.value.allSatisfy { !$0.isFreed })
+
+                try await holder.release()
+                for task in closing {
+                    await task.value
+                }
+                #expect(closed.value == 2)
+                #expect(client.pool.liveHandleCount == 0)
+                #expect(handles.value.count == 1)
+                #expect(handles.value.allSatisfy { $0.isFreed }, "the returned connection's handle was freed")
+                try await waitUntil { handles.value.allSatisfy(\.isDeallocated) }
+                #expect(try cluster.servers[0].rawCommand("get held\r\n").contains("VALUE held"))
+            }
+        }
+    }
+
+    @Test("after close(), every call fails with poolClosed and no handle is left")
+    func closeFreesEveryHandle() async throws {
+        try await withMemcached(servers: 2) { cluster in
+            let connections = 4
+            let client = try makeClient(cluster, maximumConnections: connections)
+            let handles = Locked<[WeakHandle]>([])
+            // Lease every connection at once, so that all of them exist and then sit idle.
+            let arrived = Locked(0)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<connections {
+                    group.addTask {
+                        try await client.withConnection { connection in
+                            handles.withLock { $0.append(WeakHandle(connection.handle)) }
+                            try connection.set("k\(index)", index)
+                            arrived.withLock { $0 += 1 }
+                            let deadline = ContinuousClock.now + .seconds(5)
+                            while arrived.value < connections, ContinuousClock.now < deadline {
+                                usleep(1_000)
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(handles.value.count == connections)
+            #expect(client.pool.openConnectionCount == connections)
+            #expect(client.pool.liveHandleCount == connections + 1)
+
+            await client.close()
+            #expect(client.pool.liveHandleCount == 0)
+            #expect(client.pool.openConnectionCount == 0)
+            #expect(handles.value.allSatisfy { $0.isFreed }, "every connection's handle was freed")
+            try await waitUntil { handles.value.allSatisfy(\.isDeallocated) }
+
+            let calls: [(String, @Sendable () async throws -> Void)] = [
+                ("get", { _ = try await client.get("k0", as: Int.self) }),
+                ("getMulti", { _ = try await client.getMulti(["k0"], as: Int.self) }),
+                ("set", { _ = try await client.set("k0", 1) }),
+                ("delete", { _ = try await client.delete("k0") }),
+                ("increment", { _ = try await client.increment("k0") }),
+                ("versions", { _ = try await client.versions() }),
+                ("server(forKey:)", { _ = try await client.server(forKey: "k0") }),
+                ("withConnection", { _ = try await client.withConnection { _ in 1 } }),
+            ]
+            for (name, call) in calls {
+                let error = await #expect(throws: MemcachedError.self, "\(name)") { try await call() }
+                #expect(error?.code == .poolClosed, "\(name)")
+            }
+            // Closing again returns at once.
+            await client.close()
+            #expect(
+                try statistic("curr_items", of: cluster.servers[0]) + statistic("curr_items", of: cluster.servers[1])
+                    == 4
+            )
+        }
+    }
+
+    @Test("a client dropped without close() still frees its handles")
+    func deinitFreesHandles() async throws {
+        try await withMemcached { cluster in
+            let handles = Locked<[WeakHandle]>([])
+            do {
+                let client = try makeClient(cluster, maximumConnections: 2)
+                for index in 0..<3 {
+                    try await client.withConnection { connection in
+                        handles.withLock { $0.append(WeakHandle(connection.handle)) }
+                        try connection.set("k\(index)", index)
+                    }
+                }
+            }
+            #expect(!handles.value.isEmpty)
+            // The handles are freed on the client's threads as it goes away.
+            try await waitUntil { handles.value.allSatisfy(\.isDeallocated) }
+        }
+    }
+
+    // MARK: - Discarding
+
+    @Test("a connection that timed out is discarded and the next lease gets a fresh clone")
+    func timedOutConnectionIsDiscarded() async throws {
+        try await withMemcached { cluster in
+            let server = cluster.servers[0]
+            let client = try makeClient(cluster, maximumConnections: 1) { $0.timeout = .milliseconds(300) }
+            #expect(try await client.set("k", "v"))
+            let first = try await client.currentHandle()
+
+            // Expected negatives and refused keys leave the connection in step: it is kept.
+            #expect(try await client.get("missing", as: String.self) == nil)
+            #expect(try await client.add("k", "other") == false)
+            await #expect(throws: MemcachedError.self) { try await client.get("bad key", as: String.self) }
+            #expect(try await client.currentHandle().handle === first.handle)
+
+            server.pause()
+            let timedOut = await #expect(throws: MemcachedError.self) { try await client.get("k", as: String.self) }
+            server.resume()
+            #expect(timedOut?.code == .timeout)
+            #expect(first.isFreed, "the timed-out connection's handle was freed, not returned")
+            #expect(client.pool.openConnectionCount == 0)
+            #expect(client.pool.liveHandleCount == 1, "only the template")
+
+            #expect(try await client.get("k", as: String.self) == "v")
+            let second = try await client.currentHandle()
+            #expect(!second.isFreed)
+            #expect(second.handle !== first.handle)
+            #expect(client.pool.openConnectionCount == 1)
+
+            // A timeout the caller catches inside withConnection still costs the connection.
+            server.pause()
+            let caught = try await client.withConnection { connection in
+                do {
+                    _ = try connection.get("k", as: String.self)
+                    return false
+                } catch {
+                    return (error as? MemcachedError)?.code == .timeout
+                }
+            }
+            server.resume()
+            #expect(caught)
+            #expect(second.isFreed)
+            #expect(try await client.get("k", as: String.self) == "v")
+            await client.close()
+        }
+    }
+
+    @Test("a refused connection keeps the pooled connection, with libmemcached's memory of the failure")
+    func refusedConnectionIsKept() async throws {
+        let port = try unusedLoopbackPort()
+        let client = try makeClient(servers: ["127.0.0.1:\(port)"], maximumConnections: 1) {
+            $0.timeout = .milliseconds(300)
+            $0.connectTimeout = .milliseconds(300)
+        }
+        let first = try await client.currentHandle()
+        let refused = await #expect(throws: MemcachedError.self) { try await client.get("k", as: String.self) }
+        let expected: [MemcachedError.Code] = [.connectionFailure, .serverTemporarilyDisabled, .serverMarkedDead]
+        #expect(refused.map { expected.contains($0.code) } == true, "\(String(describing: refused))")
+        #expect(!first.isFreed)
+        #expect(try await client.currentHandle().handle === first.handle)
+        await client.close()
+        #expect(first.isFreed)
+    }
+}
+
+// MARK: - Helpers
+
+/// A task executor with a serial queue of its own, for tests that time things: Swift's shared
+/// cooperative threads are blocked now and then by other tests starting and stopping servers.
+final class SerialTestExecutor: TaskExecutor {
+    private let queue: DispatchQueue
+
+    init(label: String) {
+        queue = DispatchQueue(label: label)
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        queue.async { job.runSynchronously(on: executor) }
+    }
+}
+
+/// A weak reference to a pooled connection's handle, which tests pass between threads.
+///
+/// The pool frees a handle (`memcached_free`) before it hands the lease back, but the object
+/// itself may outlive that by a moment on the thread that ran the work: ``isFreed`` is true
+/// at once, ``isDeallocated`` soon after.
+final class WeakHandle: @unchecked Sendable {
+    weak var handle: Handle?
+
+    init(_ handle: Handle) {
+        self.handle = handle
+    }
+
+    /// Whether the libmemcached handle has been freed.
+    var isFreed: Bool { handle?.pointer == nil }
+
+    /// Whether nothing references the handle any more.
+    var isDeallocated: Bool { handle == nil }
+}
+
+extension MemcachedClient {
+    /// A weak reference to the handle of the connection the next lease gets.
+    func currentHandle() async throws -> WeakHandle {
+        try await withConnection { WeakHandle($0.handle) }
+    }
+}
+
+/// Holds one of a client's connections, inside `withConnection`, until ``release()``.
+struct ConnectionHolder {
+    private let gate = DispatchSemaphore(value: 0)
+    private let task: Task<Void, any Error>
+
+    /// Leases a connection, runs `body` with it, and returns once the connection is held.
+    init(
+        _ client: MemcachedClient,
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> Void = { _ in }
+    ) async throws {
+        let gate = gate
+        let (leased, leasedContinuation) = AsyncStream<Void>.makeStream()
+        task = Task {
+            try await client.withConnection { connection in
+                defer { leasedContinuation.finish() }
+                try body(connection)
+                leasedContinuation.yield()
+                // Bounded, so that a failing test cannot hold one of the client's threads forever.
+                _ = gate.wait(timeout: .now() + 30)
+            }
+        }
+        for await _ in leased {
+            break
+        }
+    }
+
+    /// Lets the holder return its connection, and waits until `withConnection` has returned.
+    func release() async throws {
+        gate.signal()
+        try await task.value
+    }
+}
+
+/// Polls `condition` every 5 ms until it holds, failing the test after 5 seconds.
+func waitUntil(
+    _ condition: () -> Bool,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let deadline = ContinuousClock.now + .seconds(5)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("the condition did not hold within 5 seconds", sourceLocation: sourceLocation)
+            return
+        }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
+/// One task's keys and what it expects them to hold, built while it runs.
+struct TaskModel: Sendable {
+    let task: Int
+    var text: [String: String] = [:]
+    var counter: Int?
+    var mismatches: [String] = []
+
+    var textKeys: [String] { (0..<8).map { "t\(task)-k\($0)" } }
+    var counterKey: String { "t\(task)-counter" }
+}
+
+/// Runs a deterministic mix of every kind of command on one task's own keys, checking each
+/// answer against what the task itself wrote.
+func runMixedOperations(task: Int, operations: Int, client: MemcachedClient) async throws -> TaskModel {
+    var model = TaskModel(task: task)
+    func check(_ condition: Bool, _ what: @autoclosure () -> String) {
+        if !condition { model.mismatches.append("task \(task): \(what())") }
+    }
+    // A small linear congruential generator: the same sequence every run, different per task.
+    var seed = UInt64(task) &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+    func next(_ bound: Int) -> Int {
+        seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return Int((seed >> 33) % UInt64(bound))
+    }
+    let keys = model.textKeys
+    for step in 0..<operations {
+        let key = keys[next(keys.count)]
+        let value = "v\(task)-\(step)"
+        switch next(10) {
+        case 0:
+            check(try await client.set(key, value), "set \(key)")
+            model.text[key] = value
+        case 1:
+            let read = try await client.get(key, as: String.self)
+            check(
+                read == model.text[key],
+                "get \(key): \(String(describing: read)) != \(String(describing: model.text[key]))"
+            )
+        case 2:
+            let added = try await client.add(key, value)
+            check(added == (model.text[key] == nil), "add \(key) returned \(added)")
+            if added { model.text[key] = value }
+        case 3:
+            let replaced = try await client.replace(key, value)
+            check(replaced == (model.text[key] != nil), "replace \(key) returned \(replaced)")
+            if replaced { model.text[key] = value }
+        case 4:
+            let appended = try await client.append(key, "+")
+            check(appended == (model.text[key] != nil), "append \(key) returned \(appended)")
+            if appended { model.text[key]! += "+" }
+        case 5:
+            let deleted = try await client.delete(key)
+            check(deleted == (model.text[key] != nil), "delete \(key) returned \(deleted)")
+            model.text[key] = nil
+        case 6:
+            let counted = try await client.increment(model.counterKey, by: 3)
+            check(
+                counted.map(Int.init) == model.counter.map { $0 + 3 },
+                "increment returned \(String(describing: counted))"
+            )
+            if let current = model.counter {
+                model.counter = current + 3
+            } else {
+                check(try await client.set(model.counterKey, 0), "set counter")
+                model.counter = 0
+            }
+        case 7:
+            let all = try await client.getMulti(keys, as: String.self)
+            check(all == model.text, "getMulti: \(all) != \(model.text)")
+        case 8:
+            let read = try await client.gets(key, as: String.self)
+            check(read?.value == model.text[key], "gets \(key)")
+            if let token = read?.token {
+                check(try await client.cas(key, value, token: token), "cas \(key)")
+                model.text[key] = value
+            }
+        default:
+            let expected = model.text[key]
+            let (before, after) = try await client.withConnection { connection in
+                let before = try connection.get(key, as: String.self)
+                try connection.set(key, value)
+                return (before, try connection.get(key, as: String.self))
+            }
+            check(before == expected && after == value, "withConnection \(key)")
+            model.text[key] = value
+        }
+    }
+    return model
+}
