@@ -277,26 +277,8 @@ extension Handle {
     func arithmetic(key: PreparedKey, delta: UInt64, increment: Bool) throws -> UInt64? {
         let pointer = try live()
         var newValue: UInt64 = 0
-        let rc =
-            increment
-            ? memcached_increment_by_key(
-                pointer,
-                key.cString,
-                key.bytes.count,
-                key.cString,
-                key.bytes.count,
-                delta,
-                &newValue
-            )
-            : memcached_decrement_by_key(
-                pointer,
-                key.cString,
-                key.bytes.count,
-                key.cString,
-                key.bytes.count,
-                delta,
-                &newValue
-            )
+        let operation = increment ? memcached_increment_by_key : memcached_decrement_by_key
+        let rc = operation(pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
         if memcached_success(rc) { return newValue }
         if rc == MEMCACHED_NOTFOUND { return nil }
         throw failure(rc, command: increment ? "increment" : "decrement", key: key.key, keyBytes: key.bytes)
