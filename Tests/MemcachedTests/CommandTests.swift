@@ -233,4 +233,51 @@ struct CommandTests {
             #expect(try memc.get("a", as: String.self) == nil)
         }
     }
+
+    @Test("noReply batches setMulti and deleteMulti into one write per server, and nothing is lost")
+    func noReplyBatches() throws {
+        try withMemcached(servers: 2) { cluster in
+            let memc = try connect(cluster) { $0.noReply = true }
+            let items = Dictionary(uniqueKeysWithValues: (0..<500).map { ("batch-\($0)", "value-\($0)") })
+            let setsBefore = try cluster.servers.map { try statistic("cmd_set", of: $0) }
+            #expect(try memc.setMulti(items, keyPrefix: "nr:").isEmpty)
+            // The read follows the writes on the same sockets, so the servers have run them all.
+            #expect(try memc.getMulti(Array(items.keys), keyPrefix: "nr:", as: String.self) == items)
+            let setsAfter = try cluster.servers.map { try statistic("cmd_set", of: $0) }
+            #expect(
+                zip(setsBefore, setsAfter).map { $1 - $0 }.reduce(0, +) == items.count,
+                "every set reached a server"
+            )
+            // A single fire-and-forget write is visible to the next command at once.
+            try memc.set("single", "now")
+            #expect(try memc.get("single", as: String.self) == "now")
+            let outcomes = try memc.deleteMulti(Array(items.keys), keyPrefix: "nr:")
+            #expect(outcomes.values.allSatisfy { (try? $0.get()) == true })
+            #expect(try memc.getMulti(Array(items.keys), keyPrefix: "nr:", as: String.self).isEmpty)
+            #expect(try memc.add("single", "other") == false, "commands with results still read their reply")
+        }
+    }
+
+    @Test("noReply is ignored over the binary protocol, whose quiet commands still answer errors")
+    func noReplyBinary() throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: .binary) { $0.noReply = true }
+            try memc.set("k", "v")
+            #expect(try memc.delete("k"))
+            #expect(try memc.delete("k") == false, "delete reports a missing key: replies are read")
+            #expect(throws: MemcachedError.self) { try memc.set("big", [UInt8](repeating: 1, count: 1_048_576)) }
+            #expect(try memc.setMulti(["a": "1"]).isEmpty)
+            #expect(try memc.get("a", as: String.self) == "1")
+        }
+    }
+
+    @Test("a fire-and-forget write to a server that is down still fails with a typed error")
+    func noReplyDeadServer() throws {
+        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
+        configuration.noReply = true
+        configuration.connectTimeout = .milliseconds(300)
+        let memc = try MemcachedConnection(configuration: configuration)
+        #expect(throws: MemcachedError.self) { try memc.set("k", "v") }
+        #expect(try memc.setMulti(["a": "1", "b": "2"]).sorted() == ["a", "b"])
+    }
 }

@@ -15,7 +15,9 @@ struct PoolTests {
     func concurrentMixedOperations() async throws {
         try await withMemcached(servers: 2) { cluster in
             let connectionsBefore = try cluster.servers.map { try statistic("total_connections", of: $0) }
-            let client = try makeClient(cluster, maximumConnections: 8)
+            // A generous wait: this test is about correctness, and in a full parallel run other
+            // suites' blocking tests can hold the cooperative threads the waiters resume on.
+            let client = try makeClient(cluster, maximumConnections: 8, waitTimeout: .seconds(120))
             let models = try await withThrowingTaskGroup(of: TaskModel.self) { group in
                 for task in 0..<64 {
                     group.addTask { try await runMixedOperations(task: task, operations: 500, client: client) }

@@ -74,8 +74,11 @@ public struct MemcachedConfiguration: Sendable {
     /// With it on, those calls return as soon as the request is written, a failed store goes
     /// unnoticed, and `delete` always reports `true`. Commands whose result is the point
     /// (`get`, `add`, `replace`, `append`, `prepend`, `cas`, `increment`, `decrement`, `touch`)
-    /// always wait for their reply. The default is `false`.
-    /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_NOREPLY`.
+    /// always wait for their reply. Fire-and-forget writes are also batched
+    /// (`MEMCACHED_BEHAVIOR_BUFFER_REQUESTS`): `setMulti` and `deleteMulti` send one write per
+    /// server and the batch is flushed before they return. The binary protocol ignores this
+    /// setting, because its quiet commands still answer errors, which a later command would read.
+    /// The default is `false`. The corresponding C behaviour is `MEMCACHED_BEHAVIOR_NOREPLY`.
     public var noReply = false
 
     /// The largest encoded (and compressed) value this client sends, in bytes.

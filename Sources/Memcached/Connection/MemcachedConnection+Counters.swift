@@ -11,7 +11,9 @@ extension MemcachedConnection {
     @discardableResult
     public func delete(_ key: String) throws -> Bool {
         trace("delete")
-        return try withKey(key) { try handle.delete(key: $0, noReply: configuration.noReply) }
+        let deleted = try withKey(key) { try handle.delete(key: $0, noReply: handle.noReply) }
+        try handle.flushWrites()
+        return deleted
     }
 
     /// Deletes many keys, as python-memcached's `delete_multi`, and reports each key's outcome.
@@ -40,10 +42,18 @@ extension MemcachedConnection {
                 Result {
                     try handle.delete(
                         key: PreparedKey(bytes: keyBytes, key: keys[index]),
-                        noReply: configuration.noReply
+                        noReply: handle.noReply
                     )
                 }
                 .mapError { $0 as! MemcachedError }
+            }
+        }
+        do {
+            try handle.flushWrites()
+        } catch let error as MemcachedError {
+            // Which server's batch failed is not known: report the failure for every key.
+            for key in keys {
+                outcomes[key] = .failure(error)
             }
         }
         return outcomes
@@ -108,7 +118,8 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_flush`.
     public func flush(delay: Duration = .zero) throws {
         trace("flush_all", keys: 0)
-        try handle.flush(delaySeconds: Int64(Handle.seconds(delay, "delay")), noReply: configuration.noReply)
+        try handle.flush(delaySeconds: Int64(Handle.seconds(delay, "delay")), noReply: handle.noReply)
+        try handle.flushWrites()
     }
 
     /// Reads every server's statistics, as python-memcached's `get_stats`.

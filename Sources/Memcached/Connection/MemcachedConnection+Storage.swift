@@ -18,7 +18,7 @@ extension MemcachedConnection {
         _ value: Value,
         expiration: MemcachedExpiration = .never
     ) throws -> Bool {
-        try store(.set, key, expiration, noReply: configuration.noReply) { try value.memcachedPayload() }
+        try store(.set, key, expiration, noReply: handle.noReply) { try value.memcachedPayload() }
     }
 
     /// Stores a `Codable` value with the configuration's ``MemcachedConfiguration/objectCoder``
@@ -38,7 +38,7 @@ extension MemcachedConnection {
         expiration: MemcachedExpiration = .never
     ) throws -> Bool {
         let coder = configuration.objectCoder
-        return try store(.set, key, expiration, noReply: configuration.noReply) { try coder.payload(for: value) }
+        return try store(.set, key, expiration, noReply: handle.noReply) { try coder.payload(for: value) }
     }
 
     /// Stores a value only if the key is missing, as python-memcached's `add`.
@@ -204,7 +204,7 @@ extension MemcachedConnection {
         try withKey(key) { prepared in
             let payload = try payload(key: key, compressible: compressible, encode)
             trace(operation.name, bytes: payload.bytes.count)
-            return try payload.bytes.withUnsafeBytes { bytes in
+            let stored = try payload.bytes.withUnsafeBytes { bytes in
                 try handle.store(
                     operation,
                     key: prepared,
@@ -214,6 +214,10 @@ extension MemcachedConnection {
                     noReply: noReply
                 )
             }
+            if noReply {
+                try handle.flushWrites()
+            }
+            return stored
         }
     }
 
@@ -286,7 +290,7 @@ extension MemcachedConnection {
                             value: bytes,
                             flags: payloads[index].flags.rawValue,
                             expiration: wireExpiration,
-                            noReply: configuration.noReply
+                            noReply: handle.noReply
                         )
                     }
                 }
@@ -296,6 +300,12 @@ extension MemcachedConnection {
             if !stored {
                 notStored.append(keys[index])
             }
+        }
+        do {
+            try handle.flushWrites()
+        } catch {
+            // Which server's batch failed is not known: report every key as not stored.
+            return keys
         }
         return notStored
     }

@@ -292,6 +292,16 @@ extension Handle {
         throw failure(rc, command: "touch", key: key.key, keyBytes: key.bytes)
     }
 
+    /// Writes what fire-and-forget commands left in the write buffers. A no-op without
+    /// ``noReply``. The corresponding C function is `memcached_flush_buffers`.
+    func flushWrites() throws {
+        guard noReply else { return }
+        let rc = memcached_flush_buffers(try live())
+        guard memcached_success(rc) else {
+            throw failure(rc, command: "flush_buffers")
+        }
+    }
+
     // MARK: - Administration
 
     func flush(delaySeconds: Int64, noReply: Bool = false) throws {

@@ -20,11 +20,16 @@ final class Handle {
     /// whose pointer libhashkit copies into every clone and never releases). Every handle that
     /// carries the pointer holds the object, so it lives exactly as long as the last such handle.
     private(set) var keepAlive: AnyObject?
+    /// Whether fire-and-forget writes are on: ``MemcachedConfiguration/noReply`` over the ASCII
+    /// protocol. The binary protocol's quiet commands still answer errors, which would then be read
+    /// as the reply to a later command, so it always waits for replies.
+    let noReply: Bool
 
     init(configuration: MemcachedConfiguration) throws {
         self.configuration = configuration
         self.logger = configuration.logger
         self.traceEnabled = configuration.logger.logLevel <= .trace
+        self.noReply = configuration.noReply && configuration.wireProtocol == .ascii
         guard let pointer = memcached_create(nil) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_create failed")
         }
@@ -74,6 +79,7 @@ final class Handle {
         self.logger = source.logger
         self.traceEnabled = source.traceEnabled
         self.keepAlive = source.keepAlive
+        self.noReply = source.noReply
         guard let pointer = memcached_clone(nil, try source.live()) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_clone failed")
         }
@@ -142,6 +148,9 @@ final class Handle {
         }
         let behaviors: [(memcached_behavior_t, UInt64, String)] = [
             (MEMCACHED_BEHAVIOR_SUPPORT_CAS, 1, "support CAS"),
+            // Fire-and-forget writes are also batched: written when a batch ends or another
+            // command needs the socket (see `flushWrites()`), so `setMulti` is one write per server.
+            (MEMCACHED_BEHAVIOR_BUFFER_REQUESTS, noReply ? 1 : 0, "noReply"),
             (MEMCACHED_BEHAVIOR_TCP_NODELAY, configuration.tcpNoDelay ? 1 : 0, "tcpNoDelay"),
             (MEMCACHED_BEHAVIOR_BINARY_PROTOCOL, configuration.wireProtocol == .binary ? 1 : 0, "wireProtocol"),
             (
