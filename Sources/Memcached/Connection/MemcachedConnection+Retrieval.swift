@@ -132,21 +132,17 @@ extension MemcachedConnection {
     ) throws -> [String: Value] {
         trace("get_multi", keys: keys.count)
         guard !keys.isEmpty else { return [:] }
-        let prefix = try KeyPrefix(keyPrefix)
-        let batch = try KeyBatch(keys: keys, prefix: prefix)
-        let requested = Set(keys)
-        let prefixLength = prefix.bytes.count
+        let keys = Array(keys)
+        var batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
+        batch.buildIndex()
         var hits: [String: Value] = [:]
-        hits.reserveCapacity(requested.count)
+        hits.reserveCapacity(keys.count)
         try handle.fetchMany(batch, command: "get_multi") { item in
-            let returned = item.keyBytes
-            guard returned.count >= prefixLength, returned.prefix(prefixLength).elementsEqual(prefix.bytes) else {
+            // The reply's key, prefix included, must be one that was asked for.
+            guard let index = batch.index(of: item.keyBytes) else {
                 throw unexpectedKey()
             }
-            let key = String(decoding: UnsafeRawBufferPointer(rebasing: returned[prefixLength...]), as: UTF8.self)
-            guard requested.contains(key) else {
-                throw unexpectedKey()
-            }
+            let key = keys[index]
             hits[key] = try decodeItem(item, key)
         }
         return hits

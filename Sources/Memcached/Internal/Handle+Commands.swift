@@ -42,6 +42,9 @@ struct FetchedItem {
 struct KeyBatch {
     private(set) var storage: [UInt8] = []
     private(set) var ranges: [Range<Int>] = []
+    /// An open-addressing table from a key's bytes to its index, built on demand by
+    /// ``buildIndex()``, so a reply's key is matched to the request without making a `String`.
+    private var slots: [Int32] = []
 
     init(keys: some Collection<String>, prefix: KeyPrefix?) throws {
         let prefixBytes = prefix?.bytes ?? []
@@ -57,6 +60,49 @@ struct KeyBatch {
             }
             ranges.append(range)
         }
+    }
+
+    /// Indexes every key by its bytes; a repeated key keeps its first index.
+    mutating func buildIndex() {
+        var capacity = 16
+        while capacity < ranges.count * 2 { capacity <<= 1 }
+        var slots = [Int32](repeating: -1, count: capacity)
+        storage.withUnsafeBytes { all in
+            for (index, range) in ranges.enumerated() {
+                let key = UnsafeRawBufferPointer(rebasing: all[range])
+                var slot = Self.hash(key) & (capacity - 1)
+                while slots[slot] >= 0 {
+                    if UnsafeRawBufferPointer(rebasing: all[ranges[Int(slots[slot])]]).elementsEqual(key) { break }
+                    slot = (slot + 1) & (capacity - 1)
+                }
+                if slots[slot] < 0 { slots[slot] = Int32(index) }
+            }
+        }
+        self.slots = slots
+    }
+
+    /// The index of the key with these bytes (prefix included), or `nil` when it was not asked for.
+    func index(of key: UnsafeRawBufferPointer) -> Int? {
+        guard !slots.isEmpty else { return nil }
+        let mask = slots.count - 1
+        return storage.withUnsafeBytes { all in
+            var slot = Self.hash(key) & mask
+            while slots[slot] >= 0 {
+                let candidate = Int(slots[slot])
+                if UnsafeRawBufferPointer(rebasing: all[ranges[candidate]]).elementsEqual(key) { return candidate }
+                slot = (slot + 1) & mask
+            }
+            return nil
+        }
+    }
+
+    /// FNV-1a: short keys, no need for more.
+    private static func hash(_ bytes: UnsafeRawBufferPointer) -> Int {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in bytes {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+        }
+        return Int(truncatingIfNeeded: hash ^ (hash >> 32))
     }
 
     /// Calls `body` with C pointers to every key and their lengths.
