@@ -1,6 +1,12 @@
 internal import CLibMemcached
 import Logging
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The storage commands, each one libmemcached call.
 enum StoreOperation {
     case set, add, replace, append, prepend
@@ -112,7 +118,7 @@ struct KeyBatch {
         try storage.withUnsafeBufferPointer { all in
             let base = UnsafeRawPointer(all.baseAddress!).assumingMemoryBound(to: CChar.self)
             let pointers: [UnsafePointer<CChar>?] = ranges.map { base + $0.lowerBound }
-            let lengths: [Int] = ranges.map(\.count)
+            let lengths: [Int] = ranges.map { $0.count }
             return try pointers.withUnsafeBufferPointer { p in
                 try lengths.withUnsafeBufferPointer { l in
                     try body(p.baseAddress!, l.baseAddress!, ranges.count)
@@ -211,7 +217,10 @@ extension Handle {
             }
         }
         let item = FetchedItem(result)
-        guard item.keyBytes.elementsEqual(UnsafeRawBufferPointer(key.bytes)) else {
+        guard item.keyBytes.count == key.bytes.count,
+            // Keys are validated non-empty, so both buffers have a base address here.
+            memcmp(item.keyBytes.baseAddress!, key.bytes.baseAddress!, key.bytes.count) == 0
+        else {
             resetConnections()
             throw MemcachedError(
                 code: .unexpectedKey,
@@ -220,9 +229,15 @@ extension Handle {
             )
         }
         // Decode before draining: the next fetch reuses the result's buffer.
-        let decoded = Result { try decode(item) }
+        let decoded: R
+        do {
+            decoded = try decode(item)
+        } catch {
+            drainFetch(pointer, result)
+            throw error
+        }
         drainFetch(pointer, result)
-        return try decoded.get()
+        return decoded
     }
 
     /// Reads the rest of a multi-get reply (ASCII `END`, binary `NOOP`) so it cannot be taken for

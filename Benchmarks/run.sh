@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The benchmark in one command: installs what is missing, builds in release mode, starts its own
+# memcached on a free loopback port, runs every workload through raw C, our API and the Python
+# peers, and writes the Markdown report to Benchmarks/results/latest.md.
+#
+#   Benchmarks/run.sh            full counts (about 40 minutes on 2 cores)
+#   Benchmarks/run.sh --quick    a tenth of every count
+#   Benchmarks/run.sh --help     every option
+set -euo pipefail
+cd "$(dirname "$0")"
+
+../scripts/install-deps.sh
+command -v strace >/dev/null 2>&1 || {
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y -qq strace >/dev/null || echo "strace unavailable: syscall counts will be skipped"
+}
+./python/setup.sh
+swift build -c release --product MemcachedBench
+exec .build/release/MemcachedBench "$@"
