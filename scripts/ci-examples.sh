@@ -29,7 +29,6 @@ sudo=""
 missing=()
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
-python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -37,17 +36,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# python-memcached 1.62 in .venv-python, the folder the library's interoperability tests use;
-# scripts/install-python-deps.sh makes it where that script exists, else the lines below do.
+# install-deps.sh has made .venv-python with python-memcached 1.62 (scripts/install-python-deps.sh).
 python=.venv-python/bin/python
-if [ -x scripts/install-python-deps.sh ]; then
-    ./scripts/install-python-deps.sh
-elif ! "$python" -c "import importlib.metadata as m, sys; sys.exit(m.version('python-memcached') != '1.62')" \
-    2>/dev/null; then
-    rm -rf .venv-python
-    python3 -m venv .venv-python
-    "$python" -m pip install --quiet --disable-pip-version-check python-memcached==1.62
-fi
 
 # MARK: - Build
 

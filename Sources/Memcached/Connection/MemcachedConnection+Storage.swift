@@ -276,7 +276,10 @@ extension MemcachedConnection {
         let prefix = try KeyPrefix(keyPrefix)
         let keys = Array(items.keys)
         let batch = try KeyBatch(keys: keys, prefix: prefix)
-        let payloads = try keys.map { key in try payload(key: key, compressible: true) { try encode(items[key]!) } }
+        // `values` is in the same order as `keys`: no lookup per key.
+        let payloads = try zip(keys, items.values).map { key, value in
+            try payload(key: key, compressible: true) { try encode(value) }
+        }
         let wireExpiration = expiration.wireValue()
         var notStored: [String] = []
         for index in keys.indices {
