@@ -274,12 +274,15 @@ extension MemcachedConnection {
         trace("set_multi", keys: items.count)
         guard !items.isEmpty else { return [] }
         let prefix = try KeyPrefix(keyPrefix)
-        let keys = Array(items.keys)
-        let batch = try KeyBatch(keys: keys, prefix: prefix)
-        // `values` is in the same order as `keys`: no lookup per key.
-        let payloads = try zip(keys, items.values).map { key, value in
-            try payload(key: key, compressible: true) { try encode(value) }
+        var keys: [String] = []
+        var payloads: [MemcachedPayload] = []
+        keys.reserveCapacity(items.count)
+        payloads.reserveCapacity(items.count)
+        for (key, value) in items {
+            keys.append(key)
+            payloads.append(try payload(key: key, compressible: true) { try encode(value) })
         }
+        let batch = try KeyBatch(keys: keys, prefix: prefix)
         let wireExpiration = expiration.wireValue()
         var notStored: [String] = []
         for index in keys.indices {
