@@ -142,11 +142,14 @@ struct FaultToleranceTests {
         #expect(backTime < .seconds(3), "traffic returned after \(backTime)")
     }
 
-    @Test("a hung (SIGSTOPped) server: calls time out within timeout + 50%, and recover after SIGCONT")
-    func hungServer() throws {
+    @Test(
+        "a hung (SIGSTOPped) server: calls time out within timeout + 50%, and recover after SIGCONT",
+        arguments: [MemcachedConfiguration.WireProtocol.ascii, .binary]
+    )
+    func hungServer(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
         try withMemcached(servers: 2) { cluster in
             let timeout = Duration.milliseconds(400)
-            let memc = try connect(cluster) { $0.timeout = timeout }
+            let memc = try connect(cluster, wireProtocol: wireProtocol) { $0.timeout = timeout }
             let keys = (0..<100).map { "key-\($0)" }
             try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v-\($0)") }))
             let hung = cluster.servers[0]

@@ -199,6 +199,9 @@ extension Handle {
         _ decode: (FetchedItem) throws -> R
     ) throws -> R? {
         let pointer = try live()
+        if binary {
+            return try fetchOneWithGet(pointer, key: key, command: command, decode)
+        }
         let result = try liveResult()
         var keyPointer: UnsafePointer<CChar>? = key.cString
         var keyLength = key.bytes.count
@@ -221,12 +224,7 @@ extension Handle {
             // Keys are validated non-empty, so both buffers have a base address here.
             memcmp(item.keyBytes.baseAddress!, key.bytes.baseAddress!, key.bytes.count) == 0
         else {
-            resetConnections()
-            throw MemcachedError(
-                code: .unexpectedKey,
-                message: "the server answered with another key; the connection was reset",
-                key: key.key
-            )
+            throw unexpectedKey(key)
         }
         // Decode before draining: the next fetch reuses the result's buffer.
         let decoded: R
@@ -238,6 +236,64 @@ extension Handle {
         }
         drainFetch(pointer, result)
         return decoded
+    }
+
+    /// Reads one key over the binary protocol with `memcached_get`.
+    ///
+    /// There a one-key `memcached_mget` writes a quiet GETKQ and then a NOOP, each flushed on its
+    /// own: two sends per read. `memcached_get` writes one GETK, whose one reply (hit or miss)
+    /// leaves nothing unread. It returns the value in a buffer of its own, freed here, and leaves
+    /// the key and CAS in the handle's built-in result.
+    private func fetchOneWithGet<R>(
+        _ pointer: UnsafeMutablePointer<memcached_st>,
+        key: PreparedKey,
+        command: StaticString,
+        _ decode: (FetchedItem) throws -> R
+    ) throws -> R? {
+        var length = 0
+        var flags: UInt32 = 0
+        var rc = MEMCACHED_SUCCESS
+        // An empty value comes back as `nil` with MEMCACHED_SUCCESS.
+        let value = memcached_get(pointer, key.cString, key.bytes.count, &length, &flags, &rc)
+        defer { free(value) }
+        switch rc {
+        case MEMCACHED_SUCCESS:
+            break
+        case MEMCACHED_NOTFOUND:
+            try throwHiddenReadFailure(pointer, command: command, key: key)
+            return nil
+        default:
+            throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
+        }
+        let builtIn = UnsafeMutableRawPointer(pointer).advanced(by: Self.builtInResultOffset)
+            .assumingMemoryBound(to: memcached_result_st.self)
+        let item = FetchedItem(
+            keyBytes: UnsafeRawBufferPointer(
+                start: memcached_result_key_value(builtIn),
+                count: memcached_result_key_length(builtIn)
+            ),
+            value: UnsafeRawBufferPointer(start: value, count: length),
+            flags: flags,
+            cas: memcached_result_cas(builtIn)
+        )
+        guard item.keyBytes.count == key.bytes.count,
+            memcmp(item.keyBytes.baseAddress!, key.bytes.baseAddress!, key.bytes.count) == 0
+        else {
+            throw unexpectedKey(key)
+        }
+        return try decode(item)
+    }
+
+    /// Where `memcached_st` keeps the result `memcached_get` reads into (`memcached_st.result`).
+    private static let builtInResultOffset = MemoryLayout<memcached_st>.offset(of: \.result)!
+
+    private func unexpectedKey(_ key: PreparedKey) -> MemcachedError {
+        resetConnections()
+        return MemcachedError(
+            code: .unexpectedKey,
+            message: "the server answered with another key; the connection was reset",
+            key: key.key
+        )
     }
 
     /// Reads the rest of a multi-get reply (ASCII `END`, binary `NOOP`) so it cannot be taken for

@@ -24,12 +24,16 @@ final class Handle {
     /// protocol. The binary protocol's quiet commands still answer errors, which would then be read
     /// as the reply to a later command, so it always waits for replies.
     let noReply: Bool
+    /// Whether the handle speaks the binary protocol, where a single-key read goes through
+    /// `memcached_get` (see ``fetchOne(key:command:_:)``).
+    let binary: Bool
 
     init(configuration: MemcachedConfiguration) throws {
         self.configuration = configuration
         self.logger = configuration.logger
         self.traceEnabled = configuration.logger.logLevel <= .trace
         self.noReply = configuration.noReply && configuration.wireProtocol == .ascii
+        self.binary = configuration.wireProtocol == .binary
         guard let pointer = memcached_create(nil) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_create failed")
         }
@@ -80,6 +84,7 @@ final class Handle {
         self.traceEnabled = source.traceEnabled
         self.keepAlive = source.keepAlive
         self.noReply = source.noReply
+        self.binary = source.binary
         guard let pointer = memcached_clone(nil, try source.live()) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_clone failed")
         }
