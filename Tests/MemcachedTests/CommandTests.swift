@@ -31,6 +31,28 @@ struct CommandTests {
         }
     }
 
+    @Test(
+        "getMulti matches every reply to its key: runs of misses, repeated keys, 3 servers, a prefix",
+        arguments: protocols
+    )
+    func getMultiMatching(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached(servers: 3) { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            let keys = (0..<300).map { "m\($0)" }
+            // Misses alone, in pairs and in runs longer than the matcher's look-ahead.
+            let stored = keys.enumerated().filter { index, _ in
+                !(index % 7 == 0 || (index / 10) % 5 == 3 || index % 13 == 1)
+            }.map(\.element)
+            #expect(try memc.setMulti(Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") }), keyPrefix: "x:").isEmpty)
+            let expected = Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") })
+            #expect(try memc.getMulti(keys, keyPrefix: "x:", as: String.self) == expected)
+            #expect(try memc.getMulti(keys.reversed(), keyPrefix: "x:", as: String.self) == expected)
+            let repeated = ["m2", "m3", "m2", "m0", "m3", "m3"]
+            #expect(try memc.getMulti(repeated, keyPrefix: "x:", as: String.self) == ["m2": "v:m2", "m3": "v:m3"])
+            #expect(try memc.getMulti(keys, as: String.self).isEmpty, "without the prefix nothing matches")
+        }
+    }
+
     @Test("add, replace, append and prepend with their expected negatives", arguments: protocols)
     func conditionalStores(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
         try withMemcached { cluster in

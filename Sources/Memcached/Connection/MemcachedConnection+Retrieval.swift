@@ -95,14 +95,22 @@ extension MemcachedConnection {
     /// - Returns: The hits only, keyed by the caller's keys.
     /// - Throws: ``MemcachedError``: an invalid key, a value that does not decode, a failure in the
     ///   middle of a reply, or no server reachable at all.
+    // Inlinable so that building the dictionary is specialized for `Value` in the caller's code:
+    // unspecialized, every insert looks up generic metadata at run time, which cost more than
+    // libmemcached's whole reply parsing per key.
+    @inlinable
     public func getMulti<Value: MemcachedValue>(
         _ keys: some Collection<String>,
         keyPrefix: String = "",
         as type: Value.Type = Value.self
     ) throws -> [String: Value] {
-        try fetchMulti(keys, keyPrefix: keyPrefix) { item, key in
-            try decode(item, key: key) { try Value(memcachedBytes: $0, flags: $1) }
+        let keys = Array(keys)
+        var hits: [String: Value] = [:]
+        hits.reserveCapacity(keys.count)
+        try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
+            hits[keys[index]] = try Value(memcachedBytes: bytes, flags: flags)
         }
+        return hits
     }
 
     /// Reads many `Codable` values in one round trip per server.
@@ -119,33 +127,37 @@ extension MemcachedConnection {
         keyPrefix: String = "",
         as type: Value.Type = Value.self
     ) throws -> [String: Value] {
-        let coder = configuration.objectCoder
-        return try fetchMulti(keys, keyPrefix: keyPrefix) { item, key in
-            try decode(item, key: key) { try coder.value(Value.self, bytes: $0, flags: $1) }
-        }
-    }
-
-    private func fetchMulti<Value>(
-        _ keys: some Collection<String>,
-        keyPrefix: String,
-        _ decodeItem: (FetchedItem, String) throws -> Value
-    ) throws -> [String: Value] {
-        trace("get_multi", keys: keys.count)
-        guard !keys.isEmpty else { return [:] }
         let keys = Array(keys)
-        var batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
-        batch.buildIndex()
+        let coder = configuration.objectCoder
         var hits: [String: Value] = [:]
-        hits.reserveCapacity(keys.count)
-        try handle.fetchMany(batch, command: "get_multi") { item in
-            // The reply's key, prefix included, must be one that was asked for.
-            guard let index = batch.index(of: item.keyBytes) else {
-                throw unexpectedKey()
-            }
-            let key = keys[index]
-            hits[key] = try decodeItem(item, key)
+        try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
+            hits[keys[index]] = try coder.value(Value.self, bytes: bytes, flags: flags)
         }
         return hits
+    }
+
+    /// The non-generic part of every multi-get: checks and sends the keys, matches each reply to
+    /// its request and decompresses it, then calls `hit` with the key's index in `keys`, the
+    /// value's bytes (valid during the call) and its flags.
+    ///
+    /// An error `hit` throws is reported with the key, as ``undecodableValue`` unless it is a
+    /// ``MemcachedError``; the rest of the reply is still read so nothing lingers.
+    @usableFromInline
+    func fetchMulti(
+        _ keys: [String],
+        keyPrefix: String,
+        _ hit: (Int, UnsafeRawBufferPointer, MemcachedFlags) throws -> Void
+    ) throws {
+        trace("get_multi", keys: keys.count)
+        guard !keys.isEmpty else { return }
+        var batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
+        try handle.fetchMany(batch, command: "get_multi") { item in
+            // The reply's key, prefix included, must be one that was asked for.
+            guard let index = batch.match(item.keyBytes) else {
+                throw unexpectedKey()
+            }
+            try decode(item, key: keys[index]) { bytes, flags in try hit(index, bytes, flags) }
+        }
     }
 
     private func unexpectedKey() -> MemcachedError {

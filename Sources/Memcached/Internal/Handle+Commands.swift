@@ -48,9 +48,11 @@ struct FetchedItem {
 struct KeyBatch {
     private(set) var storage: [UInt8] = []
     private(set) var ranges: [Range<Int>] = []
-    /// An open-addressing table from a key's bytes to its index, built on demand by
-    /// ``buildIndex()``, so a reply's key is matched to the request without making a `String`.
+    /// An open-addressing table from a key's bytes to its index, built by ``match(_:)`` only when
+    /// a reply comes out of request order, so a reply's key is matched without making a `String`.
     private var slots: [Int32] = []
+    /// The key after the last one ``match(_:)`` found.
+    private var cursor = 0
 
     init(keys: some Collection<String>, prefix: KeyPrefix?) throws {
         let prefixBytes = prefix?.bytes ?? []
@@ -68,8 +70,43 @@ struct KeyBatch {
         }
     }
 
+    /// The index of the key with these bytes (prefix included), or `nil` when it was not asked for.
+    ///
+    /// memcached answers one server's keys in the order they were asked, skipping misses, so the
+    /// reply is first compared with the few keys after the last match; only a reply out of that
+    /// order (another server's, or after a run of misses) builds and consults the hash index.
+    mutating func match(_ key: UnsafeRawBufferPointer) -> Int? {
+        let found = storage.withUnsafeBytes { all -> Int? in
+            for candidate in cursor..<min(cursor + Self.lookahead, ranges.count)
+            where Self.equal(all, ranges[candidate], key) {
+                return candidate
+            }
+            return nil
+        }
+        if let found {
+            cursor = found + 1
+            return found
+        }
+        if slots.isEmpty {
+            buildIndex()
+        }
+        guard let indexed = lookUp(key) else { return nil }
+        cursor = indexed + 1
+        return indexed
+    }
+
+    /// How many keys after the last match ``match(_:)`` compares before it hashes: enough to skip
+    /// a few misses in a row.
+    private static let lookahead = 4
+
+    @inline(__always)
+    private static func equal(_ all: UnsafeRawBufferPointer, _ range: Range<Int>, _ key: UnsafeRawBufferPointer) -> Bool {
+        // Keys are validated non-empty, so both buffers have a base address.
+        range.count == key.count && memcmp(all.baseAddress! + range.lowerBound, key.baseAddress!, key.count) == 0
+    }
+
     /// Indexes every key by its bytes; a repeated key keeps its first index.
-    mutating func buildIndex() {
+    private mutating func buildIndex() {
         var capacity = 16
         while capacity < ranges.count * 2 { capacity <<= 1 }
         var slots = [Int32](repeating: -1, count: capacity)
@@ -78,7 +115,7 @@ struct KeyBatch {
                 let key = UnsafeRawBufferPointer(rebasing: all[range])
                 var slot = Self.hash(key) & (capacity - 1)
                 while slots[slot] >= 0 {
-                    if UnsafeRawBufferPointer(rebasing: all[ranges[Int(slots[slot])]]).elementsEqual(key) { break }
+                    if Self.equal(all, ranges[Int(slots[slot])], key) { break }
                     slot = (slot + 1) & (capacity - 1)
                 }
                 if slots[slot] < 0 { slots[slot] = Int32(index) }
@@ -87,15 +124,14 @@ struct KeyBatch {
         self.slots = slots
     }
 
-    /// The index of the key with these bytes (prefix included), or `nil` when it was not asked for.
-    func index(of key: UnsafeRawBufferPointer) -> Int? {
-        guard !slots.isEmpty else { return nil }
+    private func lookUp(_ key: UnsafeRawBufferPointer) -> Int? {
+        guard !key.isEmpty else { return nil }
         let mask = slots.count - 1
         return storage.withUnsafeBytes { all in
             var slot = Self.hash(key) & mask
             while slots[slot] >= 0 {
                 let candidate = Int(slots[slot])
-                if UnsafeRawBufferPointer(rebasing: all[ranges[candidate]]).elementsEqual(key) { return candidate }
+                if Self.equal(all, ranges[candidate], key) { return candidate }
                 slot = (slot + 1) & mask
             }
             return nil
