@@ -53,6 +53,33 @@ struct CommandTests {
         }
     }
 
+    @Test("getMulti(forEachHit:) hands over each hit in place, decompressed, and rethrows the caller's error")
+    func getMultiForEachHit() throws {
+        struct Stop: Error {}
+        try withMemcached { cluster in
+            let memc = try connect(cluster) { $0.compressionThreshold = 64 }
+            let long = String(repeating: "compressible ", count: 40)
+            #expect(try memc.setMulti(["a": "1", "b": long], keyPrefix: "f:").isEmpty)
+            #expect(try memc.set("f:n", 42))
+            var seen: [String: (String, MemcachedFlags)] = [:]
+            try memc.getMulti(["a", "missing", "b", "n"], keyPrefix: "f:") { key, bytes, flags in
+                seen[key] = (String(decoding: bytes, as: UTF8.self), flags)
+            }
+            #expect(seen.mapValues(\.0) == ["a": "1", "b": long, "n": "42"])
+            #expect(seen["b"]?.1 == .text, "compressed on the server, handed over decompressed without the flag")
+            #expect(seen["n"]?.1 == .integer)
+            var calls = 0
+            #expect(throws: Stop.self) {
+                try memc.getMulti(["a", "b", "n"], keyPrefix: "f:") { _, _, _ in
+                    calls += 1
+                    throw Stop()
+                }
+            }
+            #expect(calls == 1, "not called again after it threw")
+            #expect(try memc.get("f:a", as: String.self) == "1", "the rest of the reply was read")
+        }
+    }
+
     @Test("add, replace, append and prepend with their expected negatives", arguments: protocols)
     func conditionalStores(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
         try withMemcached { cluster in

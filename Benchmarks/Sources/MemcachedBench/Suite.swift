@@ -318,6 +318,19 @@ final class Suite {
                     }
                     try expect(hits == count * batch, "\(id) sync: \(hits) hits of \(count * batch)")
                 },
+                // The values are read in place, as raw C reads them: no dictionary, no copy.
+                Variant(name: "ours sync, forEachHit", kind: .sync, baseline: "raw C") { count in
+                    var hits = 0
+                    var bytes = 0
+                    for index in 0..<count {
+                        try sync.getMulti(batches[index % batches.count]) { _, value, _ in
+                            hits += 1
+                            bytes += value.count
+                        }
+                    }
+                    try expect(hits == count * batch, "\(id) forEachHit: \(hits) hits of \(count * batch)")
+                    try expect(bytes == hits * Self.smallValue.count, "\(id) forEachHit: \(bytes) bytes")
+                },
                 Variant(name: "ours async, 1 task", kind: .async, baseline: "raw C") { count in
                     let hits = try await Task.detached {
                         var hits = 0

@@ -16,13 +16,21 @@ let maximumKeyLength = 250
 func validateKey(_ bytes: UnsafeBufferPointer<UInt8>, key: @autoclosure () -> String) throws {
     guard !bytes.isEmpty else { throw MemcachedError.emptyKey() }
     guard bytes.count <= maximumKeyLength else { throw MemcachedError.keyTooLong(key(), byteCount: bytes.count) }
-    for index in bytes.indices {
-        let byte = bytes[index]
-        // Bytes up to 0x20 are controls and space, 0x7F is DEL: all of them end a text-protocol token.
-        if byte <= 0x20 || byte == 0x7F {
-            throw MemcachedError.invalidKeyCharacters(key(), offset: index)
-        }
+    // One pass without branches, which the compiler vectorizes; the offset is looked for only
+    // when there is something to report.
+    var forbidden: UInt8 = 0
+    for byte in bytes {
+        forbidden |= (byte &- 0x21 >= 0x5E ? 1 : 0) & (byte < 0x80 ? 1 : 0)
     }
+    guard forbidden != 0 else { return }
+    let offset = bytes.firstIndex(where: isForbiddenInKey) ?? 0
+    throw MemcachedError.invalidKeyCharacters(key(), offset: offset)
+}
+
+/// Bytes up to 0x20 are controls and space, 0x7F is DEL: all of them end a text-protocol token.
+@inline(__always)
+private func isForbiddenInKey(_ byte: UInt8) -> Bool {
+    (byte <= 0x20) || (byte == 0x7F)
 }
 
 /// A key prefix (python-memcached's `key_prefix`), checked once and prepended to every key of a

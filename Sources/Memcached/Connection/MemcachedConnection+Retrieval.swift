@@ -136,6 +136,52 @@ extension MemcachedConnection {
         return hits
     }
 
+    /// Reads many keys in one round trip per server and hands each hit to `body` as it arrives,
+    /// without building a dictionary or copying the value.
+    ///
+    /// The fastest way to read many keys: the bytes are libmemcached's read buffer, so nothing is
+    /// allocated per key. Use it to copy values straight into a response or into storage of your
+    /// own; ``getMulti(_:keyPrefix:as:)`` is this plus a decoded copy of each value in a dictionary.
+    /// Through a ``MemcachedClient``, call it inside ``MemcachedClient/withConnection(_:)``.
+    ///
+    /// ```swift
+    /// var total = 0
+    /// try connection.getMulti(keys, keyPrefix: "page:") { key, bytes, flags in
+    ///     total += bytes.count
+    /// }
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - keys: The keys. Each is checked, with the prefix, before anything is sent.
+    ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
+    ///   - body: Called once per hit, in the order the servers answer, with the caller's key
+    ///     (without the prefix), the value's bytes, valid only during the call and already
+    ///     decompressed, and its flags, without ``MemcachedFlags/compressed``. After it throws it is
+    ///     not called again; the rest of the reply is still read, then its error is rethrown.
+    /// - Throws: What `body` throws, or ``MemcachedError`` as ``getMulti(_:keyPrefix:as:)`` does.
+    public func getMulti(
+        _ keys: some Collection<String>,
+        keyPrefix: String = "",
+        forEachHit body: (_ key: String, _ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags) throws -> Void
+    ) throws {
+        let keys = Array(keys)
+        var bodyError: (any Error)?
+        do {
+            try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
+                do {
+                    try body(keys[index], bytes, flags)
+                } catch {
+                    bodyError = error
+                    throw error
+                }
+            }
+        } catch {
+            // `fetchMulti` reports a decoding error with the key; the caller's own error goes back
+            // as it was thrown.
+            throw bodyError ?? error
+        }
+    }
+
     /// The non-generic part of every multi-get: checks and sends the keys, matches each reply to
     /// its request and decompresses it, then calls `hit` with the key's index in `keys`, the
     /// value's bytes (valid during the call) and its flags.

@@ -56,18 +56,26 @@ struct KeyBatch {
 
     init(keys: some Collection<String>, prefix: KeyPrefix?) throws {
         let prefixBytes = prefix?.bytes ?? []
-        storage.reserveCapacity(keys.count * (prefixBytes.count + 16))
-        ranges.reserveCapacity(keys.count)
+        // A native string knows its UTF-8 length, so the buffer is sized once and each key is
+        // copied with one `memcpy` and checked in place.
+        var byteCount = 0
         for key in keys {
-            let start = storage.count
-            storage.append(contentsOf: prefixBytes)
-            storage.append(contentsOf: key.utf8)
-            let range = start..<storage.count
-            try storage.withUnsafeBufferPointer { all in
-                try validateKey(UnsafeBufferPointer(rebasing: all[range]), key: key)
-            }
-            ranges.append(range)
+            byteCount += prefixBytes.count + key.utf8.count
         }
+        var ranges: [Range<Int>] = []
+        ranges.reserveCapacity(keys.count)
+        storage = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, initialized in
+            var end = 0
+            for key in keys {
+                let start = end
+                end += prefixBytes.copyBytes(to: buffer, at: end)
+                end += Array.copyUTF8(of: key, to: buffer, at: end)
+                initialized = end
+                try validateKey(UnsafeBufferPointer(rebasing: buffer[start..<end]), key: key)
+                ranges.append(start..<end)
+            }
+        }
+        self.ranges = ranges
     }
 
     /// The index of the key with these bytes (prefix included), or `nil` when it was not asked for.
@@ -168,6 +176,38 @@ struct KeyBatch {
         try storage.withUnsafeBufferPointer { all in
             try body(UnsafeBufferPointer(rebasing: all[ranges[index]]))
         }
+    }
+}
+
+extension [UInt8] {
+    /// Copies these bytes into `buffer` at `offset`, which has room for them; returns the count.
+    @inline(__always)
+    fileprivate func copyBytes(to buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) -> Int {
+        withUnsafeBufferPointer { source in
+            guard let base = source.baseAddress, let target = buffer.baseAddress else { return 0 }
+            (target + offset).initialize(from: base, count: source.count)
+            return source.count
+        }
+    }
+
+    /// Copies a string's UTF-8 into `buffer` at `offset`, which has room for it; returns the count.
+    @inline(__always)
+    fileprivate static func copyUTF8(of string: String, to buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) -> Int {
+        let copied = string.utf8.withContiguousStorageIfAvailable { source -> Int in
+            guard let base = source.baseAddress, let target = buffer.baseAddress else { return 0 }
+            (target + offset).initialize(from: base, count: source.count)
+            return source.count
+        }
+        if let copied {
+            return copied
+        }
+        // A bridged or lazily decoded string has no contiguous UTF-8: copy byte by byte.
+        var position = offset
+        for byte in string.utf8 {
+            buffer[position] = byte
+            position += 1
+        }
+        return position - offset
     }
 }
 
