@@ -43,7 +43,10 @@ struct CommandTests {
             let stored = keys.enumerated().filter { index, _ in
                 !(index % 7 == 0 || (index / 10) % 5 == 3 || index % 13 == 1)
             }.map(\.element)
-            #expect(try memc.setMulti(Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") }), keyPrefix: "x:").isEmpty)
+            #expect(
+                try memc.setMulti(Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") }), keyPrefix: "x:")
+                    .isEmpty
+            )
             let expected = Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") })
             #expect(try memc.getMulti(keys, keyPrefix: "x:", as: String.self) == expected)
             #expect(try memc.getMulti(keys.reversed(), keyPrefix: "x:", as: String.self) == expected)

@@ -108,7 +108,8 @@ struct KeyBatch {
     private static let lookahead = 4
 
     @inline(__always)
-    private static func equal(_ all: UnsafeRawBufferPointer, _ range: Range<Int>, _ key: UnsafeRawBufferPointer) -> Bool {
+    private static func equal(_ all: UnsafeRawBufferPointer, _ range: Range<Int>, _ key: UnsafeRawBufferPointer) -> Bool
+    {
         // Keys are validated non-empty, so both buffers have a base address.
         range.count == key.count && memcmp(all.baseAddress! + range.lowerBound, key.baseAddress!, key.count) == 0
     }
@@ -192,7 +193,11 @@ extension [UInt8] {
 
     /// Copies a string's UTF-8 into `buffer` at `offset`, which has room for it; returns the count.
     @inline(__always)
-    fileprivate static func copyUTF8(of string: String, to buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) -> Int {
+    fileprivate static func copyUTF8(
+        of string: String,
+        to buffer: UnsafeMutableBufferPointer<UInt8>,
+        at offset: Int
+    ) -> Int {
         let copied = string.utf8.withContiguousStorageIfAvailable { source -> Int in
             guard let base = source.baseAddress, let target = buffer.baseAddress else { return 0 }
             (target + offset).initialize(from: base, count: source.count)
