@@ -1,6 +1,10 @@
 extension MemcachedConnection {
     // MARK: - get
 
+    // The generic reads are inlinable one-liners over non-generic cores (`fetchOne`, `fetchMulti`),
+    // so values and dictionaries are built in code specialized for `Value` in the caller's module:
+    // unspecialized, every `Optional<Value>` or `[String: Value]` operation looks up generic
+    // metadata at run time, which cost more per key than libmemcached's whole reply parsing.
     /// Reads a key, as python-memcached's `get`.
     ///
     /// - Parameters:
@@ -10,10 +14,13 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError``: an invalid key (before anything is sent), a value that does not
     ///   decode as `type`, or a server failure. The corresponding C functions are `memcached_mget`
     ///   and `memcached_fetch_result`.
+    @inlinable
     public func get<Value: MemcachedValue>(_ key: String, as type: Value.Type = Value.self) throws -> Value? {
-        try fetch(key, command: "get") { item in
-            try decode(item, key: key) { try Value(memcachedBytes: $0, flags: $1) }
+        var value: Value?
+        try fetchOne(key, command: "get") { bytes, flags, _ in
+            value = try Value(memcachedBytes: bytes, flags: flags)
         }
+        return value
     }
 
     /// Reads a `Codable` value written by the configuration's ``MemcachedConfiguration/objectCoder``
@@ -28,9 +35,11 @@ extension MemcachedConnection {
     @_disfavoredOverload
     public func get<Value: Decodable>(_ key: String, as type: Value.Type = Value.self) throws -> Value? {
         let coder = configuration.objectCoder
-        return try fetch(key, command: "get") { item in
-            try decode(item, key: key) { try coder.value(Value.self, bytes: $0, flags: $1) }
+        var value: Value?
+        try fetchOne(key, command: "get") { bytes, flags, _ in
+            value = try coder.value(Value.self, bytes: bytes, flags: flags)
         }
+        return value
     }
 
     // MARK: - gets
@@ -43,14 +52,16 @@ extension MemcachedConnection {
     ///   - type: The type to decode; inferred from context when omitted.
     /// - Returns: The value and its token, or `nil` when the key is missing.
     /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
+    @inlinable
     public func gets<Value: MemcachedValue>(
         _ key: String,
         as type: Value.Type = Value.self
     ) throws -> (value: Value, token: MemcachedCASToken)? {
-        try fetch(key, command: "gets") { item in
-            let value = try decode(item, key: key) { try Value(memcachedBytes: $0, flags: $1) }
-            return (value, MemcachedCASToken(rawValue: item.cas))
+        var hit: (value: Value, token: MemcachedCASToken)?
+        try fetchOne(key, command: "gets") { bytes, flags, cas in
+            hit = (try Value(memcachedBytes: bytes, flags: flags), MemcachedCASToken(rawValue: cas))
         }
+        return hit
     }
 
     /// Reads a `Codable` value together with its compare-and-swap token.
@@ -66,16 +77,28 @@ extension MemcachedConnection {
         as type: Value.Type = Value.self
     ) throws -> (value: Value, token: MemcachedCASToken)? {
         let coder = configuration.objectCoder
-        return try fetch(key, command: "gets") { item in
-            let value = try decode(item, key: key) { try coder.value(Value.self, bytes: $0, flags: $1) }
-            return (value, MemcachedCASToken(rawValue: item.cas))
+        var hit: (value: Value, token: MemcachedCASToken)?
+        try fetchOne(key, command: "gets") { bytes, flags, cas in
+            hit = (try coder.value(Value.self, bytes: bytes, flags: flags), MemcachedCASToken(rawValue: cas))
         }
+        return hit
     }
 
-    private func fetch<R>(_ key: String, command: StaticString, _ body: (FetchedItem) throws -> R) throws -> R? {
+    /// The non-generic part of every single-key read: checks and sends the key, checks the reply
+    /// and decompresses it, then, for a hit, calls `hit` with the value's bytes (valid during the
+    /// call), its flags and its CAS. An error `hit` throws is reported with the key, as
+    /// ``MemcachedError/Code/undecodableValue`` unless it is a ``MemcachedError``.
+    @usableFromInline
+    func fetchOne(
+        _ key: String,
+        command: StaticString,
+        _ hit: (UnsafeRawBufferPointer, MemcachedFlags, UInt64) throws -> Void
+    ) throws {
         trace(command)
-        return try withKey(key) { prepared in
-            try handle.fetchOne(key: prepared, command: command, body)
+        try withKey(key) { prepared in
+            _ = try handle.fetchOne(key: prepared, command: command) { item in
+                try decode(item, key: key) { bytes, flags in try hit(bytes, flags, item.cas) }
+            }
         }
     }
 
@@ -95,9 +118,6 @@ extension MemcachedConnection {
     /// - Returns: The hits only, keyed by the caller's keys.
     /// - Throws: ``MemcachedError``: an invalid key, a value that does not decode, a failure in the
     ///   middle of a reply, or no server reachable at all.
-    // Inlinable so that building the dictionary is specialized for `Value` in the caller's code:
-    // unspecialized, every insert looks up generic metadata at run time, which cost more than
-    // libmemcached's whole reply parsing per key.
     @inlinable
     public func getMulti<Value: MemcachedValue>(
         _ keys: some Collection<String>,
