@@ -618,6 +618,12 @@ final class ConnectionPool: Sendable {
     var waiterCount: Int {
         state.withLockedValue { $0.waiters.count }
     }
+
+    /// Whether the sweeper task is running: from the first queued waiter until it finds the
+    /// queue empty, or the pool closes.
+    var isSweeping: Bool {
+        state.withLockedValue { $0.sweeperRunning }
+    }
 }
 
 extension Result {
