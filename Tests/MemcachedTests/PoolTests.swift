@@ -228,6 +228,279 @@ struct PoolTests {
         }
     }
 
+    // MARK: - Queued work
+
+    @Test("64 tasks x 200 mixed operations through 2 connections: every waiter is served and every answer is exact")
+    func manyWaitersOnATinyPool() async throws {
+        try await withMemcached { cluster in
+            // A generous wait: see concurrentMixedOperations().
+            let client = try makeClient(cluster, maximumConnections: 2, waitTimeout: .seconds(120))
+            let done = Locked(false)
+            let peakWaiters = Locked(0)
+            let sampler = Task {
+                while !done.value {
+                    let waiters = client.pool.waiterCount
+                    peakWaiters.withLock { $0 = max($0, waiters) }
+                    try? await Task.sleep(for: .milliseconds(1))
+                }
+            }
+            let models = try await withThrowingTaskGroup(of: TaskModel.self) { group in
+                for task in 0..<64 {
+                    group.addTask { try await runMixedOperations(task: task, operations: 200, client: client) }
+                }
+                return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
+            }
+            done.withLock { $0 = true }
+            await sampler.value
+
+            let mismatches = models.flatMap(\.mismatches)
+            #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
+            let expectedText = models.reduce(into: [String: String]()) { $0.merge($1.text) { a, _ in a } }
+            let expectedCounters = models.reduce(into: [String: Int]()) { all, model in
+                if let counter = model.counter { all[model.counterKey] = counter }
+            }
+            #expect(try await client.getMulti(models.flatMap(\.textKeys), as: String.self) == expectedText)
+            #expect(try await client.getMulti(models.map(\.counterKey), as: Int.self) == expectedCounters)
+            #expect(peakWaiters.value > 0, "tasks did queue for the two connections")
+            #expect(client.pool.waiterCount == 0)
+            #expect(client.pool.openConnectionCount == 2, "no connection was discarded or lost")
+            #expect(client.pool.liveHandleCount == 3)
+            await client.close()
+            #expect(client.pool.liveHandleCount == 0)
+        }
+    }
+
+    @Test("one sweeper times out consecutive waiters, each after its own full wait, and starts again for later ones")
+    func sweeperTimesOutConsecutiveWaiters() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "sweeper")
+        try await withTaskExecutorPreference(executor) {
+            try await withMemcached { cluster in
+                let waitTimeout = Duration.milliseconds(400)
+                let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: waitTimeout)
+                let holder = try await ConnectionHolder(client)
+                let clock = ContinuousClock()
+                @Sendable func timedWait(_ index: Int) async -> (index: Int, elapsed: Duration, error: (any Error)?) {
+                    let start = clock.now
+                    do {
+                        _ = try await client.get("k\(index)", as: String.self)
+                        return (index, start.duration(to: clock.now), nil)
+                    } catch {
+                        return (index, start.duration(to: clock.now), error)
+                    }
+                }
+                // Three waiters 150 ms apart: if the sweeper failed every waiter at the first
+                // deadline, the later ones would give up after 250 and 100 ms.
+                let failures = Locked<[Int]>([])
+                var waits: [Task<(index: Int, elapsed: Duration, error: (any Error)?), Never>] = []
+                for index in 0..<3 {
+                    waits.append(
+                        Task(executorPreference: executor) {
+                            let outcome = await timedWait(index)
+                            failures.withLock { $0.append(index) }
+                            return outcome
+                        }
+                    )
+                    try await Task.sleep(for: .milliseconds(150))
+                }
+                for wait in waits {
+                    let (index, elapsed, error) = await wait.value
+                    let code = (error as? MemcachedError)?.code
+                    #expect(code == .poolTimeout, "waiter \(index): \(String(describing: error))")
+                    #expect(elapsed >= waitTimeout, "waiter \(index) gave up after \(elapsed)")
+                    // Generous: see waitTimesOut().
+                    #expect(elapsed < waitTimeout + .seconds(2), "waiter \(index) gave up after \(elapsed)")
+                }
+                #expect(failures.value == [0, 1, 2])
+                #expect(client.pool.waiterCount == 0)
+                try await waitUntil { !client.pool.isSweeping }
+
+                // The sweeper ended with the queue; the next waiter starts another one.
+                let late = await Task(executorPreference: executor) { await timedWait(3) }.value
+                #expect((late.error as? MemcachedError)?.code == .poolTimeout, "\(String(describing: late.error))")
+                #expect(late.elapsed >= waitTimeout, "gave up after \(late.elapsed)")
+                #expect(late.elapsed < waitTimeout + .seconds(2), "gave up after \(late.elapsed)")
+
+                try await holder.release()
+                #expect(try await client.set("k", "v"))
+                #expect(client.pool.openConnectionCount == 1)
+                await client.close()
+                #expect(!client.pool.isSweeping)
+            }
+        }
+    }
+
+    @Test("waiters time out with poolTimeout while every connection hangs on a silent server")
+    func waitersTimeOutBehindHungConnections() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "hung")
+        try await withTaskExecutorPreference(executor) {
+            let silent = try SilentServer()
+            defer { silent.stop() }
+            let waitTimeout = Duration.milliseconds(300)
+            let commandTimeout = Duration.seconds(3)
+            let client = try makeClient(servers: [silent.address], maximumConnections: 2, waitTimeout: waitTimeout) {
+                $0.timeout = commandTimeout
+                $0.connectTimeout = commandTimeout
+            }
+            let clock = ContinuousClock()
+            let stuck = (0..<2).map { index in
+                Task(executorPreference: executor) { try await client.get("stuck-\(index)", as: String.self) }
+            }
+            try await waitUntil { silent.acceptedConnectionCount == 2 }
+
+            let outcomes = await withTaskGroup(of: (Duration, (any Error)?).self) { group in
+                for index in 0..<4 {
+                    group.addTask {
+                        let start = clock.now
+                        do {
+                            _ = try await client.get("waiter-\(index)", as: String.self)
+                            return (start.duration(to: clock.now), nil)
+                        } catch {
+                            return (start.duration(to: clock.now), error)
+                        }
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            for (elapsed, error) in outcomes {
+                #expect((error as? MemcachedError)?.code == .poolTimeout, "got \(String(describing: error))")
+                #expect(elapsed >= waitTimeout, "gave up after \(elapsed)")
+                // Generous (see waitTimesOut()), and well before the hung calls end.
+                #expect(elapsed < waitTimeout + .seconds(2), "gave up after \(elapsed)")
+            }
+            #expect(client.pool.waiterCount == 0)
+
+            for call in stuck {
+                let error = await #expect(throws: MemcachedError.self) { try await call.value }
+                #expect(error?.code == .timeout)
+            }
+            // Both hung connections were discarded, and nobody was waiting for their places.
+            #expect(client.pool.openConnectionCount == 0)
+            #expect(client.pool.liveHandleCount == 1, "only the template")
+            #expect(silent.acceptedConnectionCount == 2)
+            await client.close()
+            #expect(client.pool.liveHandleCount == 0)
+        }
+    }
+
+    @Test("cancelling one of several queued waiters removes only it, and every connection still serves")
+    func cancellingAQueuedWaiterKeepsTheConnections() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "cancel-queued")
+        try await withTaskExecutorPreference(executor) {
+            try await withMemcached { cluster in
+                let client = try makeClient(cluster, maximumConnections: 2, waitTimeout: .seconds(30))
+                let holders = [try await ConnectionHolder(client), try await ConnectionHolder(client)]
+                let order = Locked<[Int]>([])
+                var waiters: [Task<Void, any Error>] = []
+                for index in 0..<3 {
+                    waiters.append(
+                        Task(executorPreference: executor) {
+                            try await client.withConnection { _ in order.withLock { $0.append(index) } }
+                        }
+                    )
+                    try await waitUntil { client.pool.waiterCount == index + 1 }
+                }
+
+                let clock = ContinuousClock()
+                let start = clock.now
+                waiters[1].cancel()
+                let result = await waiters[1].result
+                let elapsed = start.duration(to: clock.now)
+                #expect(throws: CancellationError.self) { try result.get() }
+                #expect(elapsed < .milliseconds(200), "the cancelled wait lasted \(elapsed)")
+                #expect(client.pool.waiterCount == 2)
+
+                for holder in holders {
+                    try await holder.release()
+                }
+                try await waiters[0].value
+                try await waiters[2].value
+                #expect(order.value == [0, 2])
+                #expect(client.pool.waiterCount == 0)
+
+                // Both connections are back: two holders get one each without waiting.
+                let again = [try await ConnectionHolder(client), try await ConnectionHolder(client)]
+                #expect(client.pool.openConnectionCount == 2)
+                #expect(client.pool.waiterCount == 0)
+                for holder in again {
+                    try await holder.release()
+                }
+                #expect(client.pool.liveHandleCount == 3)
+                await client.close()
+                #expect(client.pool.liveHandleCount == 0)
+            }
+        }
+    }
+
+    @Test("cancelling a waiter whose work has started changes nothing: its command completes")
+    func cancellationAfterTheWorkStarted() async throws {
+        try await withMemcached { cluster in
+            let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: .seconds(30))
+            let holder = try await ConnectionHolder(client)
+            let gate = DispatchSemaphore(value: 0)
+            let started = Locked(false)
+            let waiter = Task {
+                try await client.withConnection { connection in
+                    started.withLock { $0 = true }
+                    _ = gate.wait(timeout: .now() + 30)
+                    try connection.set("k", "after")
+                    return 42
+                }
+            }
+            try await waitUntil { client.pool.waiterCount == 1 }
+            try await holder.release()
+            try await waitUntil { started.value }
+            waiter.cancel()
+            gate.signal()
+            #expect(try await waiter.value == 42)
+            #expect(try await client.get("k", as: String.self) == "after")
+            #expect(client.pool.openConnectionCount == 1)
+            #expect(client.pool.waiterCount == 0)
+            await client.close()
+        }
+    }
+
+    @Test("when a leased connection is discarded, the first waiter gets a fresh clone in its place")
+    func discardedConnectionsPlaceGoesToTheWaiter() async throws {
+        try await withMemcached { cluster in
+            let server = cluster.servers[0]
+            let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: .seconds(30)) {
+                $0.timeout = .milliseconds(300)
+            }
+            #expect(try await client.set("k", "v"))
+            let first = try await client.currentHandle()
+            let gate = DispatchSemaphore(value: 0)
+            let leased = Locked(false)
+            let doomed = Task {
+                try await client.withConnection { connection in
+                    leased.withLock { $0 = true }
+                    _ = gate.wait(timeout: .now() + 30)
+                    return try connection.get("k", as: String.self)
+                }
+            }
+            try await waitUntil { leased.value }
+            let waiter = Task { try await client.currentHandle() }
+            try await waitUntil { client.pool.waiterCount == 1 }
+
+            server.pause()
+            gate.signal()
+            let timedOut = await #expect(throws: MemcachedError.self) { try await doomed.value }
+            server.resume()
+            #expect(timedOut?.code == .timeout)
+            let second = try await waiter.value
+            #expect(first.isFreed, "the timed-out connection was freed")
+            #expect(second.handle !== first.handle)
+            #expect(!second.isFreed)
+            #expect(client.pool.openConnectionCount == 1)
+            #expect(client.pool.liveHandleCount == 2)
+            #expect(client.pool.waiterCount == 0)
+            #expect(try await client.get("k", as: String.self) == "v")
+            await client.close()
+        }
+    }
+
     // MARK: - Closing
 
     @Test("close() fails waiters and new calls at once, and waits for the leased connection")
@@ -334,6 +607,72 @@ struct PoolTests {
                 try statistic("curr_items", of: cluster.servers[0]) + statistic("curr_items", of: cluster.servers[1])
                     == 4
             )
+        }
+    }
+
+    @Test("close() fails every queued waiter with poolClosed, frees every handle, and the sweeper keeps nothing alive")
+    func closeWithQueuedWaiters() async throws {
+        // Timed on an executor of its own: see stuckCallsDoNotBlockTheCaller().
+        let executor = SerialTestExecutor(label: "close-queued")
+        try await withTaskExecutorPreference(executor) {
+            try await withMemcached { cluster in
+                let pool = WeakPool()
+                do {
+                    // A long wait: the sweeper sleeps through the whole test unless close() ends it.
+                    let client = try makeClient(cluster, maximumConnections: 2, waitTimeout: .seconds(600))
+                    pool.value = client.pool
+                    let holders = [try await ConnectionHolder(client), try await ConnectionHolder(client)]
+                    let waiters = (0..<5).map { index in
+                        Task(executorPreference: executor) { try await client.get("k\(index)", as: String.self) }
+                    }
+                    try await waitUntil { client.pool.waiterCount == 5 }
+                    #expect(client.pool.isSweeping)
+
+                    let clock = ContinuousClock()
+                    let closeStart = clock.now
+                    let closing = Task(executorPreference: executor) { await client.close() }
+                    for waiter in waiters {
+                        let error = await #expect(throws: MemcachedError.self) { try await waiter.value }
+                        #expect(error?.code == .poolClosed)
+                    }
+                    #expect(closeStart.duration(to: clock.now) < .milliseconds(200), "the waiters were failed late")
+                    #expect(client.pool.waiterCount == 0)
+                    #expect(!client.pool.isSweeping)
+                    #expect(client.pool.liveHandleCount == 2, "the two leased connections")
+
+                    for holder in holders {
+                        try await holder.release()
+                    }
+                    await closing.value
+                    #expect(client.pool.liveHandleCount == 0)
+                    #expect(client.pool.openConnectionCount == 0)
+                }
+                // Nothing, the cancelled sweeper included, holds on to the pool.
+                try await waitUntil { pool.value == nil }
+            }
+        }
+    }
+
+    @Test("a sleeping sweeper does not keep a client dropped without close() alive")
+    func sweeperDoesNotKeepADroppedPoolAlive() async throws {
+        try await withMemcached { cluster in
+            let handles = Locked<[WeakHandle]>([])
+            let pool = WeakPool()
+            do {
+                let client = try makeClient(cluster, maximumConnections: 1, waitTimeout: .seconds(600))
+                pool.value = client.pool
+                let holder = try await ConnectionHolder(client) { connection in
+                    handles.withLock { $0.append(WeakHandle(connection.handle)) }
+                }
+                let waiter = Task { try await client.set("k", "v") }
+                try await waitUntil { client.pool.waiterCount == 1 }
+                try await holder.release()
+                #expect(try await waiter.value)
+                // Served long before its deadline: the sweeper sleeps on, until the pool goes.
+                #expect(client.pool.isSweeping)
+            }
+            try await waitUntil { pool.value == nil }
+            try await waitUntil { handles.value.allSatisfy(\.isDeallocated) }
         }
     }
 
@@ -457,6 +796,11 @@ final class WeakHandle: @unchecked Sendable {
 
     /// Whether nothing references the handle any more.
     var isDeallocated: Bool { handle == nil }
+}
+
+/// A weak reference to a client's pool, to see that nothing keeps it alive.
+final class WeakPool: @unchecked Sendable {
+    weak var value: ConnectionPool?
 }
 
 extension MemcachedClient {

@@ -43,10 +43,29 @@ final class PooledConnection: @unchecked Sendable {
 /// The bounded pool behind ``MemcachedClient``: connections cloned lazily from one template
 /// handle, the threads their blocking calls run on, and the tasks waiting for a connection.
 ///
-/// Every state change happens under one lock; continuations are resumed and handles freed after
-/// it is released. The pool owns a `NIOThreadPool` with one thread per connection, so a leased
-/// connection always finds a free thread at once and a server that hangs holds up only the
-/// commands sent to it.
+/// A command that finds a connection (idle, or a new clone while there is room) submits its work
+/// to the pool's `NIOThreadPool` and suspends on one continuation, which the thread resumes with
+/// the result. A command that finds every connection leased queues *its work* instead of itself:
+/// the waiter holds the type-erased work, which runs the body on a connection and resumes the
+/// waiter's continuation with the result. The thread that finishes a lease takes the connection
+/// back under the lock and, while waiters are queued, runs their work itself, one after the
+/// other, on the same connection; only when the queue is empty does the connection go idle. A
+/// waiting task is therefore resumed once, with its command's result: no hop to the cooperative
+/// pool to receive a connection and a second one to hand its work to a thread.
+///
+/// All waiters share ``waitTimeout``, and each one's deadline is taken under the lock as it is
+/// queued, so the queue is in deadline order. Instead of a timer per wait, one sweeper task per
+/// pool sleeps until the first waiter's deadline, fails the waiters whose deadline has passed
+/// with ``MemcachedError/Code/poolTimeout``, and repeats until the queue is empty. A waiter whose
+/// deadline passed before the sweeper saw it is failed the same way when a connection comes back.
+/// The sweeper holds the pool weakly and ``close()`` cancels it.
+///
+/// A waiter leaves the queue in exactly one place, under the lock: handed a connection, failed by
+/// the sweeper, cancelled, or failed by ``close()``. Whoever removes it resumes it, so it is
+/// resumed exactly once. Every state change happens under one lock; continuations are resumed and
+/// handles freed after it is released. The pool owns a `NIOThreadPool` with one thread per
+/// connection, so a leased connection always finds a free thread at once and a server that hangs
+/// holds up only the commands sent to it.
 ///
 /// The lock is NIO's `NIOLockedValueBox`, a `pthread_mutex_t`, rather than `Synchronization.Mutex`:
 /// on Linux `Mutex` waits on futexes that ThreadSanitizer cannot see, so every access it guards
@@ -60,9 +79,42 @@ final class ConnectionPool: Sendable {
         case closed
     }
 
-    private struct Waiter {
-        var id: Int
-        var continuation: CheckedContinuation<PooledConnection, any Error>
+    /// A task queued for a connection, with the work it runs once it has one.
+    ///
+    /// Its identity is its id: cancellation removes it from the queue by `===`.
+    private protocol Waiter: AnyObject, Sendable {
+        /// When the waiter gives up. Set under the lock as it is queued, read only under the lock.
+        var deadline: ContinuousClock.Instant { get }
+
+        /// Runs the waiter's work on `connection`, on one of the pool's threads, takes the
+        /// connection back and resumes the waiter with the result.
+        func run(_ connection: PooledConnection, in pool: ConnectionPool) -> HandOver
+
+        /// Resumes the waiter with `error`; its work never runs.
+        func fail(_ error: any Error)
+    }
+
+    /// The one object a waiting command allocates: its body and its continuation.
+    ///
+    /// `@unchecked Sendable` because of the two `var`s, which the waiting task sets before it
+    /// queues the waiter under the lock. From then on they are only read, by the one party that
+    /// took the waiter out of the queue under the same lock.
+    private final class PendingLease<R: Sendable>: Waiter, @unchecked Sendable {
+        let body: @Sendable (MemcachedConnection) throws -> R
+        var continuation: CheckedContinuation<R, any Error>?
+        var deadline = ContinuousClock.Instant.now
+
+        init(_ body: @escaping @Sendable (MemcachedConnection) throws -> R) {
+            self.body = body
+        }
+
+        func run(_ connection: PooledConnection, in pool: ConnectionPool) -> HandOver {
+            pool.runLease(connection, body, continuation!)
+        }
+
+        func fail(_ error: any Error) {
+            continuation!.resume(throwing: error)
+        }
     }
 
     /// The handle every connection is cloned from. It never runs a command, so it never opens a
@@ -78,15 +130,19 @@ final class ConnectionPool: Sendable {
     private struct State: Sendable {
         /// `nil` once closing.
         var template: Template?
-        /// Connections ready to lend, the most recently returned last.
+        /// Connections ready to lend, the most recently returned last. Empty while tasks wait.
         var idle: [PooledConnection] = []
-        /// Connections that exist: idle, leased, or waiting to be freed. Never above the maximum.
+        /// Connections that exist: idle, leased, or waiting to be freed, and the places of freed
+        /// connections whose fresh clone is being made for a waiter. Never above the maximum.
         var open = 0
         /// libmemcached handles created and not yet freed, the template included.
         var liveHandles = 1
-        /// Tasks waiting for a connection, longest-waiting first.
-        var waiters: [Waiter] = []
-        var nextWaiterID = 0
+        /// Tasks waiting for a connection, longest-waiting (and so earliest deadline) first.
+        var waiters: [any Waiter] = []
+        /// Whether a sweeper task is running; at most one is.
+        var sweeperRunning = false
+        /// The running sweeper, for ``close()`` and `deinit` to cancel.
+        var sweeper: Task<Void, Never>?
         var phase = Phase.running
         /// The ``close()`` call waiting for `open` to reach zero.
         var drainWaiter: CheckedContinuation<Void, Never>?
@@ -110,7 +166,8 @@ final class ConnectionPool: Sendable {
         // Creating the template checks the whole configuration now, not at the first command.
         let template = try Handle(configuration: configuration)
         self.maximumConnections = maximumConnections
-        self.waitTimeout = waitTimeout
+        // A century stands in for "for ever", so that a huge timeout cannot overflow the clock.
+        self.waitTimeout = min(waitTimeout, .seconds(100 * 365 * 86_400))
         self.logger = configuration.logger
         self.state = NIOLockedValueBox(State(template: Template(template)))
         threadPool = NIOThreadPool(numberOfThreads: maximumConnections)
@@ -119,14 +176,17 @@ final class ConnectionPool: Sendable {
 
     deinit {
         // No lease or waiter can be left here: each keeps the pool alive. A pool that was never
-        // closed still frees its handles and stops its threads.
-        let idle = state.withLockedValue { state -> [PooledConnection]? in
-            guard state.phase == .running else { return nil }
+        // closed still frees its handles and stops its threads. The sweeper holds the pool
+        // weakly; cancelled, it wakes and ends at once.
+        let (idle, sweeper) = state.withLockedValue { state -> ([PooledConnection]?, Task<Void, Never>?) in
+            defer { state.sweeper = nil }
+            guard state.phase == .running else { return (nil, state.sweeper) }
             state.template?.handle.close()
             state.template = nil
             defer { state.idle = [] }
-            return state.idle
+            return (state.idle, state.sweeper)
         }
+        sweeper?.cancel()
         guard let idle else { return }
         let threadPool = self.threadPool
         for connection in idle {
@@ -141,48 +201,18 @@ final class ConnectionPool: Sendable {
 
     /// Runs `body` with a leased connection on one of the pool's threads, then takes the
     /// connection back, or frees it when it may be out of step with a server.
+    ///
+    /// - Throws: What `body` throws; ``MemcachedError/Code/poolTimeout`` after ``waitTimeout``,
+    ///   ``MemcachedError/Code/poolClosed``, or `CancellationError` when the task is cancelled
+    ///   before `body` starts.
     func withConnection<R: Sendable>(_ body: @escaping @Sendable (MemcachedConnection) throws -> R) async throws -> R {
         try Task.checkCancellation()
-        let connection = try await lease()
-        let outcome: (result: Result<R, any Error>, reusable: Bool)
-        do {
-            outcome = try await threadPool.runIfActive { [logger] in
-                let outcome = connection.run(body)
-                if !outcome.reusable {
-                    // Freed here, on this thread: freeing talks to the servers.
-                    connection.free()
-                    logger.debug(
-                        "memcached pool discarded a connection that may be out of step with a server",
-                        metadata: ["error": "\(outcome.result.error.map { "\($0)" } ?? "caught by the caller")"]
-                    )
-                }
-                return outcome
-            }
-        } catch {
-            // The work never ran (the task was cancelled while it was queued): the connection
-            // is untouched.
-            release(connection, reusable: true)
-            if error is NIOThreadPoolError.ThreadPoolInactive {
-                throw MemcachedError.poolClosed()
-            }
-            throw error
-        }
-        release(connection, reusable: outcome.reusable)
-        return try outcome.result.get()
-    }
-
-    /// An idle connection, a new one while there is room, or the first one to come back.
-    ///
-    /// - Throws: ``MemcachedError/Code/poolTimeout`` after ``waitTimeout``,
-    ///   ``MemcachedError/Code/poolClosed``, or `CancellationError` when the task is cancelled
-    ///   while waiting.
-    func lease() async throws -> PooledConnection {
-        // A century stands in for "for ever", so that a huge timeout cannot overflow the clock.
-        let deadline = ContinuousClock.now.advanced(by: min(waitTimeout, .seconds(100 * 365 * 86_400)))
         if let connection = try state.withLockedValue({ try takeConnection(&$0) }) {
-            return connection
+            return try await withCheckedThrowingContinuation { continuation in
+                lend(connection, body, continuation)
+            }
         }
-        return try await waitForConnection(until: deadline)
+        return try await waitForConnection(body)
     }
 
     private func takeConnection(_ state: inout State) throws -> PooledConnection? {
@@ -195,81 +225,178 @@ final class ConnectionPool: Sendable {
         guard state.open < maximumConnections else {
             return nil
         }
-        return try makeConnection(&state)
+        let connection = try cloneTemplate(&state)
+        state.open += 1
+        return connection
     }
 
     /// Clones the template. It copies memory only (sockets open at a connection's first
     /// command), so it is done under the lock, which also keeps the template single-threaded.
-    private func makeConnection(_ state: inout State) throws -> PooledConnection {
+    /// The caller counts the connection in `open`.
+    private func cloneTemplate(_ state: inout State) throws -> PooledConnection {
         guard let template = state.template else {
             throw MemcachedError.poolClosed()
         }
         let connection = PooledConnection(handle: try Handle(cloning: template.handle))
-        state.open += 1
         state.liveHandles += 1
         return connection
     }
 
-    /// Suspends until a connection is handed over, the deadline passes, the task is cancelled or
-    /// the pool closes, whichever comes first. Each of those resumes the waiter only after taking
-    /// it out of the queue under the lock, so exactly one of them does.
-    private func waitForConnection(until deadline: ContinuousClock.Instant) async throws -> PooledConnection {
-        let id = state.withLockedValue { state in
-            state.nextWaiterID += 1
-            return state.nextWaiterID
-        }
-        return try await withThrowingTaskGroup(of: Void.self, returning: PooledConnection.self) { group in
-            group.addTask {
-                try await Task.sleep(until: deadline, clock: .continuous)
-                self.removeWaiter(id, failingWith: self.timeoutError())
+    /// Runs a lease on one of the pool's threads: `body` first, then the waiters the connection
+    /// is handed to.
+    private func lend<R: Sendable>(
+        _ connection: PooledConnection,
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> R,
+        _ continuation: CheckedContinuation<R, any Error>
+    ) {
+        threadPool.submit { work in
+            guard work == .active else {
+                // Unreachable: the threads stop only once no connection is leased. Should it
+                // happen, the caller hears that the pool is closed and the handle is freed
+                // with its last reference.
+                continuation.resume(throwing: MemcachedError.poolClosed())
+                return
             }
-            defer { group.cancelAll() }
-            return try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { continuation in
-                    enqueueWaiter(id, until: deadline, continuation)
-                }
-            } onCancel: {
-                removeWaiter(id, failingWith: CancellationError())
+            self.handOver(self.runLease(connection, body, continuation))
+        }
+    }
+
+    /// Runs `body` on `connection`, frees the connection when it may be out of step with a
+    /// server, takes it back and resumes the lease holder with the result. Called on one of the
+    /// pool's threads.
+    ///
+    /// - Returns: What to do next with the connection, which the caller does on the same thread.
+    private func runLease<R: Sendable>(
+        _ connection: PooledConnection,
+        _ body: @Sendable (MemcachedConnection) throws -> R,
+        _ continuation: CheckedContinuation<R, any Error>
+    ) -> HandOver {
+        let outcome = connection.run(body)
+        let returned: Returned
+        if outcome.reusable {
+            returned = .connection(connection)
+        } else {
+            // Freed here, on this thread: freeing talks to the servers.
+            connection.free()
+            returned = .place(handleFreed: true)
+            logger.debug(
+                "memcached pool discarded a connection that may be out of step with a server",
+                metadata: ["error": "\(outcome.result.error.map { "\($0)" } ?? "caught by the caller")"]
+            )
+        }
+        // Taken back before the holder resumes, so that it finds the pool as its lease left it
+        // (the connection idle, or the next waiter's).
+        let next = takeBack(returned)
+        continuation.resume(with: outcome.result)
+        return next
+    }
+
+    /// Suspends until the waiter's work has run on a connection, the deadline passes, the task is
+    /// cancelled or the pool closes, whichever comes first. Each of those resumes the waiter only
+    /// after taking it out of the queue under the lock, so exactly one of them does.
+    private func waitForConnection<R: Sendable>(
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> R
+    ) async throws -> R {
+        let waiter = PendingLease(body)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                waiter.continuation = continuation
+                enqueue(waiter)
+            }
+        } onCancel: {
+            let removed = state.withLockedValue { state -> Bool in
+                guard let index = state.waiters.firstIndex(where: { $0 === waiter }) else { return false }
+                state.waiters.remove(at: index)
+                return true
+            }
+            if removed {
+                waiter.fail(CancellationError())
             }
         }
     }
 
-    private func enqueueWaiter(
-        _ id: Int,
-        until deadline: ContinuousClock.Instant,
-        _ continuation: CheckedContinuation<PooledConnection, any Error>
-    ) {
-        let outcome = state.withLockedValue { state -> Result<PooledConnection, any Error>? in
+    private enum Enqueued {
+        case queued
+        case lend(PooledConnection)
+        case failed(any Error)
+    }
+
+    private func enqueue<R: Sendable>(_ waiter: PendingLease<R>) {
+        let enqueued = state.withLockedValue { state -> Enqueued in
             do {
-                // Cancellation or the timer may have fired before the waiter was queued, when
-                // they found nothing to remove: check both here, under the same lock.
+                // Cancellation may have come before the waiter was queued, when it found nothing
+                // to remove: check here, under the same lock.
                 if Task.isCancelled {
                     throw CancellationError()
                 }
                 // A connection may have come back since the first attempt.
                 if let connection = try takeConnection(&state) {
-                    return .success(connection)
+                    return .lend(connection)
                 }
-                if ContinuousClock.now >= deadline {
+                guard waitTimeout > .zero else {
                     throw timeoutError()
                 }
-                state.waiters.append(Waiter(id: id, continuation: continuation))
-                return nil
+                // Taken under the lock, so that the queue is in deadline order.
+                waiter.deadline = .now.advanced(by: waitTimeout)
+                state.waiters.append(waiter)
+                if !state.sweeperRunning {
+                    // Started under the lock, so that `sweeper` is always the one running.
+                    state.sweeperRunning = true
+                    state.sweeper = makeSweeper(until: waiter.deadline)
+                }
+                return .queued
             } catch {
-                return .failure(error)
+                return .failed(error)
             }
         }
-        if let outcome {
-            continuation.resume(with: outcome)
+        switch enqueued {
+        case .queued:
+            break
+        case .lend(let connection):
+            lend(connection, waiter.body, waiter.continuation!)
+        case .failed(let error):
+            waiter.fail(error)
         }
     }
 
-    private func removeWaiter(_ id: Int, failingWith error: any Error) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<PooledConnection, any Error>? in
-            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-            return state.waiters.remove(at: index).continuation
+    // MARK: - Timing out
+
+    /// A task that sleeps until the first waiter's deadline, fails the expired waiters and
+    /// repeats until the queue is empty. It holds the pool weakly, so that a sleeping sweeper
+    /// never keeps a dropped pool alive.
+    private func makeSweeper(until firstDeadline: ContinuousClock.Instant) -> Task<Void, Never> {
+        Task.detached { [weak self] in
+            var deadline = firstDeadline
+            while true {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                // Cancelled by close() or deinit, which also take care of the queue.
+                guard !Task.isCancelled, let pool = self, let next = pool.failExpiredWaiters() else { return }
+                deadline = next
+            }
         }
-        continuation?.resume(throwing: error)
+    }
+
+    /// Fails every waiter whose deadline has passed with ``MemcachedError/Code/poolTimeout``.
+    ///
+    /// - Returns: The first remaining waiter's deadline, or `nil` when the queue is empty: then
+    ///   the sweeper ends, and the next waiter starts another one.
+    private func failExpiredWaiters() -> ContinuousClock.Instant? {
+        let now = ContinuousClock.now
+        let (expired, next) = state.withLockedValue { state -> ([any Waiter], ContinuousClock.Instant?) in
+            let count = state.waiters.prefix { $0.deadline <= now }.count
+            let expired = Array(state.waiters.prefix(count))
+            state.waiters.removeFirst(count)
+            guard let first = state.waiters.first else {
+                state.sweeperRunning = false
+                state.sweeper = nil
+                return (expired, nil)
+            }
+            return (expired, first.deadline)
+        }
+        for waiter in expired {
+            waiter.fail(timeoutError())
+        }
+        return next
     }
 
     private func timeoutError() -> MemcachedError {
@@ -281,67 +408,107 @@ final class ConnectionPool: Sendable {
 
     // MARK: - Returning
 
-    private enum AfterRelease {
-        case nothing
-        case handOver(CheckedContinuation<PooledConnection, any Error>, Result<PooledConnection, any Error>)
+    /// What a finished lease gives back.
+    private enum Returned {
+        /// The connection, to lend again.
+        case connection(PooledConnection)
+        /// Only its place in `open`: the connection was freed. `handleFreed` when its handle is
+        /// not yet subtracted from `liveHandles`.
+        case place(handleFreed: Bool)
+    }
+
+    /// What the thread that took a connection back does next, after the lock is released.
+    private enum HandOver {
+        case done
+        /// Run the waiter's work on the connection.
+        case lend(any Waiter, PooledConnection)
+        /// Fail the waiter with `poolTimeout`, then offer what was returned to the next one.
+        case expire(any Waiter, then: Returned)
+        /// Fail the waiter (a fresh clone could not be made), then offer the place to the next one.
+        case fail(any Waiter, any Error)
+        /// Free the connection: the pool is closing.
         case free(PooledConnection)
+        /// Resume ``close()``: the last connection is freed.
         case drained(CheckedContinuation<Void, Never>)
     }
 
-    /// Takes a connection back after a lease.
-    ///
-    /// - Parameter reusable: `false` when the lease holder has already freed the connection.
-    func release(_ connection: PooledConnection, reusable: Bool) {
-        let next = state.withLockedValue { state -> AfterRelease in
-            if reusable {
-                guard state.phase == .running else {
+    /// Takes back what a lease returned: hands it to the first waiter, or makes the connection
+    /// idle, or frees it when closing.
+    private func takeBack(_ returned: Returned) -> HandOver {
+        state.withLockedValue { state -> HandOver in
+            if case .place(handleFreed: true) = returned {
+                state.liveHandles -= 1
+            }
+            guard state.phase == .running else {
+                if case .connection(let connection) = returned {
                     return .free(connection)
                 }
-                guard !state.waiters.isEmpty else {
-                    state.idle.append(connection)
-                    return .nothing
-                }
-                return .handOver(state.waiters.removeFirst().continuation, .success(connection))
-            }
-            state.liveHandles -= 1
-            state.open -= 1
-            if state.phase == .running, !state.waiters.isEmpty {
-                // The discarded connection's place goes to the longest waiter, as a fresh clone.
-                let waiter = state.waiters.removeFirst()
-                return .handOver(waiter.continuation, Result { try makeConnection(&state) })
-            }
-            return drainedIfEmpty(&state)
-        }
-        switch next {
-        case .nothing:
-            break
-        case .handOver(let continuation, let result):
-            continuation.resume(with: result)
-        case .free(let connection):
-            freeOnPoolThread(connection)
-        case .drained(let continuation):
-            continuation.resume()
-        }
-    }
-
-    /// Frees a connection on one of the pool's threads, never on a cooperative one: freeing
-    /// talks to the servers. The pool is not closed before this has run.
-    private func freeOnPoolThread(_ connection: PooledConnection) {
-        threadPool.submit { _ in
-            connection.free()
-            let drained = self.state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
-                state.liveHandles -= 1
                 state.open -= 1
-                guard case .drained(let continuation) = self.drainedIfEmpty(&state) else { return nil }
-                return continuation
+                return drainedIfEmpty(&state)
             }
-            drained?.resume()
+            guard !state.waiters.isEmpty else {
+                if case .connection(let connection) = returned {
+                    state.idle.append(connection)
+                } else {
+                    state.open -= 1
+                }
+                return .done
+            }
+            let waiter = state.waiters.removeFirst()
+            if waiter.deadline <= .now {
+                // Expired before the sweeper came round: it fails rather than runs late.
+                // Its handle, if freed, is counted: the next waiter gets the bare place.
+                let rest: Returned
+                if case .connection = returned {
+                    rest = returned
+                } else {
+                    rest = .place(handleFreed: false)
+                }
+                return .expire(waiter, then: rest)
+            }
+            switch returned {
+            case .connection(let connection):
+                return .lend(waiter, connection)
+            case .place:
+                // The discarded connection's place goes to the longest waiter, as a fresh clone.
+                do {
+                    return .lend(waiter, try cloneTemplate(&state))
+                } catch {
+                    return .fail(waiter, error)
+                }
+            }
         }
     }
 
-    private func drainedIfEmpty(_ state: inout State) -> AfterRelease {
+    /// Does what ``takeBack(_:)`` decided, on the thread that took the connection back, until
+    /// the connection is idle or freed: runs each waiter's work in turn on the same connection.
+    private func handOver(_ first: HandOver) {
+        var next = first
+        while true {
+            switch next {
+            case .done:
+                return
+            case .lend(let waiter, let connection):
+                next = waiter.run(connection, in: self)
+            case .expire(let waiter, let returned):
+                waiter.fail(timeoutError())
+                next = takeBack(returned)
+            case .fail(let waiter, let error):
+                waiter.fail(error)
+                next = takeBack(.place(handleFreed: false))
+            case .free(let connection):
+                connection.free()
+                next = takeBack(.place(handleFreed: true))
+            case .drained(let continuation):
+                continuation.resume()
+                return
+            }
+        }
+    }
+
+    private func drainedIfEmpty(_ state: inout State) -> HandOver {
         guard state.phase == .closing, state.open == 0, let continuation = state.drainWaiter else {
-            return .nothing
+            return .done
         }
         state.drainWaiter = nil
         return .drained(continuation)
@@ -350,7 +517,7 @@ final class ConnectionPool: Sendable {
     // MARK: - Closing
 
     private enum CloseStep {
-        case first(idle: [PooledConnection], waiters: [CheckedContinuation<PooledConnection, any Error>])
+        case first(idle: [PooledConnection], waiters: [any Waiter], sweeper: Task<Void, Never>?)
         case follow
         case done
     }
@@ -370,8 +537,10 @@ final class ConnectionPool: Sendable {
                 defer {
                     state.idle = []
                     state.waiters = []
+                    state.sweeper = nil
+                    state.sweeperRunning = false
                 }
-                return .first(idle: state.idle, waiters: state.waiters.map(\.continuation))
+                return .first(idle: state.idle, waiters: state.waiters, sweeper: state.sweeper)
             case .closing:
                 return .follow
             case .closed:
@@ -394,12 +563,18 @@ final class ConnectionPool: Sendable {
                     continuation.resume()
                 }
             }
-        case .first(let idle, let waiters):
+        case .first(let idle, let waiters, let sweeper):
+            sweeper?.cancel()
             for waiter in waiters {
-                waiter.resume(throwing: MemcachedError.poolClosed())
+                waiter.fail(MemcachedError.poolClosed())
             }
             for connection in idle {
-                freeOnPoolThread(connection)
+                threadPool.submit { _ in
+                    // Freed on one of the pool's threads, never on a cooperative one: freeing
+                    // talks to the servers. The threads are not stopped before this has run.
+                    connection.free()
+                    self.handOver(self.takeBack(.place(handleFreed: true)))
+                }
             }
             await withCheckedContinuation { continuation in
                 let drained = state.withLockedValue { state in
@@ -442,6 +617,12 @@ final class ConnectionPool: Sendable {
     /// Tasks waiting for a connection now.
     var waiterCount: Int {
         state.withLockedValue { $0.waiters.count }
+    }
+
+    /// Whether the sweeper task is running: from the first queued waiter until it finds the
+    /// queue empty, or the pool closes.
+    var isSweeping: Bool {
+        state.withLockedValue { $0.sweeperRunning }
     }
 }
 
