@@ -30,6 +30,7 @@ import Logging
 /// ### Reading
 /// - ``get(_:as:)``
 /// - ``getMulti(_:keyPrefix:as:)``
+/// - ``getMulti(_:keyPrefix:forEachHit:)``
 /// - ``gets(_:as:)``
 ///
 /// ### Writing
