@@ -1,6 +1,7 @@
 // Every command leases a connection, runs the synchronous command of the same name on one of the
 // client's threads and hands the connection back: the semantics, and the docs, are the
-// connection's. Values cross threads, hence the `Sendable` requirements.
+// connection's. Values cross threads, hence the `Sendable` requirements. The reads are inlinable,
+// as the connection's are, so that their values are built in code specialized for the caller's type.
 
 extension MemcachedClient {
     // MARK: - Reading
@@ -14,6 +15,7 @@ extension MemcachedClient {
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/get(_:as:)-8qcqf`` does, with code
     ///   ``MemcachedError/Code/poolTimeout`` or ``MemcachedError/Code/poolClosed`` when no
     ///   connection could be leased; `CancellationError` when the task was cancelled first.
+    @inlinable
     public func get<Value: MemcachedValue & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self
@@ -46,6 +48,7 @@ extension MemcachedClient {
     /// - Returns: The hits only, keyed by the caller's keys.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)-6rok4`` does, or
     ///   as ``get(_:as:)-hsk4`` does when no connection could be leased.
+    @inlinable
     public func getMulti<Value: MemcachedValue & Sendable>(
         _ keys: some Collection<String>,
         keyPrefix: String = "",
@@ -83,6 +86,7 @@ extension MemcachedClient {
     ///   - type: The type to decode; inferred from context when omitted.
     /// - Returns: The value and its token, or `nil` when the key is missing.
     /// - Throws: ``MemcachedError`` as ``get(_:as:)-hsk4`` does.
+    @inlinable
     public func gets<Value: MemcachedValue & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self
