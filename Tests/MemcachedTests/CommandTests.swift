@@ -83,6 +83,57 @@ struct CommandTests {
         }
     }
 
+    @Test(
+        "code running in the middle of a read cannot use its connection; close and disconnect wait for the read",
+        arguments: protocols
+    )
+    func reentrantUse(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            let items = ["a": "AAAA", "b": "BBBB", "c": "CCCC", "other": String(repeating: "Z", count: 100_000)]
+            #expect(try memc.setMulti(items).isEmpty)
+            var seen: [String: String] = [:]
+            var nestedErrors: [MemcachedError.Code] = []
+            try memc.getMulti(["a", "b", "c"]) { key, bytes, _ in
+                let before = String(decoding: bytes, as: UTF8.self)
+                do {
+                    _ = try memc.get("other", as: String.self)
+                } catch let error as MemcachedError {
+                    nestedErrors.append(error.code)
+                }
+                #expect(String(decoding: bytes, as: UTF8.self) == before, "the bytes are untouched")
+                seen[key] = before
+            }
+            #expect(seen == ["a": "AAAA", "b": "BBBB", "c": "CCCC"], "no hit lost")
+            #expect(nestedErrors == [.connectionInUse, .connectionInUse, .connectionInUse])
+            #expect(try memc.get("other", as: String.self) == items["other"], "usable after the read")
+
+            // A value type whose decoder reaches for the same connection.
+            ReentrantValue.connection = memc
+            defer { ReentrantValue.connection = nil }
+            #expect(throws: MemcachedError.self) { try memc.get("a", as: ReentrantValue.self) }
+            #expect(ReentrantValue.nestedError == .connectionInUse)
+            #expect(try memc.get("b", as: String.self) == "BBBB")
+
+            var afterDisconnect = 0
+            try memc.getMulti(["a", "b", "c"]) { _, _, _ in
+                memc.disconnect()
+                afterDisconnect += 1
+            }
+            #expect(afterDisconnect == 3)
+            #expect(try memc.get("c", as: String.self) == "CCCC", "reconnects after the deferred disconnect")
+
+            var afterClose = 0
+            try memc.getMulti(["a", "b", "c"]) { _, bytes, _ in
+                memc.close()
+                #expect(bytes.count == 4, "still readable: the close waits for the read")
+                afterClose += 1
+            }
+            #expect(afterClose == 3)
+            #expect(throws: MemcachedError.self) { try memc.get("a", as: String.self) }
+        }
+    }
+
     @Test("add, replace, append and prepend with their expected negatives", arguments: protocols)
     func conditionalStores(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
         try withMemcached { cluster in
@@ -331,5 +382,24 @@ struct CommandTests {
         let memc = try MemcachedConnection(configuration: configuration)
         #expect(throws: MemcachedError.self) { try memc.set("k", "v") }
         #expect(try memc.setMulti(["a": "1", "b": "2"]).sorted() == ["a", "b"])
+    }
+}
+
+/// A value whose decoder runs a command on the connection that is reading it.
+struct ReentrantValue: MemcachedValue {
+    nonisolated(unsafe) static var connection: MemcachedConnection?
+    nonisolated(unsafe) static var nestedError: MemcachedError.Code?
+
+    func memcachedPayload() throws -> MemcachedPayload {
+        MemcachedPayload(bytes: [], flags: .bytes)
+    }
+
+    init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+        do {
+            _ = try Self.connection?.get("other", as: String.self)
+        } catch let error as MemcachedError {
+            Self.nestedError = error.code
+            throw error
+        }
     }
 }

@@ -167,6 +167,7 @@ private let clientSideCodes: [(code: MemcachedError.Code, name: String)] = [
     (.decompressionFailed, "decompressionFailed"),
     (.poolTimeout, "poolTimeout"),
     (.poolClosed, "poolClosed"),
+    (.connectionInUse, "connectionInUse"),
 ]
 
 private let maximumReturn = Int(MEMCACHED_MAXIMUM_RETURN.rawValue)

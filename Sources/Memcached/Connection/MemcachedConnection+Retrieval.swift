@@ -177,7 +177,10 @@ extension MemcachedConnection {
     ///   - body: Called once per hit, in the order the servers answer, with the caller's key
     ///     (without the prefix), the value's bytes, valid only during the call and already
     ///     decompressed, and its flags, without ``MemcachedFlags/compressed``. After it throws it is
-    ///     not called again; the rest of the reply is still read, then its error is rethrown.
+    ///     not called again; the rest of the reply is still read, then its error is rethrown. It
+    ///     must not use this connection: a command it starts throws
+    ///     ``MemcachedError/Code/connectionInUse``, and a ``close()`` or ``disconnect()`` it calls
+    ///     happens once the read is over.
     /// - Throws: What `body` throws, or ``MemcachedError`` as ``getMulti(_:keyPrefix:as:)`` does.
     public func getMulti(
         _ keys: some Collection<String>,
@@ -195,6 +198,9 @@ extension MemcachedConnection {
                     throw error
                 }
             }
+        } catch let error as MemcachedError where Handle.mayLeaveReplyUnread(error.code) {
+            // The rest of the reply failed after the caller's error: the connection's failure wins.
+            throw error
         } catch {
             // `fetchMulti` reports a decoding error with the key; the caller's own error goes back
             // as it was thrown.

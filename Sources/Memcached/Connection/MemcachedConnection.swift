@@ -97,7 +97,7 @@ public final class MemcachedConnection {
     ///
     /// The corresponding C function is `memcached_quit`.
     public func disconnect() {
-        handle.resetConnections()
+        handle.disconnect()
     }
 
     // MARK: - Keys

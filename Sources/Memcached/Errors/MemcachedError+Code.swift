@@ -254,6 +254,13 @@ extension MemcachedError.Code {
     ///
     /// This code is raised by the Swift layer before any C call; it has no libmemcached counterpart.
     public static let poolClosed = Self(rawValue: 10_013)
+    /// A command was started on a connection from code that runs in the middle of one of its reads:
+    /// the closure of ``MemcachedConnection/getMulti(_:keyPrefix:forEachHit:)``, or a
+    /// ``MemcachedValue`` or ``MemcachedObjectCoder`` decoding a value. Nothing was sent. Use
+    /// another connection, or run the command after the read returns.
+    ///
+    /// This code is raised by the Swift layer before any C call; it has no libmemcached counterpart.
+    public static let connectionInUse = Self(rawValue: 10_014)
 }
 
 extension MemcachedError.Code {
@@ -321,5 +328,6 @@ extension MemcachedError.Code {
         10_011: ("decompressionFailed", nil),
         10_012: ("poolTimeout", nil),
         10_013: ("poolClosed", nil),
+        10_014: ("connectionInUse", nil),
     ]
 }

@@ -54,7 +54,7 @@ struct KeyBatch {
     /// The key after the last one ``match(_:)`` found.
     private var cursor = 0
 
-    init(keys: some Collection<String>, prefix: KeyPrefix?) throws {
+    init(keys: [String], prefix: KeyPrefix?) throws {
         let prefixBytes = prefix?.bytes ?? []
         // A native string knows its UTF-8 length, so the buffer is sized once and each key is
         // copied with one `memcpy` and checked in place.
@@ -280,6 +280,7 @@ extension Handle {
         _ decode: (FetchedItem) throws -> R
     ) throws -> R? {
         let pointer = try live()
+        defer { finishRead() }
         if binary {
             return try fetchOneWithGet(pointer, key: key, command: command, decode)
         }
@@ -310,7 +311,7 @@ extension Handle {
         // Decode before draining: the next fetch reuses the result's buffer.
         let decoded: R
         do {
-            decoded = try decode(item)
+            decoded = try whileReading { try decode(item) }
         } catch {
             drainFetch(pointer, result)
             throw error
@@ -346,6 +347,10 @@ extension Handle {
         default:
             throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
         }
+        guard value != nil || length == 0 else {
+            // `memcached_string_take_value` could not allocate the terminating byte.
+            throw MemcachedError(code: .memoryAllocationFailure, message: "libmemcached could not hand over the value")
+        }
         let builtIn = UnsafeMutableRawPointer(pointer).advanced(by: Self.builtInResultOffset)
             .assumingMemoryBound(to: memcached_result_st.self)
         let item = FetchedItem(
@@ -362,7 +367,7 @@ extension Handle {
         else {
             throw unexpectedKey(key)
         }
-        return try decode(item)
+        return try whileReading { try decode(item) }
     }
 
     /// Where `memcached_st` keeps the result `memcached_get` reads into (`memcached_st.result`).
@@ -420,6 +425,7 @@ extension Handle {
     /// logged. When no server answered at all, or a server failed mid-reply, the call throws.
     func fetchMany(_ batch: KeyBatch, command: StaticString, _ body: (FetchedItem) throws -> Void) throws {
         let pointer = try live()
+        defer { finishRead() }
         let result = try liveResult()
         let rc = batch.withCArrays { keys, lengths, count in
             memcached_mget(pointer, keys, lengths, count)
@@ -437,7 +443,7 @@ extension Handle {
             // Keep reading after a decoding error so the rest of the reply does not linger.
             guard bodyError == nil else { continue }
             do {
-                try body(FetchedItem(result))
+                try whileReading { try body(FetchedItem(result)) }
             } catch {
                 bodyError = error
             }

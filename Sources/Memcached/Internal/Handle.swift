@@ -108,9 +108,60 @@ final class Handle {
         free()
     }
 
-    /// Frees the C handle now. Idempotent.
+    /// Frees the C handle now. Idempotent. Called from caller code in the middle of a read (see
+    /// ``whileReading(_:)``), it waits until the read has finished.
     func close() {
+        guard !readingReply else {
+            pendingOnRead = .close
+            return
+        }
         free()
+    }
+
+    // MARK: - Caller code in the middle of a read
+
+    /// What the caller asked for from inside ``whileReading(_:)``, done once the read is over.
+    private enum PendingOnRead {
+        case none, disconnect, close
+    }
+
+    /// Whether caller code (a decoder, a `forEachHit` closure) is running in the middle of reading
+    /// a reply. It holds bytes in the handle's result buffer, and the rest of the reply is still on
+    /// the sockets, so another command now would overwrite the one and throw away the other.
+    private var readingReply = false
+    private var pendingOnRead = PendingOnRead.none
+
+    /// Runs caller code in the middle of a read: a command it starts on this handle throws
+    /// ``MemcachedError/Code/connectionInUse``; a ``close()`` or ``disconnect()`` it asks for
+    /// waits for ``finishRead()``.
+    @inline(__always)
+    func whileReading<R>(_ body: () throws -> R) rethrows -> R {
+        readingReply = true
+        defer { readingReply = false }
+        return try body()
+    }
+
+    /// Does what caller code asked for during the read that just ended.
+    @inline(__always)
+    func finishRead() {
+        guard pendingOnRead != .none else { return }
+        let pending = pendingOnRead
+        pendingOnRead = .none
+        switch pending {
+        case .close: free()
+        case .disconnect: resetConnections()
+        case .none: break
+        }
+    }
+
+    /// Closes every socket (the connection's `disconnect()`); from caller code in the middle of a
+    /// read, once the read has finished.
+    func disconnect() {
+        guard !readingReply else {
+            if pendingOnRead == .none { pendingOnRead = .disconnect }
+            return
+        }
+        resetConnections()
     }
 
     private func free() {
@@ -130,6 +181,12 @@ final class Handle {
     func live() throws -> UnsafeMutablePointer<memcached_st> {
         guard let pointer else {
             throw MemcachedError(code: .connectionClosed, message: "the connection is closed")
+        }
+        guard !readingReply else {
+            throw MemcachedError(
+                code: .connectionInUse,
+                message: "a command was started on this connection from code running in the middle of its read"
+            )
         }
         return pointer
     }
