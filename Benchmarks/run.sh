@@ -8,13 +8,11 @@
 #   Benchmarks/run.sh --help     every option
 set -euo pipefail
 cd "$(dirname "$0")"
+source ../scripts/lib/apt.sh
 
 ../scripts/install-deps.sh
-command -v strace >/dev/null 2>&1 || {
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get install -y -qq strace >/dev/null || echo "strace unavailable: syscall counts will be skipped"
-}
+command -v strace >/dev/null 2>&1 ||
+    apt_install strace || echo "strace unavailable: syscall counts will be skipped"
 ./python/setup.sh
 swift build -c release --product MemcachedBench
 exec .build/release/MemcachedBench "$@"

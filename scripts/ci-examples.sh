@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/servers.sh
+source scripts/lib/apt.sh
 root=$(pwd)
 started=$SECONDS
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -23,18 +24,11 @@ trap 'exit 130' INT TERM
 
 # MARK: - Install
 
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
 ./scripts/install-deps.sh --examples
 missing=()
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install ${missing[@]+"${missing[@]}"}
 
 # install-deps.sh has made .venv-python with python-memcached 1.62 (scripts/install-python-deps.sh).
 python=.venv-python/bin/python

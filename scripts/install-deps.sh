@@ -2,6 +2,7 @@
 # Installs what the build, the tests and the demo need, and only what is missing.
 # Usage: install-deps.sh [--examples]
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 missing=()
 pkg-config --exists libmemcached 2>/dev/null || missing+=(libmemcached-dev)
@@ -17,14 +18,7 @@ if [ "${1:-}" = "--examples" ]; then
     [ -f /usr/include/sqlite3.h ] || missing+=(libsqlite3-dev)
 fi
 
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install ${missing[@]+"${missing[@]}"}
 
 # The real python-memcached the interoperability tests run against, in .venv-python.
 "$(dirname "$0")/install-python-deps.sh"

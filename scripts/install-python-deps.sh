@@ -3,6 +3,7 @@
 # interoperability tests run against. Does nothing when the right version is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/apt.sh
 
 venv=.venv-python
 version=1.62
@@ -17,12 +18,7 @@ installed && exit 0
 
 # Debian's python3 ships without ensurepip; python3-venv brings it.
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
-    echo "installing: python3 python3-venv"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+    apt_install python3 python3-venv
 fi
 
 echo "creating $venv with python-memcached==$version"

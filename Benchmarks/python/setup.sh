@@ -3,6 +3,7 @@
 # Does nothing when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source ../scripts/lib/apt.sh
 
 venv=.venv
 requirements=python/requirements.txt
@@ -20,14 +21,7 @@ python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(
     2>/dev/null || missing+=(python3-dev)
 [ -f /usr/include/libmemcached-1.0/memcached.h ] || missing+=(libmemcached-dev)
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install ${missing[@]+"${missing[@]}"}
 
 echo "creating $venv with $(grep -v '^#' "$requirements" | tr '\n' ' ')"
 rm -rf "$venv"
