@@ -52,6 +52,17 @@ struct Summary {
         return "\(rate) (\(format(ratio, decimals: 2)))"
     }
 
+    /// Every raw C baseline of the single-task workloads, labelled for a table ("W2", or
+    /// "W2 (noreply)" for the "raw C noreply" baseline), with the rows measured against it.
+    private func baselineGroups() -> [(label: String, outcome: Outcome, baseline: Row, related: [Row])] {
+        outcomes.filter { $0.id != "W8" }.flatMap { outcome in
+            outcome.rows.filter { $0.kind == .rawC && $0.baseline == nil }.map { baseline in
+                let label = baseline.name == "raw C" ? outcome.id : "\(outcome.id) (\(baseline.name.dropFirst(6)))"
+                return (label, outcome, baseline, outcome.rows.filter { $0.baseline == baseline.name })
+            }
+        }
+    }
+
     /// One line per baseline: raw C, then ours and the peers that compare with it.
     private func throughputTable() -> String {
         var lines = [
@@ -60,27 +71,23 @@ struct Summary {
             "| workload | unit | raw C | ours sync | ours async | pylibmc | pymemcache | python-memcached |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for outcome in outcomes where outcome.id != "W8" {
-            for baseline in outcome.rows where baseline.kind == .rawC && baseline.baseline == nil {
-                let related = outcome.rows.filter { $0.baseline == baseline.name }
-                let peers = Self.peerNames.map { name in
-                    // A peer's row may carry ", binary" or " (capped at N)" after its name.
-                    cell(related.first { $0.kind == .peer && Self.peer($0.name, is: name) })
-                }
-                let label = baseline.name == "raw C" ? outcome.id : "\(outcome.id) (\(baseline.name.dropFirst(6)))"
+        for (label, outcome, baseline, related) in baselineGroups() {
+            let peers = Self.peerNames.map { name in
+                // A peer's row may carry ", binary" or " (capped at N)" after its name.
+                cell(related.first { $0.kind == .peer && Self.peer($0.name, is: name) })
+            }
+            let fields =
+                [
+                    label, outcome.unit.rawValue, cell(baseline),
+                    cell(related.first { $0.kind == .sync }), cell(related.first { $0.kind == .async }),
+                ] + peers
+            lines.append("| " + fields.joined(separator: " | ") + " |")
+            // Further synchronous variants of the same workload (W4's forEachHit) get a line each.
+            for extra in related.filter({ $0.kind == .sync }).dropFirst() {
+                let name = extra.name.hasPrefix("ours sync, ") ? String(extra.name.dropFirst(11)) : extra.name
                 let fields =
-                    [
-                        label, outcome.unit.rawValue, cell(baseline),
-                        cell(related.first { $0.kind == .sync }), cell(related.first { $0.kind == .async }),
-                    ] + peers
+                    [label + ", " + name, outcome.unit.rawValue, "", cell(extra)] + Array(repeating: "-", count: 4)
                 lines.append("| " + fields.joined(separator: " | ") + " |")
-                // Further synchronous variants of the same workload (W4's forEachHit) get a line each.
-                for extra in related.filter({ $0.kind == .sync }).dropFirst() {
-                    let name = extra.name.hasPrefix("ours sync, ") ? String(extra.name.dropFirst(11)) : extra.name
-                    let fields =
-                        [label + ", " + name, outcome.unit.rawValue, "", cell(extra)] + Array(repeating: "-", count: 4)
-                    lines.append("| " + fields.joined(separator: " | ") + " |")
-                }
             }
         }
         return lines.joined(separator: "\n")
@@ -113,21 +120,17 @@ struct Summary {
             "| workload | per | raw C CPU us | ours sync CPU us | difference | ours async CPU us | raw C allocs | ours sync allocs | ours async allocs |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for outcome in outcomes where outcome.id != "W8" {
-            for baseline in outcome.rows where baseline.kind == .rawC && baseline.baseline == nil {
-                let related = outcome.rows.filter { $0.baseline == baseline.name }
-                let sync = related.first { $0.kind == .sync }
-                let async = related.first { $0.kind == .async }
-                let difference = zip(sync?.cpuMicroseconds, baseline.cpuMicroseconds).map { $0.0 - $0.1 }
-                let label = baseline.name == "raw C" ? outcome.id : "\(outcome.id) (\(baseline.name.dropFirst(6)))"
-                let fields = [
-                    label, outcome.perWhat, micro(baseline.cpuMicroseconds), micro(sync?.cpuMicroseconds),
-                    difference.map { ($0 >= 0 ? "+" : "") + format($0, decimals: 2) } ?? "-",
-                    micro(async?.cpuMicroseconds), micro(baseline.allocations), micro(sync?.allocations),
-                    micro(async?.allocations),
-                ]
-                lines.append("| " + fields.joined(separator: " | ") + " |")
-            }
+        for (label, outcome, baseline, related) in baselineGroups() {
+            let sync = related.first { $0.kind == .sync }
+            let async = related.first { $0.kind == .async }
+            let difference = zip(sync?.cpuMicroseconds, baseline.cpuMicroseconds).map { $0.0 - $0.1 }
+            let fields = [
+                label, outcome.perWhat, micro(baseline.cpuMicroseconds), micro(sync?.cpuMicroseconds),
+                difference.map { ($0 >= 0 ? "+" : "") + format($0, decimals: 2) } ?? "-",
+                micro(async?.cpuMicroseconds), micro(baseline.allocations), micro(sync?.allocations),
+                micro(async?.allocations),
+            ]
+            lines.append("| " + fields.joined(separator: " | ") + " |")
         }
         return lines.joined(separator: "\n")
     }

@@ -226,18 +226,10 @@ extension MemcachedConnection {
         try handle.fetchMany(batch, command: "get_multi") { item in
             // The reply's key, prefix included, must be one that was asked for.
             guard let index = batch.match(item.keyBytes) else {
-                throw unexpectedKey()
+                throw handle.unexpectedKey()
             }
             try decode(item, key: keys[index]) { bytes, flags in try hit(index, bytes, flags) }
         }
-    }
-
-    private func unexpectedKey() -> MemcachedError {
-        handle.resetConnections()
-        return MemcachedError(
-            code: .unexpectedKey,
-            message: "a server answered with a key that was not asked for; the connection was reset"
-        )
     }
 
     // MARK: - Server mapping

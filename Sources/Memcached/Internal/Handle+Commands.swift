@@ -110,8 +110,7 @@ struct KeyBatch {
     @inline(__always)
     private static func equal(_ all: UnsafeRawBufferPointer, _ range: Range<Int>, _ key: UnsafeRawBufferPointer) -> Bool
     {
-        // Keys are validated non-empty, so both buffers have a base address.
-        range.count == key.count && memcmp(all.baseAddress! + range.lowerBound, key.baseAddress!, key.count) == 0
+        sameBytes(UnsafeRawBufferPointer(rebasing: all[range]), key)
     }
 
     /// Indexes every key by its bytes; a repeated key keeps its first index.
@@ -178,6 +177,12 @@ struct KeyBatch {
             try body(UnsafeBufferPointer(rebasing: all[ranges[index]]))
         }
     }
+}
+
+/// Whether two buffers hold the same bytes: how a reply's key is checked against the request.
+@inline(__always)
+func sameBytes(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Bool {
+    first.count == second.count && (first.isEmpty || memcmp(first.baseAddress!, second.baseAddress!, first.count) == 0)
 }
 
 extension [UInt8] {
@@ -302,12 +307,7 @@ extension Handle {
             }
         }
         let item = FetchedItem(result)
-        guard item.keyBytes.count == key.bytes.count,
-            // Keys are validated non-empty, so both buffers have a base address here.
-            memcmp(item.keyBytes.baseAddress!, key.bytes.baseAddress!, key.bytes.count) == 0
-        else {
-            throw unexpectedKey(key)
-        }
+        try checkKey(of: item, key)
         // Decode before draining: the next fetch reuses the result's buffer.
         let decoded: R
         do {
@@ -362,23 +362,27 @@ extension Handle {
             flags: flags,
             cas: memcached_result_cas(builtIn)
         )
-        guard item.keyBytes.count == key.bytes.count,
-            memcmp(item.keyBytes.baseAddress!, key.bytes.baseAddress!, key.bytes.count) == 0
-        else {
-            throw unexpectedKey(key)
-        }
+        try checkKey(of: item, key)
         return try whileReading { try decode(item) }
     }
 
     /// Where `memcached_st` keeps the result `memcached_get` reads into (`memcached_st.result`).
     private static let builtInResultOffset = MemoryLayout<memcached_st>.offset(of: \.result)!
 
-    private func unexpectedKey(_ key: PreparedKey) -> MemcachedError {
+    /// Throws when a single-key read was answered for another key.
+    private func checkKey(of item: FetchedItem, _ key: PreparedKey) throws {
+        guard sameBytes(item.keyBytes, UnsafeRawBufferPointer(key.bytes)) else {
+            throw unexpectedKey(key.key)
+        }
+    }
+
+    /// Resets the connection after a reply for a key that was not asked for, and says so.
+    func unexpectedKey(_ key: String? = nil) -> MemcachedError {
         resetConnections()
         return MemcachedError(
             code: .unexpectedKey,
-            message: "the server answered with another key; the connection was reset",
-            key: key.key
+            message: "a server answered with a key that was not asked for; the connection was reset",
+            key: key
         )
     }
 
