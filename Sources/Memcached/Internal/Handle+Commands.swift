@@ -370,6 +370,7 @@ extension Handle {
     private static let builtInResultOffset = MemoryLayout<memcached_st>.offset(of: \.result)!
 
     /// Throws when a single-key read was answered for another key.
+    @inline(__always)
     private func checkKey(of item: FetchedItem, _ key: PreparedKey) throws {
         guard sameBytes(item.keyBytes, UnsafeRawBufferPointer(key.bytes)) else {
             throw unexpectedKey(key.key)
