@@ -84,6 +84,30 @@ struct StaleReplyTests {
         }
     }
 
+    @Test("getMulti(forEachHit:): a connection failure after the closure threw is the error reported")
+    func forEachHitReportsTheConnectionFailure() throws {
+        struct Stop: Error {}
+        // The first value, then silence where the second value and END should be.
+        let server = try ScriptedServer { line in
+            line.hasPrefix("get") ? Array("VALUE a 0 1 1\r\nx\r\n".utf8) : (line == "quit" ? nil : [])
+        }
+        defer { server.stop() }
+        var configuration = try MemcachedConfiguration(servers: [server.address])
+        configuration.timeout = .milliseconds(150)
+        let memc = try MemcachedConnection(configuration: configuration)
+        var calls = 0
+        do {
+            try memc.getMulti(["a", "b"]) { _, _, _ in
+                calls += 1
+                throw Stop()
+            }
+            Issue.record("getMulti returned")
+        } catch let error as MemcachedError {
+            #expect(error.code == .timeout, "\(error)")
+        }
+        #expect(calls == 1)
+    }
+
     @Test("1,000 interleaved operations with faults: every reply belongs to its own command")
     func interleavedFaults() throws {
         let fake = try FaultyMemcached()
