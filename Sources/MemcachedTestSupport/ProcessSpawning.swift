@@ -44,7 +44,7 @@ func makeScratchDirectory(prefix: String) throws -> String {
 
 /// Starts `executable` with `posix_spawn`.
 ///
-/// The child gets `/dev/null` as stdin, both stdout and stderr appended to
+/// The child gets `standardInput` (by default `/dev/null`) as stdin, both stdout and stderr appended to
 /// `outputPath`, none of our other descriptors (where the C library supports
 /// closing them), an empty signal mask and default signal dispositions — the
 /// test runner may block or ignore signals, and a server that cannot receive
@@ -55,7 +55,8 @@ func spawnProcess(
     executable: String,
     arguments: [String],
     environment: [String: String],
-    outputPath: String
+    outputPath: String,
+    standardInput: Int32? = nil
 ) throws -> pid_t {
     #if canImport(Glibc)
     var fileActions = posix_spawn_file_actions_t()
@@ -69,7 +70,11 @@ func spawnProcess(
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
 
-    posix_spawn_file_actions_addopen(&fileActions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
+    if let standardInput {
+        posix_spawn_file_actions_adddup2(&fileActions, standardInput, STDIN_FILENO)
+    } else {
+        posix_spawn_file_actions_addopen(&fileActions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
+    }
     posix_spawn_file_actions_addopen(
         &fileActions,
         STDOUT_FILENO,

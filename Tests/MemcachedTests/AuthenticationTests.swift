@@ -3,7 +3,7 @@ import MemcachedTestSupport
 import Testing
 
 /// SASL authentication against a memcached started with `-S` and a real Cyrus password database.
-@Suite("SASL authentication")
+@Suite("SASL authentication", .offCooperativePool)
 struct AuthenticationTests {
     @Test("right credentials work, wrong ones give a typed authentication error")
     func credentials() throws {

@@ -19,7 +19,7 @@ private struct Poster: Codable, Equatable, Sendable {
 }
 
 /// The async commands of ``MemcachedClient`` against real servers, and its lifecycle.
-@Suite("MemcachedClient commands and lifecycle", .timeLimit(.minutes(5)))
+@Suite("MemcachedClient commands and lifecycle", .offCooperativePool, .timeLimit(.minutes(5)))
 struct ClientTests {
     @Test("every async command gives the synchronous connection's answer")
     func everyCommand() async throws {

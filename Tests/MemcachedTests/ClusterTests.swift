@@ -3,7 +3,7 @@ import MemcachedTestSupport
 import Testing
 
 /// Many servers at once, and servers that are not there.
-@Suite("Clusters and unreachable servers")
+@Suite("Clusters and unreachable servers", .offCooperativePool)
 struct ClusterTests {
     @Test("3 servers: every key is readable, keys spread over every server, getMulti batches per server")
     func spread() throws {

@@ -12,7 +12,7 @@ struct Film: Codable, Equatable {
 }
 
 /// Every command, in both wire protocols, against a real memcached.
-@Suite("Commands")
+@Suite("Commands", .offCooperativePool)
 struct CommandTests {
     static let protocols: [MemcachedConfiguration.WireProtocol] = [.ascii, .binary]
 

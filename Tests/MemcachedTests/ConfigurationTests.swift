@@ -52,7 +52,7 @@ private func failureCode(_ body: () throws -> Void) -> MemcachedError.Code? {
     }
 }
 
-@Suite("Configuration")
+@Suite("Configuration", .offCooperativePool)
 struct ConfigurationTests {
     // MARK: Servers
 

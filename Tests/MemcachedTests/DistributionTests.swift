@@ -5,7 +5,7 @@ import MemcachedTestSupport
 import Testing
 
 /// How keys spread over servers: modula, the libketama continuum, and weights.
-@Suite("Distributions and weights")
+@Suite("Distributions and weights", .offCooperativePool)
 struct DistributionTests {
     static func connection(
         _ servers: [MemcachedServer],

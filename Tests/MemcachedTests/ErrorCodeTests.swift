@@ -174,7 +174,7 @@ private let maximumReturn = Int(MEMCACHED_MAXIMUM_RETURN.rawValue)
 
 private struct NotAMemcachedError: Error {}
 
-@Suite("Error codes")
+@Suite("Error codes", .offCooperativePool)
 struct ErrorCodeTests {
     @Test("The header list and the case table cover every memcached_return_t")
     func tablesCoverTheHeader() {

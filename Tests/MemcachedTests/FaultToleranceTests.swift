@@ -9,7 +9,7 @@ import Testing
 /// The tests that measure recovery times are synchronous and sleep their own thread: under a full
 /// parallel run, blocking tests occupy the cooperative pool and an awaited sleep can resume seconds
 /// late.
-@Suite("Fault tolerance")
+@Suite("Fault tolerance", .offCooperativePool)
 struct FaultToleranceTests {
     /// Starts a memcached on a given port (for restarting a killed server at the same address).
     static func restart(onPort port: Int) throws -> MemcachedServerProcess {

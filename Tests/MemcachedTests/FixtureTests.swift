@@ -11,7 +11,7 @@ import Darwin
 /// Tests of the test fixtures themselves: real `memcached` processes and the
 /// loopback fault servers. Every test starts its own servers, so they may run
 /// in parallel.
-@Suite("Test fixtures")
+@Suite("Test fixtures", .offCooperativePool)
 struct FixtureTests {
     @Test("Two servers get different ports, answer, and report their own pid")
     func twoServersAnswerOnDistinctPorts() throws {
@@ -94,6 +94,31 @@ struct FixtureTests {
         }
         // -vv makes memcached log its listening socket at startup.
         #expect(!server.output.isEmpty)
+    }
+
+    @Test("Servers die with the test process: the watchdog kills what it watches when our end closes")
+    func watchdogKillsServersWhenTheTestProcessDies() throws {
+        let watchdog = try OrphanWatchdog()
+        let orphaned = try MemcachedServerProcess.start()
+        defer { orphaned.stop() }
+        let reaped = try MemcachedServerProcess.start()
+        defer { reaped.stop() }
+        watchdog.watch(orphaned.pid)
+        watchdog.watch(reaped.pid)
+        // Reaped normally: its pid could be reused, so the watchdog must leave it alone.
+        watchdog.forget(reaped.pid)
+
+        // What the kernel does when this process dies by any cause, SIGKILL included.
+        watchdog.closeAsIfDead()
+
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(10)
+        while orphaned.isRunning && clock.now < deadline {
+            usleep(10_000)
+        }
+        #expect(!orphaned.isRunning, "the watched server was killed")
+        #expect(reaped.isRunning, "a forgotten pid is never signalled")
+        #expect(try reaped.rawCommand("version\r\n", until: "\r\n", timeout: .seconds(2)).hasPrefix("VERSION"))
     }
 
     @Test("SilentServer accepts a connection and never replies")

@@ -80,7 +80,7 @@ struct PythonHashes: Decodable, Equatable {
 }
 
 /// Keys hashed to servers: built-ins, custom functions, and their life across clones.
-@Suite("Hash functions")
+@Suite("Hash functions", .offCooperativePool)
 struct HashTests {
     /// The keys of clients-reference.md §2.5, with the values its table lists for
     /// `cmemcache_hash`, `binascii.crc32`, `zlib.adler32` and `cmemcache_hash % 3`.

@@ -7,7 +7,7 @@ import Testing
 /// key prefix, in both protocols.
 ///
 /// The CI run uses 20,000 keys per protocol; `MEMCACHED_SOAK=1` runs 100,000.
-@Suite("Hostile keys")
+@Suite("Hostile keys", .offCooperativePool)
 struct HostileKeyTests {
     static let keyCount = ProcessInfo.processInfo.environment["MEMCACHED_SOAK"] == "1" ? 100_000 : 20_000
 

@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 /// Bad keys get typed errors and never reach the server; key prefixes count toward the limit.
-@Suite("Key safety")
+@Suite("Key safety", .offCooperativePool)
 struct KeySafetyTests {
     static let badKeys: [(String, MemcachedError.Code)] = [
         ("", .emptyKey),

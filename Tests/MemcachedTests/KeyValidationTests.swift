@@ -40,7 +40,7 @@ private func oracle(_ bytes: [UInt8]) -> MemcachedError.Code? {
     return nil
 }
 
-@Suite("Key validation")
+@Suite("Key validation", .offCooperativePool)
 struct KeyValidationTests {
     @Test("An empty key is refused")
     func emptyKey() {

@@ -7,7 +7,7 @@ import Testing
 /// AddressSanitizer (with LeakSanitizer), which fails the run on any memory error or leak.
 ///
 /// The CI run makes 10,000 operations; `MEMCACHED_SOAK=1` makes 200,000.
-@Suite("Memory safety")
+@Suite("Memory safety", .offCooperativePool)
 struct MemorySafetyTests {
     static let operations = ProcessInfo.processInfo.environment["MEMCACHED_SOAK"] == "1" ? 200_000 : 10_000
 

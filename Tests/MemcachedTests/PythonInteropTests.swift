@@ -18,7 +18,7 @@ struct PythonHashChoice: Sendable, CustomTestStringConvertible {
 }
 
 /// One cluster shared with the real python-memcached 1.62 from PyPI.
-@Suite("Interoperability with python-memcached 1.62", .serialized)
+@Suite("Interoperability with python-memcached 1.62", .offCooperativePool, .serialized)
 struct PythonInteropTests {
     static let count = 2_000
 

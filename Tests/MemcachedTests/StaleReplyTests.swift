@@ -5,7 +5,7 @@ import Testing
 
 /// A connection that may be mid-reply is never reused: after garbage, a hang-up, a wrong key or a
 /// timeout, the next command gets its own correct result.
-@Suite("No stale replies")
+@Suite("No stale replies", .offCooperativePool)
 struct StaleReplyTests {
     /// How the fake server answers one `get`/`gets` request.
     enum Fault: CaseIterable {

@@ -3,6 +3,7 @@ import Logging
 import Memcached
 import MemcachedTestSupport
 import Synchronization
+import Testing
 
 /// Opens a connection to a cluster's servers with a short timeout, adjusted by the test.
 func connect(
@@ -88,5 +89,53 @@ struct SplitMix64: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+/// Runs every test of a suite, and the tasks it starts, on Dispatch threads of its own instead of
+/// Swift's shared cooperative pool.
+///
+/// Tests make blocking libmemcached calls and start and stop servers. On the cooperative pool
+/// (two threads on a two-core machine) each such call holds a thread that the pool's timers,
+/// `Task.sleep` and every other test's continuations need, so timing checks elsewhere failed
+/// when the machine was busy. A concurrent queue per test is served by Dispatch's overcommitting
+/// threads, which grow when a job blocks. Every suite carries this trait.
+struct OffCooperativePoolTrait: SuiteTrait, TestTrait, TestScoping {
+    var isRecursive: Bool { true }
+
+    func provideScope(
+        for test: Test,
+        testCase: Test.Case?,
+        performing function: @Sendable () async throws -> Void
+    ) async throws {
+        guard testCase != nil else {
+            // The suite's own scope: each test case gets an executor of its own below.
+            try await function()
+            return
+        }
+        try await withTaskExecutorPreference(ConcurrentTestExecutor(label: test.name)) {
+            try await function()
+        }
+    }
+}
+
+extension Trait where Self == OffCooperativePoolTrait {
+    /// Runs the suite's tests on threads of their own: see ``OffCooperativePoolTrait``.
+    static var offCooperativePool: Self { Self() }
+}
+
+/// A task executor over a concurrent Dispatch queue: jobs run in parallel on Dispatch's threads,
+/// and a job that blocks makes Dispatch start another thread rather than stall the rest.
+final class ConcurrentTestExecutor: TaskExecutor {
+    private let queue: DispatchQueue
+
+    init(label: String) {
+        queue = DispatchQueue(label: label, attributes: .concurrent)
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        queue.async { job.runSynchronously(on: executor) }
     }
 }

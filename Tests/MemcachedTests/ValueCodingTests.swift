@@ -219,7 +219,7 @@ private func objectValue<Value: Decodable>(
 
 // MARK: - Tests
 
-@Suite("Value coding")
+@Suite("Value coding", .offCooperativePool)
 struct ValueCodingTests {
     // MARK: Flags
 

@@ -4,7 +4,7 @@ import MemcachedTestSupport
 import Testing
 
 /// Values of every supported type survive a trip through a real server byte for byte.
-@Suite("Value round trips")
+@Suite("Value round trips", .offCooperativePool)
 struct ValueRoundTripTests {
     @Test("every supported type round-trips with python-memcached's flags")
     func everyType() throws {

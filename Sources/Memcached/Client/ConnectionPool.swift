@@ -1,5 +1,6 @@
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import NIOPosix
 
 /// A ``MemcachedConnection`` on its way between the pool and one lease holder.
@@ -54,14 +55,17 @@ final class PooledConnection: @unchecked Sendable {
 /// pool to receive a connection and a second one to hand its work to a thread.
 ///
 /// All waiters share ``waitTimeout``, and each one's deadline is taken under the lock as it is
-/// queued, so the queue is in deadline order. Instead of a timer per wait, one sweeper task per
-/// pool sleeps until the first waiter's deadline, fails the waiters whose deadline has passed
-/// with ``MemcachedError/Code/poolTimeout``, and repeats until the queue is empty. A waiter whose
-/// deadline passed before the sweeper saw it is failed the same way when a connection comes back.
-/// The sweeper holds the pool weakly and ``close()`` cancels it.
+/// queued, so the queue is in deadline order. Instead of a timer per wait, one sweep per pool is
+/// scheduled for the first waiter's deadline; it fails the waiters whose deadline has passed with
+/// ``MemcachedError/Code/poolTimeout`` and schedules the next sweep until the queue is empty. A
+/// waiter whose deadline passed before the sweep saw it is failed the same way when a connection
+/// comes back. The sweep is a timer on a SwiftNIO event loop thread, not a task: a task's sleep
+/// ends on Swift's cooperative pool, whose few threads any blocking caller can hold, and then the
+/// waiters would time out late by however long that caller blocks. The sweep holds the pool
+/// weakly and ``close()`` cancels it.
 ///
 /// A waiter leaves the queue in exactly one place, under the lock: handed a connection, failed by
-/// the sweeper, cancelled, or failed by ``close()``. Whoever removes it resumes it, so it is
+/// the sweep, cancelled, or failed by ``close()``. Whoever removes it resumes it, so it is
 /// resumed exactly once. Every state change happens under one lock; continuations are resumed and
 /// handles freed after it is released. The pool owns a `NIOThreadPool` with one thread per
 /// connection, so a leased connection always finds a free thread at once and a server that hangs
@@ -139,10 +143,9 @@ final class ConnectionPool: Sendable {
         var liveHandles = 1
         /// Tasks waiting for a connection, longest-waiting (and so earliest deadline) first.
         var waiters: [any Waiter] = []
-        /// Whether a sweeper task is running; at most one is.
-        var sweeperRunning = false
-        /// The running sweeper, for ``close()`` and `deinit` to cancel.
-        var sweeper: Task<Void, Never>?
+        /// The scheduled sweep while waiters are queued, for ``close()`` and `deinit` to cancel.
+        /// At most one is scheduled.
+        var sweep: Scheduled<Void>?
         var phase = Phase.running
         /// The ``close()`` call waiting for `open` to reach zero.
         var drainWaiter: CheckedContinuation<Void, Never>?
@@ -154,6 +157,9 @@ final class ConnectionPool: Sendable {
     let waitTimeout: Duration
     private let logger: Logger
     private let threadPool: NIOThreadPool
+    /// The event loop whose thread runs the sweeps: NIO's shared singleton group, so a pool
+    /// costs no thread of its own for its timer.
+    private let timerLoop: any EventLoop
     private let state: NIOLockedValueBox<State>
 
     init(configuration: MemcachedConfiguration, maximumConnections: Int, waitTimeout: Duration) throws {
@@ -171,22 +177,23 @@ final class ConnectionPool: Sendable {
         self.logger = configuration.logger
         self.state = NIOLockedValueBox(State(template: Template(template)))
         threadPool = NIOThreadPool(numberOfThreads: maximumConnections)
+        timerLoop = MultiThreadedEventLoopGroup.singleton.next()
         threadPool.start()
     }
 
     deinit {
         // No lease or waiter can be left here: each keeps the pool alive. A pool that was never
-        // closed still frees its handles and stops its threads. The sweeper holds the pool
-        // weakly; cancelled, it wakes and ends at once.
-        let (idle, sweeper) = state.withLockedValue { state -> ([PooledConnection]?, Task<Void, Never>?) in
-            defer { state.sweeper = nil }
-            guard state.phase == .running else { return (nil, state.sweeper) }
+        // closed still frees its handles and stops its threads. The sweep holds the pool weakly;
+        // cancelled, it never runs.
+        let (idle, sweep) = state.withLockedValue { state -> ([PooledConnection]?, Scheduled<Void>?) in
+            defer { state.sweep = nil }
+            guard state.phase == .running else { return (nil, state.sweep) }
             state.template?.handle.close()
             state.template = nil
             defer { state.idle = [] }
-            return (state.idle, state.sweeper)
+            return (state.idle, state.sweep)
         }
-        sweeper?.cancel()
+        sweep?.cancel()
         guard let idle else { return }
         let threadPool = self.threadPool
         for connection in idle {
@@ -339,10 +346,9 @@ final class ConnectionPool: Sendable {
                 // Taken under the lock, so that the queue is in deadline order.
                 waiter.deadline = .now.advanced(by: waitTimeout)
                 state.waiters.append(waiter)
-                if !state.sweeperRunning {
-                    // Started under the lock, so that `sweeper` is always the one running.
-                    state.sweeperRunning = true
-                    state.sweeper = makeSweeper(until: waiter.deadline)
+                if state.sweep == nil {
+                    // Scheduled under the lock, so that `sweep` is always the one pending.
+                    state.sweep = scheduleSweep(at: waiter.deadline)
                 }
                 return .queued
             } catch {
@@ -361,42 +367,37 @@ final class ConnectionPool: Sendable {
 
     // MARK: - Timing out
 
-    /// A task that sleeps until the first waiter's deadline, fails the expired waiters and
-    /// repeats until the queue is empty. It holds the pool weakly, so that a sleeping sweeper
-    /// never keeps a dropped pool alive.
-    private func makeSweeper(until firstDeadline: ContinuousClock.Instant) -> Task<Void, Never> {
-        Task.detached { [weak self] in
-            var deadline = firstDeadline
-            while true {
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                // Cancelled by close() or deinit, which also take care of the queue.
-                guard !Task.isCancelled, let pool = self, let next = pool.failExpiredWaiters() else { return }
-                deadline = next
-            }
+    /// Schedules a sweep for `deadline` on the timer loop. It holds the pool weakly, so that a
+    /// pending sweep never keeps a dropped pool alive. Called under the lock.
+    private func scheduleSweep(at deadline: ContinuousClock.Instant) -> Scheduled<Void> {
+        let delay = ContinuousClock.now.duration(to: deadline)
+        // Never more than a century (``waitTimeout`` is capped there), so it fits in nanoseconds.
+        let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+        return timerLoop.scheduleTask(in: .nanoseconds(max(0, nanoseconds))) { [weak self] in
+            self?.failExpiredWaiters()
         }
     }
 
-    /// Fails every waiter whose deadline has passed with ``MemcachedError/Code/poolTimeout``.
-    ///
-    /// - Returns: The first remaining waiter's deadline, or `nil` when the queue is empty: then
-    ///   the sweeper ends, and the next waiter starts another one.
-    private func failExpiredWaiters() -> ContinuousClock.Instant? {
+    /// Fails every waiter whose deadline has passed with ``MemcachedError/Code/poolTimeout`` and
+    /// schedules the next sweep for the first remaining waiter, if any; with the queue empty the
+    /// next waiter schedules one.
+    private func failExpiredWaiters() {
         let now = ContinuousClock.now
-        let (expired, next) = state.withLockedValue { state -> ([any Waiter], ContinuousClock.Instant?) in
+        let expired = state.withLockedValue { state -> [any Waiter] in
             let count = state.waiters.prefix { $0.deadline <= now }.count
             let expired = Array(state.waiters.prefix(count))
             state.waiters.removeFirst(count)
-            guard let first = state.waiters.first else {
-                state.sweeperRunning = false
-                state.sweeper = nil
-                return (expired, nil)
+            // Closing cancels the sweep and empties the queue; a sweep already running finds it empty.
+            if let first = state.waiters.first, state.phase == .running {
+                state.sweep = scheduleSweep(at: first.deadline)
+            } else {
+                state.sweep = nil
             }
-            return (expired, first.deadline)
+            return expired
         }
         for waiter in expired {
             waiter.fail(timeoutError())
         }
-        return next
     }
 
     private func timeoutError() -> MemcachedError {
@@ -456,7 +457,7 @@ final class ConnectionPool: Sendable {
             }
             let waiter = state.waiters.removeFirst()
             if waiter.deadline <= .now {
-                // Expired before the sweeper came round: it fails rather than runs late.
+                // Expired before the sweep came round: it fails rather than runs late.
                 // Its handle, if freed, is counted: the next waiter gets the bare place.
                 let rest: Returned
                 if case .connection = returned {
@@ -517,7 +518,7 @@ final class ConnectionPool: Sendable {
     // MARK: - Closing
 
     private enum CloseStep {
-        case first(idle: [PooledConnection], waiters: [any Waiter], sweeper: Task<Void, Never>?)
+        case first(idle: [PooledConnection], waiters: [any Waiter], sweep: Scheduled<Void>?)
         case follow
         case done
     }
@@ -537,10 +538,9 @@ final class ConnectionPool: Sendable {
                 defer {
                     state.idle = []
                     state.waiters = []
-                    state.sweeper = nil
-                    state.sweeperRunning = false
+                    state.sweep = nil
                 }
-                return .first(idle: state.idle, waiters: state.waiters, sweeper: state.sweeper)
+                return .first(idle: state.idle, waiters: state.waiters, sweep: state.sweep)
             case .closing:
                 return .follow
             case .closed:
@@ -563,8 +563,8 @@ final class ConnectionPool: Sendable {
                     continuation.resume()
                 }
             }
-        case .first(let idle, let waiters, let sweeper):
-            sweeper?.cancel()
+        case .first(let idle, let waiters, let sweep):
+            sweep?.cancel()
             for waiter in waiters {
                 waiter.fail(MemcachedError.poolClosed())
             }
@@ -619,10 +619,10 @@ final class ConnectionPool: Sendable {
         state.withLockedValue { $0.waiters.count }
     }
 
-    /// Whether the sweeper task is running: from the first queued waiter until it finds the
-    /// queue empty, or the pool closes.
+    /// Whether a sweep is scheduled: from the first queued waiter until a sweep finds the queue
+    /// empty, or the pool closes.
     var isSweeping: Bool {
-        state.withLockedValue { $0.sweeperRunning }
+        state.withLockedValue { $0.sweep != nil }
     }
 }
 
