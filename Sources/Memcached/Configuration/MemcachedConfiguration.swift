@@ -90,6 +90,19 @@ public struct MemcachedConfiguration: Sendable {
     /// server with ``MemcachedError/Code/itemTooBig``.
     public var maximumValueLength = 1_048_576
 
+    /// The longest value this client accepts from a server, in bytes, before and after
+    /// decompression: the cap on what one reply can make the client allocate.
+    ///
+    /// It is applied before allocation: a server that claims a longer value (honestly, or with a
+    /// forged length such as `VALUE k 0 4294967295`) makes the read fail without the memory being
+    /// reserved, and the connection is reset. A compressed value that would inflate past it is
+    /// refused while inflating, and a write refuses to
+    /// compress a value longer than this, which no read could return. The default, 64 MiB, is
+    /// far above memcached's default item size (1 MiB); raise it if your servers run with
+    /// `-I` above `64m`. Failures throw ``MemcachedError/Code/memoryAllocationFailure`` or, after
+    /// decompression, ``MemcachedError/Code/decompressionFailed``.
+    public var maximumReceivedValueLength = 64 << 20
+
     /// Values whose encoded form is longer than this many bytes are zlib-compressed (flag 8),
     /// as python-memcached's `min_compress_len`; `nil` turns compression off.
     ///

@@ -58,7 +58,7 @@ extension MemcachedConnection {
         as type: Value.Type = Value.self
     ) throws -> (value: Value, token: MemcachedCASToken)? {
         var hit: (value: Value, token: MemcachedCASToken)?
-        try fetchOne(key, command: "gets") { bytes, flags, cas in
+        try fetchOne(key, command: "gets", requiresCAS: true) { bytes, flags, cas in
             hit = (try Value(memcachedBytes: bytes, flags: flags), MemcachedCASToken(rawValue: cas))
         }
         return hit
@@ -78,7 +78,7 @@ extension MemcachedConnection {
     ) throws -> (value: Value, token: MemcachedCASToken)? {
         let coder = configuration.objectCoder
         var hit: (value: Value, token: MemcachedCASToken)?
-        try fetchOne(key, command: "gets") { bytes, flags, cas in
+        try fetchOne(key, command: "gets", requiresCAS: true) { bytes, flags, cas in
             hit = (try coder.value(Value.self, bytes: bytes, flags: flags), MemcachedCASToken(rawValue: cas))
         }
         return hit
@@ -92,11 +92,12 @@ extension MemcachedConnection {
     func fetchOne(
         _ key: String,
         command: StaticString,
+        requiresCAS: Bool = false,
         _ hit: (UnsafeRawBufferPointer, MemcachedFlags, UInt64) throws -> Void
     ) throws {
         trace(command)
         try withKey(key) { prepared in
-            _ = try handle.fetchOne(key: prepared, command: command) { item in
+            _ = try handle.fetchOne(key: prepared, command: command, requiresCAS: requiresCAS) { item in
                 try decode(item, key: key) { bytes, flags in try hit(bytes, flags, item.cas) }
             }
         }

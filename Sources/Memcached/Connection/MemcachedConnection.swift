@@ -129,6 +129,16 @@ public final class MemcachedConnection {
         } catch {
             throw MemcachedError(code: .unencodableValue, message: "cannot encode the value: \(error)", key: key)
         }
+        // Checked before compressing: a value that inflates past the read cap could be stored but
+        // never read back, by this client or by one configured like it.
+        guard payload.bytes.count <= configuration.maximumReceivedValueLength else {
+            throw MemcachedError(
+                code: .valueTooLarge,
+                message: "the encoded value is \(payload.bytes.count) bytes; no read could return more than "
+                    + "maximumReceivedValueLength, \(configuration.maximumReceivedValueLength)",
+                key: key
+            )
+        }
         if compressible, let threshold = configuration.compressionThreshold, payload.bytes.count > threshold,
             payload.flags.isDisjoint(with: [.integer, .long, .compressed]),
             let compressed = Compression.compress(payload.bytes)
@@ -158,7 +168,7 @@ public final class MemcachedConnection {
         do {
             if flags.contains(.compressed) {
                 flags.remove(.compressed)
-                let bytes = try Compression.decompress(item.value)
+                let bytes = try Compression.decompress(item.value, limit: configuration.maximumReceivedValueLength)
                 return try bytes.withUnsafeBytes { try decode($0, flags) }
             }
             return try decode(item.value, flags)

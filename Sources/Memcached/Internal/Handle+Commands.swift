@@ -48,11 +48,16 @@ struct FetchedItem {
 struct KeyBatch {
     private(set) var storage: [UInt8] = []
     private(set) var ranges: [Range<Int>] = []
+    /// How many keys the batch holds.
+    var count: Int { ranges.count }
     /// An open-addressing table from a key's bytes to its index, built by ``match(_:)`` only when
     /// a reply comes out of request order, so a reply's key is matched without making a `String`.
     private var slots: [Int32] = []
     /// The key after the last one ``match(_:)`` found.
     private var cursor = 0
+    /// Which keys a reply has answered: memcached answers each key once, so a second value for
+    /// one is a reply that does not belong to this request.
+    private var answered: [Bool] = []
 
     init(keys: [String], prefix: KeyPrefix?) throws {
         let prefixBytes = prefix?.bytes ?? []
@@ -76,6 +81,7 @@ struct KeyBatch {
             }
         }
         self.ranges = ranges
+        answered = [Bool](repeating: false, count: ranges.count)
     }
 
     /// The index of the key with these bytes (prefix included), or `nil` when it was not asked for.
@@ -83,24 +89,40 @@ struct KeyBatch {
     /// memcached answers one server's keys in the order they were asked, skipping misses, so the
     /// reply is first compared with the few keys after the last match; only a reply out of that
     /// order (another server's, or after a run of misses) builds and consults the hash index.
+    ///
+    /// A key answered a second time matches only when it was asked for twice (the next request
+    /// of the same bytes); otherwise the reply is not this request's, and the result is `nil`.
     mutating func match(_ key: UnsafeRawBufferPointer) -> Int? {
         let found = storage.withUnsafeBytes { all -> Int? in
             for candidate in cursor..<min(cursor + Self.lookahead, ranges.count)
-            where Self.equal(all, ranges[candidate], key) {
+            where !answered[candidate] && Self.equal(all, ranges[candidate], key) {
                 return candidate
             }
             return nil
         }
         if let found {
             cursor = found + 1
+            answered[found] = true
             return found
         }
         if slots.isEmpty {
             buildIndex()
         }
-        guard let indexed = lookUp(key) else { return nil }
+        guard var indexed = lookUp(key) else { return nil }
+        if answered[indexed] {
+            // The index holds a repeated key's first request; look for an unanswered repeat.
+            guard let repeated = nextUnanswered(after: indexed, sameAs: key) else { return nil }
+            indexed = repeated
+        }
         cursor = indexed + 1
+        answered[indexed] = true
         return indexed
+    }
+
+    private func nextUnanswered(after index: Int, sameAs key: UnsafeRawBufferPointer) -> Int? {
+        storage.withUnsafeBytes { all in
+            (index + 1..<ranges.count).first { !answered[$0] && Self.equal(all, ranges[$0], key) }
+        }
     }
 
     /// How many keys after the last match ``match(_:)`` compares before it hashes: enough to skip
@@ -257,6 +279,13 @@ extension Handle {
         case .prepend:
             rc = memcached_prepend(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags)
         case .cas(let token):
+            guard token != 0 else {
+                throw MemcachedError(
+                    code: .invalidArguments,
+                    message: "a CAS token of 0 is not a token (the binary protocol reads it as no check at all)",
+                    key: key.key
+                )
+            }
             rc = memcached_cas(pointer, keyPointer, keyLength, valuePointer, value.count, expiry, flags, token)
         }
         if memcached_success(rc) {
@@ -279,15 +308,25 @@ extension Handle {
     /// handle's reusable result so no value is copied or allocated by libmemcached.
     ///
     /// - Returns: What `decode` returned for a hit, `nil` for a miss.
+    ///
+    /// - Parameter requiresCAS: Whether the caller needs the item's CAS token (`gets`): a reply
+    ///   without one (token 0, which memcached never issues) is then malformed, since a token of 0
+    ///   would make a later binary `cas` an unconditional `set`.
     func fetchOne<R>(
         key: PreparedKey,
         command: StaticString,
+        requiresCAS: Bool = false,
         _ decode: (FetchedItem) throws -> R
     ) throws -> R? {
         let pointer = try live()
         defer { finishRead() }
         if binary {
-            return try fetchOneWithGet(pointer, key: key, command: command, decode)
+            return try fetchOneWithGet(pointer, key: key, command: command) { item in
+                guard !requiresCAS || item.cas != 0 else {
+                    throw malformedReply("a value without a CAS token", command: command, key: key)
+                }
+                return try decode(item)
+            }
         }
         let result = try liveResult()
         var keyPointer: UnsafePointer<CChar>? = key.cString
@@ -298,26 +337,23 @@ extension Handle {
         }
         var fetchRC = MEMCACHED_SUCCESS
         guard memcached_fetch_result(pointer, result, &fetchRC) != nil else {
-            switch fetchRC {
-            case MEMCACHED_END, MEMCACHED_NOTFOUND:
-                try throwHiddenReadFailure(pointer, command: command, key: key)
-                return nil
-            default:
-                throw failure(fetchRC, command: command, key: key.key, keyBytes: key.bytes)
-            }
+            try checkReplyEnded(pointer, fetchRC, command: command, key: key)
+            return nil
         }
-        let item = FetchedItem(result)
+        let item = try fetchedItem(result, command: command, key: key)
         try checkKey(of: item, key)
-        // Decode before draining: the next fetch reuses the result's buffer.
-        let decoded: R
-        do {
-            decoded = try whileReading { try decode(item) }
-        } catch {
-            drainFetch(pointer, result)
-            throw error
+        // The rest of the reply must be exactly `END`: read into the scratch result, so that the
+        // value stays intact, before any caller code runs. A second value (a flood of them, or
+        // garbage after the data block) fails the read rather than be left for the next command.
+        var restRC = MEMCACHED_SUCCESS
+        if memcached_fetch_result(pointer, try liveScratch(), &restRC) != nil {
+            throw malformedReply("more than one value for one key", command: command, key: key)
         }
-        drainFetch(pointer, result)
-        return decoded
+        try checkReplyEnded(pointer, restRC, command: command, key: key)
+        guard !requiresCAS || item.cas != 0 else {
+            throw malformedReply("a value without a CAS token", command: command, key: key)
+        }
+        return try whileReading { try decode(item) }
     }
 
     /// Reads one key over the binary protocol with `memcached_get`.
@@ -337,12 +373,13 @@ extension Handle {
         var rc = MEMCACHED_SUCCESS
         // An empty value comes back as `nil` with MEMCACHED_SUCCESS.
         let value = memcached_get(pointer, key.cString, key.bytes.count, &length, &flags, &rc)
-        defer { free(value) }
+        // Allocated through the handle's allocator, which keeps a guard in front of the block.
+        defer { ReplyMemory.free(value) }
         switch rc {
         case MEMCACHED_SUCCESS:
             break
         case MEMCACHED_NOTFOUND:
-            try throwHiddenReadFailure(pointer, command: command, key: key)
+            try checkReplyEnded(pointer, rc, command: command, key: key)
             return nil
         default:
             throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
@@ -351,8 +388,10 @@ extension Handle {
             // `memcached_string_take_value` could not allocate the terminating byte.
             throw MemcachedError(code: .memoryAllocationFailure, message: "libmemcached could not hand over the value")
         }
-        let builtIn = UnsafeMutableRawPointer(pointer).advanced(by: Self.builtInResultOffset)
-            .assumingMemoryBound(to: memcached_result_st.self)
+        let builtIn = builtInResult(pointer)
+        guard (0...configuration.maximumReceivedValueLength).contains(length) else {
+            throw malformedReply("a value length of \(length) bytes", command: command, key: key)
+        }
         let item = FetchedItem(
             keyBytes: UnsafeRawBufferPointer(
                 start: memcached_result_key_value(builtIn),
@@ -365,9 +404,6 @@ extension Handle {
         try checkKey(of: item, key)
         return try whileReading { try decode(item) }
     }
-
-    /// Where `memcached_st` keeps the result `memcached_get` reads into (`memcached_st.result`).
-    private static let builtInResultOffset = MemoryLayout<memcached_st>.offset(of: \.result)!
 
     /// Throws when a single-key read was answered for another key.
     @inline(__always)
@@ -387,40 +423,85 @@ extension Handle {
         )
     }
 
-    /// Reads the rest of a multi-get reply (ASCII `END`, binary `NOOP`) so it cannot be taken for
-    /// the next command's reply. libmemcached purges leftovers lazily in ASCII mode but not in
-    /// binary mode, where a leftover `NOOP` answers the next command.
-    private func drainFetch(
+    /// Throws unless a fetch loop that returned no item ended on a whole, clean reply: `END` (or
+    /// the binary `NOOP`) from every server, nothing left unread.
+    ///
+    /// `memcached_fetch_result` reports many broken replies as a plain miss: it turns an error
+    /// line (`SERVER_ERROR out of memory ...`, `CLIENT_ERROR`, garbage) into
+    /// `MEMCACHED_NOTFOUND` when no item was read, and leaves whatever followed on the socket,
+    /// where the next command would read it as its own reply. Two things give it away: the
+    /// handle's last error, which libmemcached clears at the start of every command, and each
+    /// server's count of replies still expected, which only a final `END` brings to zero.
+    func checkReplyEnded(
         _ pointer: UnsafeMutablePointer<memcached_st>,
-        _ result: UnsafeMutablePointer<memcached_result_st>
-    ) {
-        var rc = MEMCACHED_SUCCESS
-        var extraItems = 0
-        while memcached_fetch_result(pointer, result, &rc) != nil {
-            extraItems += 1
+        _ rc: memcached_return_t,
+        command: StaticString,
+        key: PreparedKey? = nil,
+        toleratingLostServers: Bool = false
+    ) throws {
+        guard rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND || rc == MEMCACHED_SUCCESS else {
+            throw failure(rc, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
         }
-        if extraItems > 0 || !(rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND || rc == MEMCACHED_SUCCESS)
-            || Self.mayLeaveReplyUnread(memcached_last_error(pointer))
-        {
-            resetConnections()
+        let hidden = memcached_last_error(pointer)
+        // A multi-get treats a server that hung up as down: its keys are misses. libmemcached
+        // closed that socket itself, so nothing of its reply can linger.
+        let lost = toleratingLostServers && hidden == MEMCACHED_CONNECTION_FAILURE
+        if !Self.isCleanEndOfReply(hidden) && !lost {
+            throw failure(hidden, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
+        }
+        if hasUnreadReplies(pointer) {
+            throw malformedReply("a reply that did not end with END", command: command, key: key)
         }
     }
 
-    /// Throws when a fetch that reported "not found" actually met a broken reply.
+    private static func isCleanEndOfReply(_ rc: memcached_return_t) -> Bool {
+        rc == MEMCACHED_SUCCESS || rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND
+    }
+
+    /// Whether some server still owes a reply libmemcached has not read to its end.
+    func hasUnreadReplies(_ pointer: UnsafeMutablePointer<memcached_st>) -> Bool {
+        for position in 0..<memcached_server_count(pointer) {
+            if let instance = memcached_server_instance_by_position(pointer, position),
+                memcached_server_response_count(instance) > 0
+            {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Resets the connections after a reply that breaks the protocol, and says what was wrong.
+    func malformedReply(_ what: String, command: StaticString, key: PreparedKey? = nil) -> MemcachedError {
+        resetConnections()
+        let server = key.flatMap { serverDescription(forKey: $0.bytes) }
+        logger.debug(
+            "memcached reply rejected",
+            metadata: ["command": "\(command)", "server": "\(server ?? "-")", "reason": "\(what)"]
+        )
+        return MemcachedError(
+            code: .protocolError,
+            message: "a server sent a malformed reply (\(what)); the connection was reset",
+            key: key?.key,
+            server: server
+        )
+    }
+
+    /// The item a fetch read into `result`, once its length is known to be sane.
     ///
-    /// `memcached_fetch_result` turns an unparsable reply (garbage, `SERVER_ERROR`) into
-    /// `MEMCACHED_NOTFOUND` when no item was read, which would make a misbehaving server look like
-    /// a cache miss and leave its bytes on the socket. The real code stays in the handle's last
-    /// error, which libmemcached clears at the start of every command.
-    private func throwHiddenReadFailure(
-        _ pointer: UnsafeMutablePointer<memcached_st>,
+    /// libmemcached 1.1.4's text parser accepts a length of `-1` or `-2` (as 2^64 − 1 or − 2) and
+    /// reports it as the value's length; ``ReplyMemory`` absorbed what it wrote, and this refuses
+    /// the length before anything reads the value.
+    @inline(__always)
+    func fetchedItem(
+        _ result: UnsafeMutablePointer<memcached_result_st>,
         command: StaticString,
         key: PreparedKey? = nil
-    ) throws {
-        let hidden = memcached_last_error(pointer)
-        if Self.mayLeaveReplyUnread(hidden) {
-            throw failure(hidden, command: command, key: key?.key, keyBytes: key?.bytes)
+    ) throws -> FetchedItem {
+        let length = memcached_result_length(result)
+        guard length >= 0, length <= configuration.maximumReceivedValueLength else {
+            throw malformedReply("a value length of \(UInt(bitPattern: length)) bytes", command: command, key: key)
         }
+        return FetchedItem(result, length: length)
     }
 
     /// Reads many keys with one `memcached_mget` (one round trip per server) and calls `body`
@@ -444,18 +525,25 @@ extension Handle {
         }
         var fetchRC = MEMCACHED_SUCCESS
         var bodyError: (any Error)?
+        var items = 0
         while memcached_fetch_result(pointer, result, &fetchRC) != nil {
+            items += 1
+            // memcached answers each key at most once: more values than keys is a flood.
+            guard items <= batch.count else {
+                throw malformedReply("more values than keys asked for", command: command)
+            }
+            let item = try fetchedItem(result, command: command)
             // Keep reading after a decoding error so the rest of the reply does not linger.
             guard bodyError == nil else { continue }
             do {
-                try whileReading { try body(FetchedItem(result)) }
+                try whileReading { try body(item) }
             } catch {
                 bodyError = error
             }
         }
         switch fetchRC {
         case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
-            try throwHiddenReadFailure(pointer, command: command)
+            try checkReplyEnded(pointer, fetchRC, command: command, toleratingLostServers: true)
         case MEMCACHED_CONNECTION_FAILURE where rc == MEMCACHED_SOME_ERRORS:
             break
         default:
@@ -540,7 +628,8 @@ extension Handle {
         let rc = memcached_server_error_return(instance)
         guard !memcached_success(rc) else { return nil }
         let message =
-            memcached_server_error(instance).map { String(cString: $0) } ?? String(cString: memcached_strerror(nil, rc))
+            memcached_server_error(instance).map { Self.readable(String(cString: $0)) }
+            ?? String(cString: memcached_strerror(nil, rc))
         return MemcachedError(code: MemcachedError.Code(rawValue: Int(rc.rawValue)), message: message, server: server)
     }
 
@@ -550,6 +639,15 @@ extension Handle {
     /// `memcached_stat_execute` first runs `memcached_version` on every server and gives up on all
     /// of them when one is down.
     func stats(group: String?) throws -> [MemcachedServerResult<[String: String]>] {
+        try onEachServer { try $0.statsOfOnlyServer(group: group) }
+    }
+
+    /// Runs `body` on a short-lived handle of each configured server, in configuration order.
+    ///
+    /// A fresh handle also starts with no recorded errors: libmemcached keeps a server's last
+    /// error until a later command fails on it, so on a long-lived handle an old `CLIENT_ERROR`
+    /// would read as the server's state.
+    private func onEachServer<R>(_ body: (Handle) throws -> R) throws -> [MemcachedServerResult<R>] {
         _ = try live()
         return configuration.servers.map { server in
             var single = configuration
@@ -557,10 +655,7 @@ extension Handle {
             do {
                 let handle = try Handle(configuration: single)
                 defer { handle.close() }
-                return MemcachedServerResult(
-                    server: server.address.description,
-                    result: .success(try handle.statsOfOnlyServer(group: group))
-                )
+                return MemcachedServerResult(server: server.address.description, result: .success(try body(handle)))
             } catch let error as MemcachedError {
                 var error = error
                 error.server = error.server ?? server.address.description
@@ -598,31 +693,30 @@ extension Handle {
         return collector.values
     }
 
-    /// Asks every server for its version.
+    /// Asks every server for its version, each through a short-lived handle of its own (see
+    /// ``onEachServer(_:)``), so an error an earlier command met never reads as the server's state.
     func versions() throws -> [MemcachedServerResult<String>] {
+        try onEachServer { try $0.versionOfOnlyServer() }
+    }
+
+    private func versionOfOnlyServer() throws -> String {
         let pointer = try live()
         let rc = memcached_version(pointer)
-        if !memcached_success(rc), Self.mayLeaveReplyUnread(rc) {
-            resetConnections()
+        guard let (instance, server) = try serverInstances().first else {
+            throw MemcachedError(code: .noServers, message: "no server is configured")
         }
-        return try serverInstances().map { instance, server in
-            if let error = serverError(instance, server: server) {
-                return MemcachedServerResult(server: server, result: .failure(error))
-            }
-            let version = [
-                memcached_server_major_version(instance),
-                memcached_server_minor_version(instance),
-                memcached_server_micro_version(instance),
-            ]
-            guard !version.contains(UInt8.max) else {
-                let error = MemcachedError(code: .failure, message: "the server reported no version", server: server)
-                return MemcachedServerResult(server: server, result: .failure(error))
-            }
-            return MemcachedServerResult(
-                server: server,
-                result: .success(version.map(String.init).joined(separator: "."))
-            )
+        if !memcached_success(rc) {
+            throw serverError(instance, server: server) ?? failure(rc, command: "version")
         }
+        let version = [
+            memcached_server_major_version(instance),
+            memcached_server_minor_version(instance),
+            memcached_server_micro_version(instance),
+        ]
+        guard !version.contains(UInt8.max) else {
+            throw MemcachedError(code: .failure, message: "the server reported no version", server: server)
+        }
+        return version.map(String.init).joined(separator: ".")
     }
 
     /// The server a key maps to under this handle's hash and distribution.
@@ -636,10 +730,11 @@ extension Handle {
 }
 
 extension FetchedItem {
-    init(_ result: UnsafeMutablePointer<memcached_result_st>) {
+    /// The item in `result`, whose value `length` (its `memcached_result_length`) was checked.
+    init(_ result: UnsafeMutablePointer<memcached_result_st>, length: Int) {
         let keyLength = memcached_result_key_length(result)
         keyBytes = UnsafeRawBufferPointer(start: memcached_result_key_value(result), count: keyLength)
-        value = UnsafeRawBufferPointer(start: memcached_result_value(result), count: memcached_result_length(result))
+        value = UnsafeRawBufferPointer(start: memcached_result_value(result), count: length)
         flags = memcached_result_flags(result)
         cas = memcached_result_cas(result)
     }

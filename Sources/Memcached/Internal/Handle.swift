@@ -8,9 +8,13 @@ import Logging
 /// freed in `deinit`, or earlier by ``close()``; every use after `close()` throws
 /// `connectionClosed` instead of touching freed memory.
 final class Handle {
+    /// The C handle, in memory this object allocated (see ``ReplyMemory``); `nil` once freed.
     private(set) var pointer: UnsafeMutablePointer<memcached_st>?
     /// Reused by every multi-key fetch, so reading N values allocates no result structs.
     private var result: UnsafeMutablePointer<memcached_result_st>?
+    /// Where a single-key read reads the rest of its reply (`END`, or a flood of extra items), so
+    /// that the value in ``result`` stays intact until the reply is known to be whole.
+    private var scratch: UnsafeMutablePointer<memcached_result_st>?
 
     let configuration: MemcachedConfiguration
     let logger: Logger
@@ -34,12 +38,25 @@ final class Handle {
         self.traceEnabled = configuration.logger.logLevel <= .trace
         self.noReply = configuration.noReply && configuration.wireProtocol == .ascii
         self.binary = configuration.wireProtocol == .binary
-        guard let pointer = memcached_create(nil) else {
+        let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
+        storage.initialize(to: memcached_st())
+        guard memcached_create(storage) != nil else {
+            storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_create failed")
         }
-        self.pointer = pointer
+        self.pointer = storage
         // From here on, deinit frees whatever was created if a later step throws.
-        try createResult()
+        guard configuration.maximumReceivedValueLength >= 0 else {
+            throw MemcachedError(
+                code: .invalidConfiguration,
+                message: "maximumReceivedValueLength must not be negative"
+            )
+        }
+        // First, before anything is allocated through the handle.
+        guard ReplyMemory.install(on: storage, maximumValueLength: configuration.maximumReceivedValueLength) else {
+            throw MemcachedError(code: .memoryAllocationFailure, message: "libmemcached refused the allocators")
+        }
+        try createResults()
         try applyBehaviors(configuration)
         try addServers(configuration.servers)
         try applyCredentials(configuration)
@@ -85,24 +102,60 @@ final class Handle {
         self.keepAlive = source.keepAlive
         self.noReply = source.noReply
         self.binary = source.binary
-        guard let pointer = memcached_clone(nil, try source.live()) else {
+        let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
+        // Zeroed: memcached_clone refuses storage whose "allocated" flag reads as set.
+        storage.initialize(to: memcached_st())
+        // The clone takes the source's allocators (and their limit) before it allocates anything.
+        guard memcached_clone(storage, try source.live()) != nil else {
+            storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_clone failed")
         }
-        self.pointer = pointer
-        try createResult()
+        self.pointer = storage
+        try createResults()
     }
 
-    /// Creates the reusable fetch result in memory this handle owns: libmemcached frees a result it
-    /// allocated itself at the end of every fetch loop (`memcached_fetch_result` checks
+    /// Creates the reusable fetch results in memory this handle owns: libmemcached frees a result
+    /// it allocated itself at the end of every fetch loop (`memcached_fetch_result` checks
     /// `memcached_is_allocated`), which would leave the handle holding a dangling pointer.
-    private func createResult() throws {
+    private func createResults() throws {
+        result = try createResult()
+        scratch = try createResult()
+        try preallocate(builtInResult(try live()))
+    }
+
+    private func createResult() throws -> UnsafeMutablePointer<memcached_result_st> {
         let storage = UnsafeMutablePointer<memcached_result_st>.allocate(capacity: 1)
         guard memcached_result_create(try live(), storage) != nil else {
             storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_result_create failed")
         }
-        self.result = storage
+        do {
+            try preallocate(storage)
+        } catch {
+            memcached_result_free(storage)
+            storage.deallocate()
+            throw error
+        }
+        return storage
     }
+
+    /// Gives a result's value buffer its first block now, through ``ReplyMemory``'s guarded
+    /// allocator: libmemcached's text parser writes just before that buffer when a server claims
+    /// a length of -1 or -2, which the guard absorbs, but only if the buffer exists.
+    private func preallocate(_ result: UnsafeMutablePointer<memcached_result_st>) throws {
+        guard memcached_success(memcached_result_set_value(result, " ", 1)) else {
+            throw MemcachedError(code: .memoryAllocationFailure, message: "cannot allocate a reply buffer")
+        }
+        memcached_result_reset(result)
+    }
+
+    /// The result `memcached_get` and libmemcached's own purges read into (`memcached_st.result`).
+    func builtInResult(_ pointer: UnsafeMutablePointer<memcached_st>) -> UnsafeMutablePointer<memcached_result_st> {
+        UnsafeMutableRawPointer(pointer).advanced(by: Self.builtInResultOffset)
+            .assumingMemoryBound(to: memcached_result_st.self)
+    }
+
+    private static let builtInResultOffset = MemoryLayout<memcached_st>.offset(of: \.result)!
 
     deinit {
         free()
@@ -165,13 +218,18 @@ final class Handle {
     }
 
     private func free() {
-        if let result {
-            memcached_result_free(result)
-            result.deallocate()
-            self.result = nil
+        for result in [result, scratch] {
+            if let result {
+                memcached_result_free(result)
+                result.deallocate()
+            }
         }
+        result = nil
+        scratch = nil
         if let pointer {
+            // The memory is ours (memcached_create was given it), so memcached_free leaves it.
             memcached_free(pointer)
+            pointer.deallocate()
             self.pointer = nil
         }
     }
@@ -197,6 +255,14 @@ final class Handle {
             throw MemcachedError(code: .connectionClosed, message: "the connection is closed")
         }
         return result
+    }
+
+    @inline(__always)
+    func liveScratch() throws -> UnsafeMutablePointer<memcached_result_st> {
+        guard let scratch else {
+            throw MemcachedError(code: .connectionClosed, message: "the connection is closed")
+        }
+        return scratch
     }
 
     // MARK: - Setup
@@ -410,7 +476,8 @@ final class Handle {
         _ rc: memcached_return_t,
         command: StaticString,
         key: String? = nil,
-        keyBytes: UnsafeBufferPointer<UInt8>? = nil
+        keyBytes: UnsafeBufferPointer<UInt8>? = nil,
+        reset: Bool = false
     ) -> MemcachedError {
         let server = keyBytes.flatMap(serverDescription(forKey:))
         let error = MemcachedError(
@@ -419,7 +486,7 @@ final class Handle {
             key: key,
             server: server
         )
-        if Self.mayLeaveReplyUnread(rc) {
+        if reset || Self.mayLeaveReplyUnread(rc) {
             resetConnections()
         }
         logger.debug(
@@ -432,20 +499,25 @@ final class Handle {
         return error
     }
 
-    /// Whether a failure may leave bytes of a reply unread on some socket. Failures that happen
-    /// before any byte is exchanged (no connection, server disabled) and replies that end cleanly
-    /// (not found, not stored, exists, E2BIG, CLIENT_ERROR) leave the connection in step.
+    /// Whether a failure may leave bytes of a reply unread on some socket.
+    ///
+    /// Only failures that happen before any byte is exchanged (no connection, server disabled,
+    /// a key refused) and the replies libmemcached reads to their end as expected negatives (not
+    /// found, not stored, exists) leave the connection in step. Every other failure, error
+    /// replies from the server included, counts: `SERVER_ERROR out of memory` or `CLIENT_ERROR`
+    /// may be followed by bytes libmemcached never reads (a real memcached under `-M` sends such
+    /// lines mid-stream, a hostile one anything), and a reconnect is cheap next to reading another
+    /// command's reply.
     static func mayLeaveReplyUnread(_ rc: memcached_return_t) -> Bool {
         switch rc {
-        case MEMCACHED_HOST_LOOKUP_FAILURE, MEMCACHED_CONNECTION_FAILURE, MEMCACHED_SERVER_MARKED_DEAD,
+        case MEMCACHED_SUCCESS, MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_NOTSTORED, MEMCACHED_DATA_EXISTS,
+            MEMCACHED_STORED, MEMCACHED_DELETED, MEMCACHED_BUFFERED,
+            MEMCACHED_HOST_LOOKUP_FAILURE, MEMCACHED_CONNECTION_FAILURE, MEMCACHED_SERVER_MARKED_DEAD,
             MEMCACHED_SERVER_TEMPORARILY_DISABLED, MEMCACHED_NO_SERVERS, MEMCACHED_INVALID_ARGUMENTS,
             MEMCACHED_BAD_KEY_PROVIDED, MEMCACHED_KEY_TOO_BIG, MEMCACHED_NOT_SUPPORTED:
             return false
-        case MEMCACHED_ERROR:
-            // The server did not understand a command: the two sides disagree about the stream.
-            return true
         default:
-            return memcached_fatal(rc)
+            return true
         }
     }
 
