@@ -53,6 +53,13 @@ public final class MutatingProxy: Sendable {
         /// test can log it where a crash of the test process does not lose it.
         public var onMutation: (@Sendable (AppliedMutation) -> Void)? = nil
 
+        /// Replaces a reply with exact bytes instead of a random mutation, to reproduce a failure:
+        /// called with each non-control request (its command line, or its opcode and key, as in
+        /// ``AppliedMutation/request``) and the backend's reply; bytes it returns are sent in place of
+        /// the reply (recorded as ``Statistics/scriptedReplies``), `nil` leaves the reply to the
+        /// generator.
+        public var scriptedReply: (@Sendable (_ request: String, _ reply: [UInt8]) -> [UInt8]?)? = nil
+
         /// Creates a configuration with every kind enabled.
         ///
         /// - Parameter seed: The seed of every decision the proxy makes.
@@ -71,6 +78,8 @@ public final class MutatingProxy: Sendable {
         public var unmatchedReplies = 0
         /// Client connections accepted.
         public var connections = 0
+        /// Replies replaced by ``Configuration/scriptedReply``.
+        public var scriptedReplies = 0
         /// Applied mutations by kind.
         public var mutationsByKind: [ReplyMutationKind: Int] = [:]
 
@@ -361,6 +370,10 @@ final class ProxySession {
             return [.send(reply.bytes)]
         }
         shared.recorder.state.withLock { $0.statistics.fuzzableReplies += 1 }
+        if let script = configuration.scriptedReply, let bytes = script(request.summary, reply.bytes) {
+            shared.recorder.state.withLock { $0.statistics.scriptedReplies += 1 }
+            return [.send(bytes)]
+        }
         var generator = ReplyFuzzGenerator(seed: connectionSeed, step: index)
         let roll = Double(generator.next() >> 11) / Double(1 << 53)
         guard roll < configuration.mutationProbability else {
