@@ -38,7 +38,11 @@ let package = Package(
             ]
         ),
         .target(
-            name: "MemcachedTestSupport"
+            name: "MemcachedTestSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "QuickStart",
