@@ -1,7 +1,8 @@
 import Foundation
-import Memcached
 import MemcachedTestSupport
 import Testing
+
+@testable import Memcached
 
 /// Replies a broken or hostile server sends, each answered by a typed error, within the timeout,
 /// with nothing left on the connection: the next command on the same connection reads its own
@@ -256,5 +257,38 @@ struct HostileServerTests {
         #expect(!error.message.contains("0x"), "\(error.message)")
         #expect(!error.message.contains("  "), "\(error.message)")
         #expect(!error.message.contains(" -> "), "\(error.message)")
+    }
+
+    @Test(
+        "a compressed value inflates into at most maximumReceivedValueLength bytes; a write refuses what no read could return"
+    )
+    func compressionWithinTheCap() throws {
+        let zeros = [UInt8](repeating: 0, count: 300 << 10)
+        let compressed = try #require(Compression.compress(zeros))
+        #expect(compressed.count < 2_000, "a thousandfold")
+        let refused = try #require(throws: MemcachedError.self) {
+            try compressed.withUnsafeBytes { try Compression.decompress($0, limit: 100 << 10) }
+        }
+        #expect(refused.code == .decompressionFailed)
+        #expect(try compressed.withUnsafeBytes { try Compression.decompress($0, limit: 300 << 10) } == zeros)
+
+        try withMemcached { cluster in
+            // Stored by a client whose cap is larger, read by one whose cap is smaller.
+            let writer = try MemcachedTests.connect(cluster) { $0.compressionThreshold = 100 }
+            try writer.set("big", zeros)
+            let reader = try MemcachedTests.connect(cluster) { $0.maximumReceivedValueLength = 100 << 10 }
+            let error = try #require(throws: MemcachedError.self) { try reader.get("big", as: [UInt8].self) }
+            #expect(error.code == .decompressionFailed)
+            try writer.set("small", "fine")
+            #expect(try reader.get("small", as: String.self) == "fine")
+
+            let capped = try MemcachedTests.connect(cluster) {
+                $0.compressionThreshold = 100
+                $0.maximumReceivedValueLength = 100 << 10
+            }
+            let tooLarge = try #require(throws: MemcachedError.self) { try capped.set("never", zeros) }
+            #expect(tooLarge.code == .valueTooLarge, "refused before compressing: no read could return it")
+            #expect(try writer.get("never", as: [UInt8].self) == nil)
+        }
     }
 }

@@ -8,15 +8,12 @@ import Testing
 /// whoever fixes them: a real memcached behind a ``MutatingProxy`` whose first reply to the
 /// command is replaced by exact bytes, then a known-good check on the same connection.
 ///
-/// Opt-in, because several cases abort the test process with today's library:
-/// `MEMCACHED_FUZZ_REPRO=all` runs the cases that do not crash, `MEMCACHED_FUZZ_REPRO=<name>` (or
-/// a comma-separated list) runs those cases, crashing ones included. Each prints what happened;
-/// a case fails when the library misbehaves as described, so a fixed case passes.
-@Suite(
-    "Reply fuzzer reproductions",
-    .offCooperativePool,
-    .enabled(if: ProcessInfo.processInfo.environment["MEMCACHED_FUZZ_REPRO"] != nil)
-)
+/// Every case that does not abort the process runs by default, as a named regression test; the
+/// ones libmemcached cannot be defended against (SECURITY.md) run as known issues, so a fix shows
+/// up as "known issue not recorded". The cases that abort the process in a libmemcached
+/// assertion run only when named: `MEMCACHED_FUZZ_REPRO=<name>` (or a comma-separated list).
+/// Each prints what happened; a case fails when the library misbehaves as described.
+@Suite("Reply fuzzer reproductions", .offCooperativePool)
 struct ReplyFuzzReproductionTests {
     /// One failure class: which command meets which reply.
     struct Case: Sendable, CustomTestStringConvertible {
@@ -33,6 +30,8 @@ struct ReplyFuzzReproductionTests {
         /// What happens with today's library, printed with the outcome.
         var today: String
         var crashes = false
+        /// A libmemcached limitation SECURITY.md states: runs as a known issue.
+        var residual = false
 
         var testDescription: String { name }
     }
@@ -100,7 +99,8 @@ struct ReplyFuzzReproductionTests {
             command: .gets,
             requestPrefix: "gets k",
             reply: text("VALUE k 0x10 10 35\r\ninitial-k3\r\nEND\r\n"),
-            today: "wrong value: gets returns a truncated value and token 10"
+            today: "wrong value: gets returns a truncated value and token 10",
+            residual: true
         ),
         Case(
             name: "negativeCAS",
@@ -108,7 +108,8 @@ struct ReplyFuzzReproductionTests {
             command: .gets,
             requestPrefix: "gets k",
             reply: text("VALUE k 16 10 -1\r\ninitial-k3\r\nEND\r\n"),
-            today: "wrong value: gets returns token 18446744073709551615"
+            today: "wrong value: gets returns token 18446744073709551615",
+            residual: true
         ),
         Case(
             name: "storageAnsweredWithValue",
@@ -134,7 +135,8 @@ struct ReplyFuzzReproductionTests {
             command: .get,
             requestPrefix: "gets k",
             reply: text("SERVER_ERROR out of memory storing object\r\nVALUE fuzzcheck-x 0 5\r\nstale\r\nEND\r\n"),
-            today: "wrong value: the next get of fuzzcheck-x returns 'stale'"
+            today: "wrong value: the next get of fuzzcheck-x returns 'stale'",
+            residual: true
         ),
         Case(
             name: "slowDrip",
@@ -156,13 +158,28 @@ struct ReplyFuzzReproductionTests {
     ]
 
     static func selected(_ testCase: Case) -> Bool {
-        let names = (ProcessInfo.processInfo.environment["MEMCACHED_FUZZ_REPRO"] ?? "").split(separator: ",")
+        guard let names = ProcessInfo.processInfo.environment["MEMCACHED_FUZZ_REPRO"]?.split(separator: ",") else {
+            return !testCase.crashes
+        }
         return names.contains { $0 == testCase.name } || (names.contains("all") && !testCase.crashes)
     }
 
-    @Test("a minimal reply reproduces a fuzzer failure", arguments: cases)
+    @Test("a minimal reply the fuzzer found is handled", arguments: cases)
     func reproduce(_ testCase: Case) throws {
-        guard Self.selected(testCase) else { return }
+        guard Self.selected(testCase) else {
+            print(
+                "Reproduction \(testCase.name): not run, it aborts the process (MEMCACHED_FUZZ_REPRO=\(testCase.name))"
+            )
+            return
+        }
+        if testCase.residual {
+            withKnownIssue("a libmemcached 1.1.4 limitation (SECURITY.md)") { try run(testCase) }
+        } else {
+            try run(testCase)
+        }
+    }
+
+    func run(_ testCase: Case) throws {
         try withMemcached { cluster in
             let backend = cluster.servers[0]
             let replaced = Atomic<Bool>(false)

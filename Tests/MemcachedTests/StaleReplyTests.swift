@@ -87,9 +87,11 @@ struct StaleReplyTests {
     @Test("getMulti(forEachHit:): a connection failure after the closure threw is the error reported")
     func forEachHitReportsTheConnectionFailure() throws {
         struct Stop: Error {}
-        // The first value, then silence where the second value and END should be.
+        // Two values, then silence where END should be. (A value is handed over once the reply
+        // after it has been read, so the first one reaches the closure when the second arrives.)
         let server = try ScriptedServer { line in
-            line.hasPrefix("get") ? Array("VALUE a 0 1 1\r\nx\r\n".utf8) : (line == "quit" ? nil : [])
+            line.hasPrefix("get")
+                ? Array("VALUE a 0 1 1\r\nx\r\nVALUE b 0 1 1\r\ny\r\n".utf8) : (line == "quit" ? nil : [])
         }
         defer { server.stop() }
         var configuration = try MemcachedConfiguration(servers: [server.address])

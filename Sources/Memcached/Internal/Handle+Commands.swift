@@ -336,7 +336,7 @@ extension Handle {
             throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
         }
         var fetchRC = MEMCACHED_SUCCESS
-        guard memcached_fetch_result(pointer, result, &fetchRC) != nil else {
+        guard fetch(pointer, into: result, itemsSoFar: 0, &fetchRC) else {
             try checkReplyEnded(pointer, fetchRC, command: command, key: key)
             return nil
         }
@@ -346,7 +346,7 @@ extension Handle {
         // value stays intact, before any caller code runs. A second value (a flood of them, or
         // garbage after the data block) fails the read rather than be left for the next command.
         var restRC = MEMCACHED_SUCCESS
-        if memcached_fetch_result(pointer, try liveScratch(), &restRC) != nil {
+        if fetch(pointer, into: try liveScratch(), itemsSoFar: 1, &restRC) {
             throw malformedReply("more than one value for one key", command: command, key: key)
         }
         try checkReplyEnded(pointer, restRC, command: command, key: key)
@@ -486,6 +486,28 @@ extension Handle {
         )
     }
 
+    /// Reads the next item of a reply into `result`, cleared first.
+    ///
+    /// libmemcached's text reader takes a line that starts with a digit for an `incr` reply and
+    /// returns it as an item, leaving the result as it was: without the clearing, a stray number
+    /// in a get reply would hand over the key and value of the result's previous use.
+    ///
+    /// `itemsSoFar` is how many items this reply gave already. libmemcached keeps that count in
+    /// the result it is given and, when a reply fails after no item, reports the failure as "not
+    /// found"; with the fetches alternating between two results, each must carry the reply's
+    /// count, or an error line after some values would read as the end of the reply.
+    @inline(__always)
+    func fetch(
+        _ pointer: UnsafeMutablePointer<memcached_st>,
+        into result: UnsafeMutablePointer<memcached_result_st>,
+        itemsSoFar: Int,
+        _ rc: inout memcached_return_t
+    ) -> Bool {
+        memcached_result_reset(result)
+        result.pointee.count = UInt64(itemsSoFar)
+        return memcached_fetch_result(pointer, result, &rc) != nil
+    }
+
     /// The item a fetch read into `result`, once its length is known to be sane.
     ///
     /// libmemcached 1.1.4's text parser accepts a length of `-1` or `-2` (as 2^64 − 1 or − 2) and
@@ -501,18 +523,30 @@ extension Handle {
         guard length >= 0, length <= configuration.maximumReceivedValueLength else {
             throw malformedReply("a value length of \(UInt(bitPattern: length)) bytes", command: command, key: key)
         }
+        guard memcached_result_key_length(result) > 0 else {
+            throw malformedReply("an item without a key", command: command, key: key)
+        }
         return FetchedItem(result, length: length)
     }
 
     /// Reads many keys with one `memcached_mget` (one round trip per server) and calls `body`
     /// for every hit, in the order the servers answer.
     ///
+    /// Each hit is handed over only once the reply after it has been read: the next value's
+    /// header and data, or the final `END`. libmemcached overwrites the two bytes that should end
+    /// a data block with zeros before anyone can check them, so a data block longer or shorter
+    /// than its claimed length shows only in the line read after it. The fetches alternate
+    /// between the handle's two result buffers, so the value waiting to be handed over stays in
+    /// place, uncopied, while the next one is read.
+    ///
     /// Keys whose server cannot be reached are misses, as in python-memcached; the failure is
-    /// logged. When no server answered at all, or a server failed mid-reply, the call throws.
+    /// logged. When no server answered at all, or a server failed mid-reply, the call throws, and
+    /// the hit read just before the failure is not handed over.
     func fetchMany(_ batch: KeyBatch, command: StaticString, _ body: (FetchedItem) throws -> Void) throws {
         let pointer = try live()
         defer { finishRead() }
-        let result = try liveResult()
+        var reading = try liveResult()
+        var waiting = try liveScratch()
         let rc = batch.withCArrays { keys, lengths, count in
             memcached_mget(pointer, keys, lengths, count)
         }
@@ -526,20 +560,29 @@ extension Handle {
         var fetchRC = MEMCACHED_SUCCESS
         var bodyError: (any Error)?
         var items = 0
-        while memcached_fetch_result(pointer, result, &fetchRC) != nil {
-            items += 1
-            // memcached answers each key at most once: more values than keys is a flood.
-            guard items <= batch.count else {
-                throw malformedReply("more values than keys asked for", command: command)
-            }
-            let item = try fetchedItem(result, command: command)
+        // The hit read last, in `waiting`, handed over once the next read succeeds.
+        var pending: FetchedItem?
+        func handOver(_ item: FetchedItem) {
             // Keep reading after a decoding error so the rest of the reply does not linger.
-            guard bodyError == nil else { continue }
+            guard bodyError == nil else { return }
             do {
                 try whileReading { try body(item) }
             } catch {
                 bodyError = error
             }
+        }
+        while fetch(pointer, into: reading, itemsSoFar: items, &fetchRC) {
+            items += 1
+            // memcached answers each key at most once: more values than keys is a flood.
+            guard items <= batch.count else {
+                throw malformedReply("more values than keys asked for", command: command)
+            }
+            let item = try fetchedItem(reading, command: command)
+            if let pending {
+                handOver(pending)
+            }
+            pending = item
+            swap(&reading, &waiting)
         }
         switch fetchRC {
         case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
@@ -548,6 +591,9 @@ extension Handle {
             break
         default:
             throw failure(fetchRC, command: command)
+        }
+        if let pending {
+            handOver(pending)
         }
         if let bodyError {
             throw bodyError
@@ -647,11 +693,19 @@ extension Handle {
     /// A fresh handle also starts with no recorded errors: libmemcached keeps a server's last
     /// error until a later command fails on it, so on a long-lived handle an old `CLIENT_ERROR`
     /// would read as the server's state.
+    ///
+    /// The handles speak the text protocol unless SASL needs the binary one: libmemcached 1.1.4
+    /// reads a binary `VERSION` reply (which `stats` also asks for) into a 32-byte stack buffer
+    /// for as many bytes as the server's header claims. memcached answers either protocol on any
+    /// connection.
     private func onEachServer<R>(_ body: (Handle) throws -> R) throws -> [MemcachedServerResult<R>] {
         _ = try live()
         return configuration.servers.map { server in
             var single = configuration
             single.servers = [MemcachedServer(address: server.address, weight: 1)]
+            if configuration.credentials == nil {
+                single.wireProtocol = .ascii
+            }
             do {
                 let handle = try Handle(configuration: single)
                 defer { handle.close() }
