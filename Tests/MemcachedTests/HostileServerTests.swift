@@ -291,4 +291,89 @@ struct HostileServerTests {
             #expect(try writer.get("never", as: [UInt8].self) == nil)
         }
     }
+
+    @Test("a 4 GiB length claim followed by 512 MiB of data leaves peak memory within the cap")
+    func peakMemoryUnderAHugeClaim() throws {
+        // The server is a process of its own, so that the 512 MiB it sends are not counted here.
+        let flood = try FloodServerProcess(escapedHeader: #"VALUE big 0 4294967295 1\r\n"#, megabytes: 512)
+        defer { flood.stop() }
+        let memc = try MemcachedConnection(
+            configuration: {
+                var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(flood.port)"])
+                configuration.timeout = .seconds(2)
+                configuration.maximumReceivedValueLength = 16 << 20
+                return configuration
+            }()
+        )
+        let before = peakResidentBytes()
+        let (elapsed, error) = timed { _ = try memc.get("big", as: [UInt8].self) }
+        let growth = peakResidentBytes() - before
+        print(
+            "a 4 GiB claim: peak RSS grew \(growth >> 20) MiB (cap 16 MiB), \(String(describing: error)) after \(elapsed)"
+        )
+        #expect((error as? MemcachedError)?.code == .memoryAllocationFailure, "\(String(describing: error))")
+        // Without the cap libmemcached reserves 4 GiB and fills it with what arrives: 512 MiB here.
+        #expect(growth < 64 << 20, "peak RSS grew by \(growth >> 20) MiB")
+    }
+}
+
+/// The process's peak resident set so far, in bytes.
+func peakResidentBytes() -> Int {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return usage.ru_maxrss * 1_024
+}
+
+/// A Python process on a free loopback port that answers the first request line with a header
+/// (given with Python string escapes such as `\\r\\n`) followed by `megabytes` MiB of zeros, as
+/// fast as the socket takes them.
+final class FloodServerProcess {
+    let process = Process()
+    let port: Int
+
+    static let script = """
+        import socket, sys
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        print(listener.getsockname()[1], flush=True)
+        header, megabytes = sys.argv[1].encode().decode("unicode_escape").encode(), int(sys.argv[2])
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        try:
+            connection.sendall(header)
+            chunk = bytes(1 << 20)
+            for _ in range(megabytes):
+                connection.sendall(chunk)
+        except OSError:
+            pass
+        connection.close()
+        """
+
+    init(escapedHeader: String, megabytes: Int) throws {
+        let output = Pipe()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", Self.script, escapedHeader, "\(megabytes)"]
+        process.standardOutput = output
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = output.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { break }
+            line.append(chunk)
+        }
+        guard let port = Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        else {
+            process.terminate()
+            throw MemcachedError(code: .failure, message: "the flood server did not start")
+        }
+        self.port = port
+    }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+        }
+        process.waitUntilExit()
+    }
 }
