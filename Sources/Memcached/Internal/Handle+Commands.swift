@@ -624,7 +624,13 @@ extension Handle {
         let rc = operation(pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
         if memcached_success(rc) { return newValue }
         if rc == MEMCACHED_NOTFOUND { return nil }
-        throw failure(rc, command: increment ? "increment" : "decrement", key: key.key, keyBytes: key.bytes)
+        var error = failure(rc, command: increment ? "increment" : "decrement", key: key.key, keyBytes: key.bytes)
+        if binary && rc == MEMCACHED_UNKNOWN_READ_FAILURE {
+            // libmemcached maps every binary status it does not know to this code and drops the
+            // server's text; the usual one for a counter is memcached's "non-numeric value".
+            error.message += " (in the binary protocol this is how libmemcached reports a stored value that is not a number)"
+        }
+        throw error
     }
 
     /// Changes a key's expiration. Returns `false` when it was not there.
