@@ -199,6 +199,17 @@ struct HostileServerTests {
         try expectRejected(reply, on: path)
     }
 
+    @Test(
+        "a key longer than 250 bytes in a reply is a protocol error, never a memory overwrite",
+        arguments: ReadPath.allCases
+    )
+    func overlongKey(path: ReadPath) throws {
+        // libmemcached copies the key into a 251-byte buffer without a check; the results this
+        // library reads into are followed by padding, and the length is refused.
+        let key = String(repeating: "k", count: 320)
+        try expectRejected("VALUE \(key) 16 1 1\r\nx\r\nEND\r\n", on: path, code: [.protocolError])
+    }
+
     @Test("a flood of values for one key ends the read at the first extra value", arguments: ReadPath.allCases)
     func flood(path: ReadPath) throws {
         let block = "VALUE bad 16 1 1\r\nx\r\n"

@@ -50,6 +50,17 @@ struct ReplyFuzzReproductionTests {
         return header + body
     }
 
+    /// A binary response with a key, extras and a value, its header lengths consistent.
+    static func binaryKeyed(opcode: UInt8, key: [UInt8], extras: [UInt8], value: [UInt8]) -> [UInt8] {
+        let keyLength = UInt16(truncatingIfNeeded: key.count)
+        var header: [UInt8] = [
+            0x81, opcode, UInt8(keyLength >> 8), UInt8(keyLength & 0xFF), UInt8(extras.count), 0, 0, 0,
+        ]
+        header += withUnsafeBytes(of: UInt32(extras.count + key.count + value.count).bigEndian, Array.init)
+        header += [UInt8](repeating: 0, count: 12)
+        return header + extras + key + value
+    }
+
     static let cases: [Case] = [
         Case(
             name: "negativeLength",
@@ -145,6 +156,20 @@ struct ReplyFuzzReproductionTests {
             requestPrefix: "gets k",
             reply: [],
             today: "slow: one byte every 50 ms holds get for the whole drip, far past the 200 ms timeout"
+        ),
+        Case(
+            // libmemcached copies the key into the result's 251-byte buffer without a check.
+            name: "binaryOverlongKey",
+            wireProtocol: .binary,
+            command: .get,
+            requestPrefix: "1 quiet + opcode 0x0a",
+            reply: binaryKeyed(
+                opcode: 0x0D,
+                key: [UInt8](repeating: UInt8(ascii: "k"), count: 60_000),
+                extras: [0, 0, 0, 0],
+                value: text("x")
+            ) + binary(opcode: 0x0A, status: 0, opaque: 0),
+            today: "a heap overflow of 60,000 bytes past the result, into the padding that follows it"
         ),
         Case(
             name: "binaryDecrementAuthError",

@@ -56,10 +56,10 @@ struct ReplyFuzzTests {
     static let timeout: Duration = .milliseconds(200)
 
     /// A call slower than this fails the run: a hang, not a late call. Eight workers and their
-    /// proxies share two cores with whatever else runs, so an unmutated call can take a second on
-    /// a busy machine; the deadline tests hold calls to the timeout on their own, and this run
-    /// prints its max and p99 for the record.
-    static let slowCallLimit: Duration = .seconds(5)
+    /// proxies share two cores with the rest of the suite, and on a loaded machine even an
+    /// unmutated first call was seen to take 9 s, so only a hang counts here; the call-deadline
+    /// tests hold calls to the timeout on their own, and this run prints its max and p99.
+    static let slowCallLimit: Duration = .seconds(30)
 
     /// Connections fuzzed in parallel, each through a proxy of its own: most fuzzed commands wait
     /// for a timeout, so parallel workers keep the wall time down without loading the CPU.

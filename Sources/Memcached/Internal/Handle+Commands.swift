@@ -320,14 +320,10 @@ extension Handle {
     ) throws -> R? {
         let pointer = try live()
         defer { finishRead() }
-        if binary {
-            return try fetchOneWithGet(pointer, key: key, command: command) { item in
-                guard !requiresCAS || item.cas != 0 else {
-                    throw malformedReply("a value without a CAS token", command: command, key: key)
-                }
-                return try decode(item)
-            }
-        }
+        // Both protocols read into this handle's own results, never through `memcached_get`:
+        // that reads into the result inside `memcached_st`, where libmemcached's unchecked copy
+        // of an overlong binary key would overwrite the handle's function pointers that follow
+        // it. The binary protocol pays a second write per read (GETKQ, then NOOP).
         let result = try liveResult()
         var keyPointer: UnsafePointer<CChar>? = key.cString
         var keyLength = key.bytes.count
@@ -336,7 +332,7 @@ extension Handle {
             throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
         }
         var fetchRC = MEMCACHED_SUCCESS
-        guard fetch(pointer, into: result, itemsSoFar: 0, &fetchRC) else {
+        guard try fetch(pointer, into: result, itemsSoFar: 0, command: command, &fetchRC) else {
             try checkReplyEnded(pointer, fetchRC, command: command, key: key)
             return nil
         }
@@ -346,62 +342,13 @@ extension Handle {
         // value stays intact, before any caller code runs. A second value (a flood of them, or
         // garbage after the data block) fails the read rather than be left for the next command.
         var restRC = MEMCACHED_SUCCESS
-        if fetch(pointer, into: try liveScratch(), itemsSoFar: 1, &restRC) {
+        if try fetch(pointer, into: try liveScratch(), itemsSoFar: 1, command: command, &restRC) {
             throw malformedReply("more than one value for one key", command: command, key: key)
         }
         try checkReplyEnded(pointer, restRC, command: command, key: key)
         guard !requiresCAS || item.cas != 0 else {
             throw malformedReply("a value without a CAS token", command: command, key: key)
         }
-        return try whileReading { try decode(item) }
-    }
-
-    /// Reads one key over the binary protocol with `memcached_get`.
-    ///
-    /// There a one-key `memcached_mget` writes a quiet GETKQ and then a NOOP, each flushed on its
-    /// own: two sends per read. `memcached_get` writes one GETK, whose one reply (hit or miss)
-    /// leaves nothing unread. It returns the value in a buffer of its own, freed here, and leaves
-    /// the key and CAS in the handle's built-in result.
-    private func fetchOneWithGet<R>(
-        _ pointer: UnsafeMutablePointer<memcached_st>,
-        key: PreparedKey,
-        command: StaticString,
-        _ decode: (FetchedItem) throws -> R
-    ) throws -> R? {
-        var length = 0
-        var flags: UInt32 = 0
-        var rc = MEMCACHED_SUCCESS
-        // An empty value comes back as `nil` with MEMCACHED_SUCCESS.
-        let value = memcached_get(pointer, key.cString, key.bytes.count, &length, &flags, &rc)
-        // Allocated through the handle's allocator, which keeps a guard in front of the block.
-        defer { ReplyMemory.free(value) }
-        switch rc {
-        case MEMCACHED_SUCCESS:
-            break
-        case MEMCACHED_NOTFOUND:
-            try checkReplyEnded(pointer, rc, command: command, key: key)
-            return nil
-        default:
-            throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
-        }
-        guard value != nil || length == 0 else {
-            // `memcached_string_take_value` could not allocate the terminating byte.
-            throw MemcachedError(code: .memoryAllocationFailure, message: "libmemcached could not hand over the value")
-        }
-        let builtIn = builtInResult(pointer)
-        guard (0...configuration.maximumReceivedValueLength).contains(length) else {
-            throw malformedReply("a value length of \(length) bytes", command: command, key: key)
-        }
-        let item = FetchedItem(
-            keyBytes: UnsafeRawBufferPointer(
-                start: memcached_result_key_value(builtIn),
-                count: memcached_result_key_length(builtIn)
-            ),
-            value: UnsafeRawBufferPointer(start: value, count: length),
-            flags: flags,
-            cas: memcached_result_cas(builtIn)
-        )
-        try checkKey(of: item, key)
         return try whileReading { try decode(item) }
     }
 
@@ -496,16 +443,26 @@ extension Handle {
     /// the result it is given and, when a reply fails after no item, reports the failure as "not
     /// found"; with the fetches alternating between two results, each must carry the reply's
     /// count, or an error line after some values would read as the end of the reply.
+    ///
+    /// - Throws: ``MemcachedError/Code/protocolError`` when the reply's key overran the result's
+    ///   251-byte key buffer (libmemcached does not check), after repairing the result.
     @inline(__always)
     func fetch(
         _ pointer: UnsafeMutablePointer<memcached_st>,
         into result: UnsafeMutablePointer<memcached_result_st>,
         itemsSoFar: Int,
+        command: StaticString,
         _ rc: inout memcached_return_t
-    ) -> Bool {
+    ) throws -> Bool {
         memcached_result_reset(result)
         result.pointee.count = UInt64(itemsSoFar)
-        return memcached_fetch_result(pointer, result, &rc) != nil
+        let fetched = memcached_fetch_result(pointer, result, &rc) != nil
+        if _slowPath(memcached_result_key_length(result) >= Int(MEMCACHED_MAX_KEY)) {
+            let length = memcached_result_key_length(result)
+            try rebuildResult(result)
+            throw malformedReply("a key of \(length) bytes", command: command)
+        }
+        return fetched
     }
 
     /// The item a fetch read into `result`, once its length is known to be sane.
@@ -571,7 +528,7 @@ extension Handle {
                 bodyError = error
             }
         }
-        while fetch(pointer, into: reading, itemsSoFar: items, &fetchRC) {
+        while try fetch(pointer, into: reading, itemsSoFar: items, command: command, &fetchRC) {
             items += 1
             // memcached answers each key at most once: more values than keys is a flood.
             guard items <= batch.count else {
@@ -628,7 +585,8 @@ extension Handle {
         if binary && rc == MEMCACHED_UNKNOWN_READ_FAILURE {
             // libmemcached maps every binary status it does not know to this code and drops the
             // server's text; the usual one for a counter is memcached's "non-numeric value".
-            error.message += " (in the binary protocol this is how libmemcached reports a stored value that is not a number)"
+            error.message +=
+                " (in the binary protocol this is how libmemcached reports a stored value that is not a number)"
         }
         throw error
     }

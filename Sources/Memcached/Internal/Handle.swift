@@ -123,20 +123,44 @@ final class Handle {
         try preallocate(builtInResult(try live()))
     }
 
+    /// A result in padded memory of ours (``ReplyMemory/allocateResult()``): libmemcached copies
+    /// a reply's key into it without checking the key's length.
     private func createResult() throws -> UnsafeMutablePointer<memcached_result_st> {
-        let storage = UnsafeMutablePointer<memcached_result_st>.allocate(capacity: 1)
+        let storage = ReplyMemory.allocateResult()
+        do {
+            try initializeResult(storage)
+        } catch {
+            ReplyMemory.deallocateResult(storage)
+            throw error
+        }
+        return storage
+    }
+
+    private func initializeResult(_ storage: UnsafeMutablePointer<memcached_result_st>) throws {
         guard memcached_result_create(try live(), storage) != nil else {
-            storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_result_create failed")
         }
         do {
             try preallocate(storage)
         } catch {
             memcached_result_free(storage)
-            storage.deallocate()
             throw error
         }
-        return storage
+    }
+
+    /// Makes a result whose key overran its buffer usable again, after the read is abandoned.
+    ///
+    /// The overrun may have set the result's "allocated" flag, so that libmemcached already freed
+    /// its value buffer (and tried to free the result, which ``ReplyMemory`` ignored), or not: the
+    /// value buffer is dropped either way, at worst a leak of one buffer per such reply, and the
+    /// result is created anew in the same memory.
+    func rebuildResult(_ result: UnsafeMutablePointer<memcached_result_st>) throws {
+        UnsafeMutableRawPointer(result).initializeMemory(
+            as: UInt8.self,
+            repeating: 0,
+            count: MemoryLayout<memcached_result_st>.size
+        )
+        try initializeResult(result)
     }
 
     /// Gives a result's value buffer its first block now, through ``ReplyMemory``'s guarded
@@ -221,7 +245,7 @@ final class Handle {
         for result in [result, scratch] {
             if let result {
                 memcached_result_free(result)
-                result.deallocate()
+                ReplyMemory.deallocateResult(result)
             }
         }
         result = nil

@@ -24,6 +24,14 @@ import Darwin
 /// is read from the value. (Every result buffer is grown once at creation, see
 /// ``Handle/preallocate(_:)``, so the writes never go through a null buffer.)
 ///
+/// **A tag on every block.** libmemcached 1.1.4 copies a reply's key into a result's 251-byte
+/// `item_key` without checking its length (a text `VALUE` line's key, up to the 350-byte line; a
+/// binary header's key length, up to 65,535), overwriting the result's flags and whatever follows
+/// it. The results this library reads into are followed by padding of ours (``Handle``), but the
+/// overwritten "allocated" flag can make libmemcached free the result itself, memory it never
+/// allocated. Each block handed out here carries a tag in its guard, and a block without it is
+/// never passed to `free`: libmemcached's confusion costs a leak, not the process.
+///
 /// The limit travels in the hooks' context pointer as an integer: libmemcached copies the
 /// context into every clone and never dereferences it, so no object has to outlive the handles.
 enum ReplyMemory {
@@ -46,10 +54,39 @@ enum ReplyMemory {
         )
     }
 
-    /// Frees a block libmemcached handed to the caller (the value `memcached_get` returns).
+    /// Bytes after a result this library reads into, which absorb libmemcached's copy of an
+    /// overlong key: a binary key length is 16 bits, so 64 KiB covers any.
+    static let resultPadding = 64 << 10
+
+    /// Memory for a result libmemcached reads into, zeroed, with ``resultPadding`` bytes after
+    /// it and an untagged guard before it, so that ``free(_:)`` never frees it.
+    static func allocateResult() -> UnsafeMutablePointer<memcached_result_st> {
+        let base = calloc(1, guardSize + MemoryLayout<memcached_result_st>.size + resultPadding)!
+        return (base + guardSize).bindMemory(to: memcached_result_st.self, capacity: 1)
+    }
+
+    /// Releases what ``allocateResult()`` returned.
+    static func deallocateResult(_ result: UnsafeMutablePointer<memcached_result_st>) {
+        Glibc.free(UnsafeMutableRawPointer(result) - guardSize)
+    }
+
+    /// What the guard of every live block starts with.
+    private static let tag: UInt64 = 0x6D63_6764_626C_6B21
+
+    /// Frees a block of this allocator; does nothing for any other pointer (see the type's
+    /// documentation) or for a block freed already.
     static func free(_ block: UnsafeMutableRawPointer?) {
         guard let block else { return }
-        Glibc.free(block - guardSize)
+        let base = block - guardSize
+        guard base.load(as: UInt64.self) == tag else { return }
+        base.storeBytes(of: 0, as: UInt64.self)
+        Glibc.free(base)
+    }
+
+    /// Tags a block `malloc`, `calloc` or `realloc` returned and hands out the memory after the guard.
+    private static func handOut(_ base: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
+        base.storeBytes(of: tag, as: UInt64.self)
+        return base + guardSize
     }
 
     private static func limit(_ context: UnsafeMutableRawPointer?) -> Int {
@@ -58,7 +95,7 @@ enum ReplyMemory {
 
     private static let allocate: memcached_malloc_fn = { _, size, context in
         guard size <= limit(context), let base = malloc(size + guardSize) else { return nil }
-        return base + guardSize
+        return handOut(base)
     }
 
     private static let release: memcached_free_fn = { _, block, _ in
@@ -66,10 +103,14 @@ enum ReplyMemory {
     }
 
     private static let reallocate: memcached_realloc_fn = { _, block, size, context in
+        // A block that is not ours cannot be resized (nor freed): refuse, as for an allocation failure.
+        if let block, (block - guardSize).load(as: UInt64.self) != tag {
+            return nil
+        }
         guard size <= limit(context), let base = realloc(block.map { $0 - guardSize }, size + guardSize) else {
             return nil
         }
-        return base + guardSize
+        return handOut(base)
     }
 
     private static let allocateZeroed: memcached_calloc_fn = { _, count, size, context in
@@ -77,6 +118,6 @@ enum ReplyMemory {
         guard !total.overflow, total.partialValue <= limit(context),
             let base = calloc(1, total.partialValue + guardSize)
         else { return nil }
-        return base + guardSize
+        return handOut(base)
     }
 }
