@@ -1,4 +1,5 @@
 import Foundation
+import MemcachedTestSupport
 import Testing
 
 @testable import Memcached
@@ -99,54 +100,136 @@ struct ConfigurationTests {
     // MARK: Expiration
 
     @Test("Relative expirations up to 30 days are sent as they are")
-    func relativeExpirations() {
+    func relativeExpirations() throws {
         let now: () -> Int64 = {
             Issue.record("the clock must not be read for short relative expirations")
             return 0
         }
-        #expect(MemcachedExpiration.never.wireValue(now: now) == 0)
-        #expect(MemcachedExpiration.seconds(60).wireValue(now: now) == 60)
-        #expect(MemcachedExpiration.seconds(1).wireValue(now: now) == 1)
-        #expect(MemcachedExpiration.seconds(0).wireValue(now: now) == -1)
-        #expect(MemcachedExpiration.seconds(-5).wireValue(now: now) == -1)
-        #expect(MemcachedExpiration.after(.milliseconds(1500)).wireValue(now: now) == 2)
-        #expect(MemcachedExpiration.after(.seconds(2)).wireValue(now: now) == 2)
-        #expect(MemcachedExpiration.after(.nanoseconds(1)).wireValue(now: now) == 1)
-        #expect(MemcachedExpiration.after(.zero).wireValue(now: now) == -1)
-        #expect(MemcachedExpiration.after(.milliseconds(-500)).wireValue(now: now) == -1)
+        #expect(try MemcachedExpiration.never.wireValue(now: now) == 0)
+        #expect(try MemcachedExpiration.seconds(60).wireValue(now: now) == 60)
+        #expect(try MemcachedExpiration.seconds(1).wireValue(now: now) == 1)
+        #expect(
+            try MemcachedExpiration.seconds(0).wireValue(now: now) == MemcachedExpiration.alreadyExpired,
+            "already expired in both protocols"
+        )
+        #expect(
+            try MemcachedExpiration.seconds(-5).wireValue(now: now) == MemcachedExpiration.alreadyExpired,
+            "already expired in both protocols"
+        )
+        #expect(try MemcachedExpiration.after(.milliseconds(1500)).wireValue(now: now) == 2)
+        #expect(try MemcachedExpiration.after(.seconds(2)).wireValue(now: now) == 2)
+        #expect(try MemcachedExpiration.after(.nanoseconds(1)).wireValue(now: now) == 1)
+        #expect(
+            try MemcachedExpiration.after(.zero).wireValue(now: now) == MemcachedExpiration.alreadyExpired,
+            "already expired in both protocols"
+        )
+        #expect(
+            try MemcachedExpiration.after(.milliseconds(-500)).wireValue(now: now)
+                == MemcachedExpiration.alreadyExpired,
+            "already expired in both protocols"
+        )
         let thirtyDays = 30 * 24 * 60 * 60
         #expect(thirtyDays == 2_592_000)
-        #expect(MemcachedExpiration.seconds(thirtyDays).wireValue(now: now) == Int64(thirtyDays))
+        #expect(try MemcachedExpiration.seconds(thirtyDays).wireValue(now: now) == Int64(thirtyDays))
     }
 
     @Test("Relative expirations over 30 days become absolute times")
-    func longRelativeExpirations() {
+    func longRelativeExpirations() throws {
         let fixedNow: Int64 = 1_700_000_000
-        #expect(MemcachedExpiration.seconds(2_592_001).wireValue(now: { fixedNow }) == fixedNow + 2_592_001)
+        #expect(try MemcachedExpiration.seconds(2_592_001).wireValue(now: { fixedNow }) == fixedNow + 2_592_001)
         #expect(
-            MemcachedExpiration.after(.seconds(2_592_000) + .milliseconds(1)).wireValue(now: { fixedNow }) == fixedNow
+            try MemcachedExpiration.after(.seconds(2_592_000) + .milliseconds(1)).wireValue(now: { fixedNow })
+                == fixedNow
                 + 2_592_001
         )
-        #expect(MemcachedExpiration.seconds(365 * 86_400).wireValue(now: { fixedNow }) == fixedNow + 365 * 86_400)
+        #expect(try MemcachedExpiration.seconds(365 * 86_400).wireValue(now: { fixedNow }) == fixedNow + 365 * 86_400)
         // With the real clock, the value lands near now.
-        let real = MemcachedExpiration.seconds(40 * 86_400).wireValue()
+        let real = try MemcachedExpiration.seconds(40 * 86_400).wireValue()
         let expected = Int64(Date().timeIntervalSince1970) + 40 * 86_400
         #expect(abs(real - expected) <= 5)
     }
 
     @Test("Absolute expirations are sent as Unix times")
-    func absoluteExpirations() {
+    func absoluteExpirations() throws {
         let now: () -> Int64 = { 1 }
-        #expect(MemcachedExpiration.at(Date(timeIntervalSince1970: 2_000_000_000)).wireValue(now: now) == 2_000_000_000)
+        #expect(
+            try MemcachedExpiration.at(Date(timeIntervalSince1970: 2_000_000_000)).wireValue(now: now) == 2_000_000_000
+        )
         // A past time still means "expired", never 0 ("never expires").
-        #expect(MemcachedExpiration.at(Date(timeIntervalSince1970: 0)).wireValue(now: now) != 0)
-        #expect(MemcachedExpiration.at(Date(timeIntervalSince1970: -100)).wireValue(now: now) != 0)
+        #expect(try MemcachedExpiration.at(Date(timeIntervalSince1970: 0)).wireValue(now: now) != 0)
+        #expect(try MemcachedExpiration.at(Date(timeIntervalSince1970: -100)).wireValue(now: now) != 0)
+    }
+
+    @Test("Expirations memcached cannot hold throw instead of trapping or storing an item that is gone at once")
+    func unrepresentableExpirations() throws {
+        let fixedNow: Int64 = 1_700_000_000
+        let unrepresentable: [MemcachedExpiration] = [
+            .seconds(Int.max), .seconds(100 * 365 * 86_400), .after(.seconds(Int64.max)),
+            .after(.seconds(Int64.max) + .nanoseconds(1)), .at(.distantFuture),
+            .at(Date(timeIntervalSince1970: 1e20)), .at(Date(timeIntervalSince1970: .nan)),
+            .at(Date(timeIntervalSince1970: .infinity)), .at(Date(timeIntervalSince1970: 2_147_483_648)),
+        ]
+        for expiration in unrepresentable {
+            let error = try #require(throws: MemcachedError.self, "\(expiration)") {
+                try expiration.wireValue(now: { fixedNow })
+            }
+            #expect(error.code == .invalidArguments)
+        }
+        // The last second memcached can hold, and dates from the first 30 days of 1970 or before it.
+        #expect(try MemcachedExpiration.at(Date(timeIntervalSince1970: 2_147_483_647)).wireValue() == 2_147_483_647)
+        for past in [-1e20, -.infinity, 0, 1_000_000, 2_592_000] as [Double] {
+            let expiration = MemcachedExpiration.at(Date(timeIntervalSince1970: past))
+            if past.isFinite {
+                #expect(try expiration.wireValue() == MemcachedExpiration.alreadyExpired, "\(past)")
+            } else {
+                #expect(throws: MemcachedError.self) { try expiration.wireValue() }
+            }
+        }
+    }
+
+    @Test(
+        "Zero, negative and past expirations are expired and far ones are refused, in both protocols",
+        arguments: [
+            MemcachedConfiguration.WireProtocol.ascii, .binary,
+        ]
+    )
+    func expirationsOnTheServer(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster, wireProtocol: wireProtocol)
+            let expired: [MemcachedExpiration] = [
+                .seconds(0), .seconds(-1), .after(.zero), .after(.seconds(-5)),
+                .at(Date(timeIntervalSince1970: 1_000_000)), .at(Date(timeIntervalSinceNow: -3_600)),
+            ]
+            for (index, expiration) in expired.enumerated() {
+                #expect(try memc.set("expired-\(index)", "v", expiration: expiration))
+                #expect(try memc.get("expired-\(index)", as: String.self) == nil, "\(wireProtocol) \(expiration)")
+            }
+            for expiration in [MemcachedExpiration.at(.distantFuture), .seconds(100 * 365 * 86_400)] {
+                let error = try #require(throws: MemcachedError.self) {
+                    try memc.set("far", "v", expiration: expiration)
+                }
+                #expect(error.code == .invalidArguments)
+                #expect(try memc.get("far", as: String.self) == nil, "nothing was sent")
+            }
+            #expect(try memc.set("kept", "v", expiration: .seconds(40 * 86_400)))
+            #expect(try memc.get("kept", as: String.self) == "v")
+            #expect(try memc.set("kept-at", "v", expiration: .at(Date(timeIntervalSinceNow: 3_600))))
+            #expect(try memc.get("kept-at", as: String.self) == "v")
+        }
     }
 
     // MARK: Duration conversions
 
     @Test("Millisecond behaviours round up and refuse non-positive durations")
     func millisecondConversion() throws {
+        for huge in [Duration.seconds(Int64.max), .seconds(Int64(Int32.max)), .seconds(2_147_484)] {
+            #expect(throws: MemcachedError.self, "\(huge)") { try Handle.milliseconds(huge, "t") }
+        }
+        #expect(try Handle.milliseconds(.seconds(2_147_483), "t") == 2_147_483_000)
+        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:11211"])
+        configuration.timeout = .seconds(Int64.max)
+        let error = try #require(throws: MemcachedError.self) { try MemcachedConnection(configuration: configuration) }
+        #expect(error.code == .invalidConfiguration)
         #expect(try Handle.milliseconds(.microseconds(1), "t") == 1)
         #expect(try Handle.milliseconds(.nanoseconds(1), "t") == 1)
         #expect(try Handle.milliseconds(.milliseconds(1), "t") == 1)

@@ -105,7 +105,7 @@ extension MemcachedConnection {
     @discardableResult
     public func touch(_ key: String, expiration: MemcachedExpiration) throws -> Bool {
         trace("touch")
-        return try withKey(key) { try handle.touch(key: $0, expiration: expiration.wireValue()) }
+        return try withKey(key) { try handle.touch(key: $0, expiration: try expiration.wireValue()) }
     }
 
     // MARK: - Servers

@@ -210,7 +210,7 @@ extension MemcachedConnection {
                     key: prepared,
                     value: bytes,
                     flags: payload.flags.rawValue,
-                    expiration: expiration.wireValue(),
+                    expiration: try expiration.wireValue(),
                     noReply: noReply
                 )
             }
@@ -283,7 +283,7 @@ extension MemcachedConnection {
             payloads.append(try payload(key: key, compressible: true) { try encode(value) })
         }
         let batch = try KeyBatch(keys: keys, prefix: prefix)
-        let wireExpiration = expiration.wireValue()
+        let wireExpiration = try expiration.wireValue()
         var notStored: [String] = []
         for index in keys.indices {
             let stored: Bool

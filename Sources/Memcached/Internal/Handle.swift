@@ -369,6 +369,10 @@ final class Handle {
         guard seconds >= 0, duration > .zero else {
             throw MemcachedError(code: .invalidConfiguration, message: "\(name) must be positive")
         }
+        // Checked before multiplying: `.seconds(Int64.max)` would overflow.
+        guard seconds < Int64(Int32.max) / 1_000 + 1 else {
+            throw MemcachedError(code: .invalidConfiguration, message: "\(name) is too long")
+        }
         let millis = seconds * 1_000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
         guard millis <= Int64(Int32.max) else {
             throw MemcachedError(code: .invalidConfiguration, message: "\(name) is too long")
