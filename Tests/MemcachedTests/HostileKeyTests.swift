@@ -135,4 +135,27 @@ struct HostileKeyTests {
             #expect(try statistic("cmd_flush", of: server) == 0)
         }
     }
+
+    @Test("keys equal as Swift strings but different in bytes (NFC and NFD) are refused by getMulti, never collapsed")
+    func canonicallyEqualKeys() throws {
+        let precomposed = "caf\u{E9}"
+        let decomposed = "cafe\u{301}"
+        #expect(precomposed == decomposed, "Swift calls them equal")
+        #expect(Array(precomposed.utf8) != Array(decomposed.utf8), "memcached does not")
+        try withMemcached { cluster in
+            let memc = try connect(cluster)
+            try memc.set(precomposed, "precomposed")
+            try memc.set(decomposed, "decomposed")
+            #expect(try memc.get(precomposed, as: String.self) == "precomposed")
+            #expect(try memc.get(decomposed, as: String.self) == "decomposed")
+            for keys in [[precomposed, decomposed], ["K", "\u{212A}"], ["a", precomposed, "b", decomposed]] {
+                let error = try #require(throws: MemcachedError.self) { try memc.getMulti(keys, as: String.self) }
+                #expect(error.code == .invalidArguments)
+                #expect(throws: MemcachedError.self) { try memc.getMulti(keys) { _, _, _ in } }
+            }
+            // The same bytes twice, and different keys, are fine.
+            #expect(try memc.getMulti([precomposed, precomposed], as: String.self) == [precomposed: "precomposed"])
+            #expect(try memc.getMulti([precomposed, "x"], as: String.self) == [precomposed: "precomposed"])
+        }
+    }
 }

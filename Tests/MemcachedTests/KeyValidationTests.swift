@@ -6,7 +6,7 @@ import Testing
 private func verdict(of key: String) -> MemcachedError.Code? {
     var copy = key
     do {
-        try copy.withUTF8 { try validateKey($0, key: key) }
+        _ = try copy.withUTF8 { try validateKey($0, key: key) }
         return nil
     } catch let error as MemcachedError {
         return error.code
@@ -98,7 +98,7 @@ struct KeyValidationTests {
         let key = "secret token"
         var copy = key
         let error = try #require(throws: MemcachedError.self) {
-            try copy.withUTF8 { try validateKey($0, key: key) }
+            _ = try copy.withUTF8 { try validateKey($0, key: key) }
         }
         #expect(error.code == .invalidKeyCharacters)
         #expect(error.key == key)

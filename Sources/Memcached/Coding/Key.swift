@@ -11,18 +11,22 @@ let maximumKeyLength = 250
 /// - Parameters:
 ///   - bytes: The key's bytes, prefix included.
 ///   - key: The caller's key, for the error.
+/// - Returns: Whether the key has a byte above 0x7F (is not ASCII).
 /// - Throws: ``MemcachedError`` with code `emptyKey`, `keyTooLong` or `invalidKeyCharacters`.
 @inline(__always)
-func validateKey(_ bytes: UnsafeBufferPointer<UInt8>, key: @autoclosure () -> String) throws {
+@discardableResult
+func validateKey(_ bytes: UnsafeBufferPointer<UInt8>, key: @autoclosure () -> String) throws -> Bool {
     guard !bytes.isEmpty else { throw MemcachedError.emptyKey() }
     guard bytes.count <= maximumKeyLength else { throw MemcachedError.keyTooLong(key(), byteCount: bytes.count) }
     // One pass without branches, which the compiler vectorizes; the offset is looked for only
     // when there is something to report.
     var forbidden: UInt8 = 0
+    var high: UInt8 = 0
     for byte in bytes {
         forbidden |= (byte &- 0x21 >= 0x5E ? 1 : 0) & (byte < 0x80 ? 1 : 0)
+        high |= byte
     }
-    guard forbidden != 0 else { return }
+    guard forbidden != 0 else { return high >= 0x80 }
     let offset = bytes.firstIndex(where: isForbiddenInKey) ?? 0
     throw MemcachedError.invalidKeyCharacters(key(), offset: offset)
 }
@@ -45,6 +49,29 @@ struct KeyPrefix {
         }
         for (index, byte) in bytes.enumerated() where byte <= 0x20 || byte == 0x7F {
             throw MemcachedError.invalidKeyCharacters(prefix, offset: index)
+        }
+    }
+}
+
+/// Throws when two of `keys` are equal as Swift strings but differ in bytes.
+///
+/// memcached compares keys as bytes, Swift's `String` by canonical equivalence: `"café"` with a
+/// precomposed `é` and with `e` and a combining accent are two memcached keys but one dictionary
+/// key, so a result keyed by `String` would lose one of them. Only keys with a byte above 0x7F
+/// can be canonically equal to another key with other bytes (`"K"` and the Kelvin sign `"K"` are
+/// one such pair), so a call whose keys are all ASCII skips the check.
+func rejectCanonicallyEqualKeys(_ keys: [String]) throws {
+    var seen: [String: String.UTF8View] = [:]
+    seen.reserveCapacity(keys.count)
+    for key in keys {
+        if let earlier = seen.updateValue(key.utf8, forKey: key), !earlier.elementsEqual(key.utf8) {
+            throw MemcachedError(
+                code: .invalidArguments,
+                message: "two keys are equal as Swift strings but differ in bytes (Unicode normalization): "
+                    + "memcached stores them apart, and one result could not hold both; "
+                    + "normalize keys (for example to NFC) before using them",
+                key: key
+            )
         }
     }
 }

@@ -69,6 +69,7 @@ struct KeyBatch {
         }
         var ranges: [Range<Int>] = []
         ranges.reserveCapacity(keys.count)
+        var nonASCII = false
         storage = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, initialized in
             var end = 0
             for key in keys {
@@ -76,9 +77,12 @@ struct KeyBatch {
                 end += prefixBytes.copyBytes(to: buffer, at: end)
                 end += Array.copyUTF8(of: key, to: buffer, at: end)
                 initialized = end
-                try validateKey(UnsafeBufferPointer(rebasing: buffer[start..<end]), key: key)
+                nonASCII = try validateKey(UnsafeBufferPointer(rebasing: buffer[start..<end]), key: key) || nonASCII
                 ranges.append(start..<end)
             }
+        }
+        if nonASCII {
+            try rejectCanonicallyEqualKeys(keys)
         }
         self.ranges = ranges
         answered = [Bool](repeating: false, count: ranges.count)
