@@ -533,6 +533,12 @@ extension Handle {
                 throw malformedReply("more values than keys asked for", command: command)
             }
             let item = try fetchedItem(result, command: command)
+            // A server that keeps sending (or a slow `body`) must not hold the call past its
+            // deadline; the rest of the reply stays unread, so the connection is reset.
+            if _slowPath(isPastDeadline) {
+                resetConnections()
+                throw deadlineError()
+            }
             // Keep reading after a decoding error so the rest of the reply does not linger.
             guard bodyError == nil else { continue }
             do {
@@ -540,6 +546,12 @@ extension Handle {
             } catch {
                 bodyError = error
             }
+        }
+        // The watchdog's shut-down sockets read as servers that hung up, whose keys a multi-get
+        // reports as misses: they are not misses.
+        if _slowPath(deadline.wasInterrupted) {
+            resetConnections()
+            throw deadlineError()
         }
         switch fetchRC {
         case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
@@ -647,15 +659,27 @@ extension Handle {
     /// A fresh handle also starts with no recorded errors: libmemcached keeps a server's last
     /// error until a later command fails on it, so on a long-lived handle an old `CLIENT_ERROR`
     /// would read as the server's state.
+    ///
+    /// Each short-lived handle runs under this call's deadline, which the watchdog enforces on it
+    /// too; once the deadline has passed, the remaining servers fail at once.
     private func onEachServer<R>(_ body: (Handle) throws -> R) throws -> [MemcachedServerResult<R>] {
         _ = try live()
-        return configuration.servers.map { server in
+        let inherited = deadline.current
+        return try configuration.servers.map { server in
             var single = configuration
             single.servers = [MemcachedServer(address: server.address, weight: 1)]
+            guard !isPastDeadline else {
+                var error = deadlineError()
+                error.server = server.address.description
+                return MemcachedServerResult(server: server.address.description, result: .failure(error))
+            }
             do {
-                let handle = try Handle(configuration: single)
+                let handle = try Handle(configuration: single, parentDeadline: deadline)
                 defer { handle.close() }
-                return MemcachedServerResult(server: server.address.description, result: .success(try body(handle)))
+                let result = try handle.withDeadline(inheriting: inherited) { try body(handle) }
+                return MemcachedServerResult(server: server.address.description, result: .success(result))
+            } catch let error as CancellationError {
+                throw error
             } catch let error as MemcachedError {
                 var error = error
                 error.server = error.server ?? server.address.description
