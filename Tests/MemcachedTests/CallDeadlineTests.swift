@@ -138,12 +138,50 @@ struct CallDeadlineTests {
         arguments: Fault.allCases,
         [MemcachedConfiguration.WireProtocol.ascii, .binary]
     )
-    func everyCommandEndsByItsDeadline(fault: Fault, wireProtocol: MemcachedConfiguration.WireProtocol) throws {
+    func everyCommandEndsByItsDeadline(
+        fault: Fault,
+        wireProtocol: MemcachedConfiguration.WireProtocol
+    ) async throws {
+        // Each case blocks for about ten seconds: on a thread of its own, not on one of the
+        // Dispatch threads that every suite's executor and the cooperative pool share.
+        let outcomes = try await onOwnThread { try Self.runEveryCommand(fault, wireProtocol) }
+        for outcome in outcomes {
+            let context = "\(fault) \(wireProtocol) \(outcome.operation)"
+            #expect(outcome.elapsed < Self.commandLimit, "\(context): \(outcome.elapsed), \(outcome.error ?? "-")")
+            // A stream is refused for what it sends (or, for some commands, read as an answer),
+            // long before any deadline: only the time is checked.
+            if fault != .stream {
+                #expect(outcome.error != nil || outcome.failed, "\(context) reported no failure")
+                if let code = outcome.code {
+                    #expect(code == .timeout, "\(context): \(outcome.error ?? "-")")
+                }
+            }
+            // The same connection, still pointing at the faulty server, read the healthy one.
+            #expect(outcome.healthyRead == "healthy \(outcome.operation)", "\(context)")
+        }
+        let report = outcomes.map { "\($0.operation.rawValue) \($0.elapsed.milliseconds) ms" }
+        print("deadline report: \(fault) \(wireProtocol): \(report.joined(separator: ", "))")
+    }
+
+    /// What one command against a fault did, and what the same connection read afterwards.
+    struct Outcome: Sendable {
+        var operation: Operation
+        var elapsed: Duration
+        var failed: Bool
+        var code: MemcachedError.Code?
+        var error: String?
+        var healthyRead: String?
+    }
+
+    static func runEveryCommand(
+        _ fault: Fault,
+        _ wireProtocol: MemcachedConfiguration.WireProtocol
+    ) throws -> [Outcome] {
         try withMemcached { cluster in
             let healthy = cluster.servers[0]
             let faulty = try Self.start(fault, wireProtocol)
             defer { faulty.stop() }
-            var report: [String] = []
+            var outcomes: [Outcome] = []
             for operation in fault.operations {
                 // A fresh connection per command: libmemcached skips a server that timed out until
                 // its retry timeout has passed, and each command must meet the fault itself.
@@ -160,34 +198,19 @@ struct CallDeadlineTests {
                 try connection.set(healthyKey, "healthy \(operation)")
 
                 var failed = false
-                var thrown: (any Error)?
-                let (elapsed, _) = timed {
-                    do {
-                        failed = try Self.run(operation, connection, keys: keys)
-                    } catch {
-                        thrown = error
-                    }
-                }
-                report.append("\(operation.rawValue) \(elapsed.milliseconds) ms")
-                #expect(
-                    elapsed < Self.commandLimit,
-                    "\(fault) \(wireProtocol) \(operation): \(elapsed), \(String(describing: thrown))"
+                let (elapsed, thrown) = timed { failed = try Self.run(operation, connection, keys: keys) }
+                outcomes.append(
+                    Outcome(
+                        operation: operation,
+                        elapsed: elapsed,
+                        failed: failed,
+                        code: (thrown as? MemcachedError)?.code,
+                        error: thrown.map { "\($0)" },
+                        healthyRead: try connection.get(healthyKey, as: String.self)
+                    )
                 )
-                // A stream is refused for what it sends (or, for some commands, read as an answer),
-                // long before any deadline: only the time is checked.
-                if fault != .stream {
-                    #expect(thrown != nil || failed, "\(fault) \(wireProtocol) \(operation) reported no failure")
-                    if let error = thrown {
-                        #expect(
-                            (error as? MemcachedError)?.code == .timeout,
-                            "\(fault) \(wireProtocol) \(operation): \(error)"
-                        )
-                    }
-                }
-                // The same connection, still pointing at the faulty server, reads the healthy one.
-                #expect(try connection.get(healthyKey, as: String.self) == "healthy \(operation)")
             }
-            print("deadline report: \(fault) \(wireProtocol): \(report.joined(separator: ", "))")
+            return outcomes
         }
     }
 
@@ -397,6 +420,13 @@ struct CallDeadlineTests {
             #expect(error.code == .timeout)
         }
         #expect(client.pool.liveHandleCount == 0)
+    }
+}
+
+/// Runs blocking `body` on a thread of its own and waits for it without holding a thread.
+func onOwnThread<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
 
