@@ -101,7 +101,56 @@ public final class ScriptedServer: Sendable {
     }
 }
 
-/// The listening socket and accept loop behind ``SilentServer`` and ``ScriptedServer``.
+/// A TCP server on 127.0.0.1 that starts answering a connection's first request and never
+/// finishes — the fixture for a server that drips its reply, or one that keeps sending.
+///
+/// Once a connection has sent anything, the server sends `prefix`, then `unit` every `interval`,
+/// for as long as the connection is open, and ignores everything else the client sends. Each
+/// send arrives well within a client's per-wait timeout, so only a deadline for the whole call
+/// ends the client's read.
+///
+/// ```swift
+/// // A value announced as 100 bytes, delivered one byte every 100 ms:
+/// let drip = try DripServer(prefix: Array("VALUE k 0 100 1\r\n".utf8), unit: Array("x".utf8))
+/// // Values for ever:
+/// let stream = try DripServer(unit: Array("VALUE k 0 1\r\nx\r\n".utf8), interval: .milliseconds(1))
+/// ```
+public final class DripServer: Sendable {
+    private let server: BackgroundLoopbackServer
+
+    /// The port the server listens on.
+    public var port: Int { server.port }
+
+    /// The server's address as `host:port`.
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// How many connections the server has accepted so far.
+    public var acceptedConnectionCount: Int { server.acceptedConnectionCount }
+
+    /// Starts listening on a free loopback port.
+    ///
+    /// - Parameters:
+    ///   - prefix: Sent at once after a connection's first bytes.
+    ///   - unit: Sent every `interval` after that; a unit the socket has no room for is skipped.
+    ///   - interval: The time between two units.
+    /// - Throws: ``MemcachedFixtureError/socketFailure(operation:errno:)`` if the socket
+    ///   or the background thread cannot be created.
+    public init(prefix: [UInt8] = [], unit: [UInt8], interval: Duration = .milliseconds(100)) throws {
+        server = try BackgroundLoopbackServer.start(behaviour: .drip(prefix: prefix, unit: unit, interval: interval))
+    }
+
+    deinit {
+        server.stop()
+    }
+
+    /// Stops listening and closes every connection. Calling it again does nothing.
+    public func stop() {
+        server.stop()
+    }
+}
+
+/// The listening socket and accept loop behind ``SilentServer``, ``ScriptedServer`` and
+/// ``DripServer``.
 ///
 /// The loop runs on its own POSIX thread rather than in Swift concurrency, because
 /// it blocks in `poll` and must keep working while tests block the cooperative pool.
@@ -114,6 +163,8 @@ final class BackgroundLoopbackServer: Sendable {
         case silent
         /// Answer each request line with the responder's bytes; `nil` closes the connection.
         case scripted(@Sendable (String) -> [UInt8]?)
+        /// After a connection's first bytes, send `prefix`, then `unit` every `interval`.
+        case drip(prefix: [UInt8], unit: [UInt8], interval: Duration)
     }
 
     let port: Int
@@ -211,6 +262,8 @@ final class BackgroundLoopbackServer: Sendable {
     private func runLoop() {
         // Accepted descriptor → received bytes that do not form a complete line yet.
         var connections: [Int32: [UInt8]] = [:]
+        // Dripping connections → when their next unit is due.
+        var drips: [Int32: ContinuousClock.Instant] = [:]
         defer {
             for descriptor in connections.keys {
                 close(descriptor)
@@ -219,10 +272,20 @@ final class BackgroundLoopbackServer: Sendable {
         }
         while !stopRequested.load(ordering: .acquiring) {
             var entries = [pollfd(fd: listeningDescriptor, events: Int16(POLLIN), revents: 0)]
-            if case .scripted = behaviour {
+            var timeout = Self.pollInterval
+            switch behaviour {
+            case .silent:
+                break
+            case .scripted:
                 entries += connections.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            case .drip(let prefix, let unit, let interval):
+                entries += connections.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                drip(&drips, in: &connections, prefix: prefix, unit: unit, interval: interval)
+                if let next = drips.values.min() {
+                    timeout = min(timeout, pollTimeout(until: next))
+                }
             }
-            let ready = poll(&entries, nfds_t(entries.count), Self.pollInterval)
+            let ready = poll(&entries, nfds_t(entries.count), timeout)
             guard ready > 0, !stopRequested.load(ordering: .acquiring) else { continue }
 
             let listenerEvents = entries[0].revents
@@ -231,11 +294,68 @@ final class BackgroundLoopbackServer: Sendable {
             } else if listenerEvents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
                 return
             }
-            if case .scripted(let responder) = behaviour {
+            switch behaviour {
+            case .silent:
+                break
+            case .scripted(let responder):
                 for entry in entries.dropFirst() where entry.revents != 0 {
                     serviceConnection(entry.fd, in: &connections, responder: responder)
                 }
+            case .drip:
+                for entry in entries.dropFirst() where entry.revents != 0 {
+                    discardInput(entry.fd, in: &connections, drips: &drips)
+                }
             }
+        }
+    }
+
+    /// Sends the units that are due; a connection's first unit follows its prefix.
+    private func drip(
+        _ drips: inout [Int32: ContinuousClock.Instant],
+        in connections: inout [Int32: [UInt8]],
+        prefix: [UInt8],
+        unit: [UInt8],
+        interval: Duration
+    ) {
+        let now = ContinuousClock.now
+        for (descriptor, due) in drips where due <= now {
+            // A first send: the prefix, due as soon as the first bytes came in.
+            let first = connections[descriptor]?.isEmpty == false
+            if first {
+                connections[descriptor] = []
+            }
+            let bytes = first ? prefix + unit : unit
+            let sent = bytes.withUnsafeBytes {
+                send(descriptor, $0.baseAddress, $0.count, sendFlags | Int32(MSG_DONTWAIT))
+            }
+            if sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                close(descriptor)
+                connections[descriptor] = nil
+                drips[descriptor] = nil
+                continue
+            }
+            drips[descriptor] = now + interval
+        }
+    }
+
+    /// Reads and drops what a dripping connection sent; its first bytes start the drip.
+    private func discardInput(
+        _ descriptor: Int32,
+        in connections: inout [Int32: [UInt8]],
+        drips: inout [Int32: ContinuousClock.Instant]
+    ) {
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+        if count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            close(descriptor)
+            connections[descriptor] = nil
+            drips[descriptor] = nil
+            return
+        }
+        if count > 0 && drips[descriptor] == nil {
+            // Marks the prefix as pending (see `drip`), and makes the first send due now.
+            connections[descriptor] = [1]
+            drips[descriptor] = .now
         }
     }
 

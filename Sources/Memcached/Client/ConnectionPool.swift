@@ -22,14 +22,26 @@ final class PooledConnection: @unchecked Sendable {
     /// It may not when the handle was closed, when a thrown error's code may leave a reply half
     /// read (a timeout, a read or write failure, a protocol error, a reply for another key), or
     /// when the handle reset its sockets during the call for that reason: an error `body` caught,
-    /// or a per-server failure that `setMulti`, `deleteMulti` or `versions` report as a value.
-    func run<R>(_ body: (MemcachedConnection) throws -> R) -> (result: Result<R, any Error>, reusable: Bool) {
+    /// a per-server failure that `setMulti`, `deleteMulti` or `versions` report as a value, or a
+    /// call the watchdog stopped at its deadline or at the lease's cancellation.
+    ///
+    /// While `body` runs, the lease's cancellation reaches the handle (see ``LeaseCancellation``);
+    /// when the lease was cancelled and `body` failed, the failure is `CancellationError`.
+    func run<R>(
+        _ body: (MemcachedConnection) throws -> R,
+        cancellation: LeaseCancellation
+    ) -> (result: Result<R, any Error>, reusable: Bool) {
         let handle = connection.handle
         let resetsBefore = handle.connectionResets
-        let result = Result { try body(connection) }
+        cancellation.attach(handle.deadline)
+        var result = Result { try body(connection) }
+        let cancelled = cancellation.detach()
         var reusable = handle.pointer != nil && handle.connectionResets == resetsBefore
         if case .failure(let error as MemcachedError) = result, Handle.mayLeaveReplyUnread(error.code) {
             reusable = false
+        }
+        if cancelled, case .failure = result {
+            result = .failure(CancellationError())
         }
         return (result, reusable)
     }
@@ -38,6 +50,55 @@ final class PooledConnection: @unchecked Sendable {
     /// the server hangs up, so it takes a round trip: call it on one of the client's threads.
     func free() {
         connection.close()
+    }
+}
+
+/// How a lease holder's task cancellation reaches the connection it leased.
+///
+/// Created per lease, before it has a connection: the cancellation handler may run before the
+/// lease starts, while it runs, or after it ended. Under its lock, ``cancel()`` marks the lease
+/// and, while a connection is attached, asks that connection's ``CallDeadline`` to stop: the
+/// watchdog interrupts the call in flight (its sockets are shut down, so the pool then discards
+/// the connection) and later calls of the lease throw `CancellationError` before sending anything.
+/// ``detach()`` clears the request under the same lock, so a connection never goes back to the
+/// pool still marked cancelled.
+typealias LeaseCancellation = NIOLockedValueBox<LeaseCancellationState>
+
+struct LeaseCancellationState: Sendable {
+    var cancelled = false
+    var deadline: CallDeadline?
+}
+
+extension NIOLockedValueBox where Value == LeaseCancellationState {
+    init() {
+        self.init(LeaseCancellationState())
+    }
+
+    func cancel() {
+        withLockedValue { state in
+            state.cancelled = true
+            state.deadline?.requestCancel()
+        }
+    }
+
+    func attach(_ deadline: CallDeadline) {
+        withLockedValue { state in
+            state.deadline = deadline
+            if state.cancelled {
+                deadline.requestCancel()
+            }
+        }
+    }
+
+    /// Detaches the connection; returns whether the lease was cancelled.
+    func detach() -> Bool {
+        withLockedValue { state in
+            if state.cancelled {
+                state.deadline?.clearCancel()
+            }
+            state.deadline = nil
+            return state.cancelled
+        }
     }
 }
 
@@ -105,15 +166,17 @@ final class ConnectionPool: Sendable {
     /// took the waiter out of the queue under the same lock.
     private final class PendingLease<R: Sendable>: Waiter, @unchecked Sendable {
         let body: @Sendable (MemcachedConnection) throws -> R
+        let cancellation: LeaseCancellation
         var continuation: CheckedContinuation<R, any Error>?
         var deadline = ContinuousClock.Instant.now
 
-        init(_ body: @escaping @Sendable (MemcachedConnection) throws -> R) {
+        init(_ body: @escaping @Sendable (MemcachedConnection) throws -> R, _ cancellation: LeaseCancellation) {
             self.body = body
+            self.cancellation = cancellation
         }
 
         func run(_ connection: PooledConnection, in pool: ConnectionPool) -> HandOver {
-            pool.runLease(connection, body, continuation!)
+            pool.runLease(connection, body, continuation!, cancellation)
         }
 
         func fail(_ error: any Error) {
@@ -209,17 +272,26 @@ final class ConnectionPool: Sendable {
     /// Runs `body` with a leased connection on one of the pool's threads, then takes the
     /// connection back, or frees it when it may be out of step with a server.
     ///
+    /// Cancelling the task ends a wait for a connection, interrupts the command `body` is
+    /// running (the watchdog shuts its sockets down, and the connection is discarded) and makes
+    /// the commands after it in `body` throw `CancellationError` before sending anything.
+    ///
     /// - Throws: What `body` throws; ``MemcachedError/Code/poolTimeout`` after ``waitTimeout``,
     ///   ``MemcachedError/Code/poolClosed``, or `CancellationError` when the task is cancelled
-    ///   before `body` starts.
+    ///   before `body` starts or `body` fails after the task was cancelled.
     func withConnection<R: Sendable>(_ body: @escaping @Sendable (MemcachedConnection) throws -> R) async throws -> R {
         try Task.checkCancellation()
-        if let connection = try state.withLockedValue({ try takeConnection(&$0) }) {
-            return try await withCheckedThrowingContinuation { continuation in
-                lend(connection, body, continuation)
+        let cancellation = LeaseCancellation()
+        return try await withTaskCancellationHandler {
+            if let connection = try state.withLockedValue({ try takeConnection(&$0) }) {
+                return try await withCheckedThrowingContinuation { continuation in
+                    lend(connection, body, continuation, cancellation)
+                }
             }
+            return try await waitForConnection(body, cancellation)
+        } onCancel: {
+            cancellation.cancel()
         }
-        return try await waitForConnection(body)
     }
 
     private func takeConnection(_ state: inout State) throws -> PooledConnection? {
@@ -254,7 +326,8 @@ final class ConnectionPool: Sendable {
     private func lend<R: Sendable>(
         _ connection: PooledConnection,
         _ body: @escaping @Sendable (MemcachedConnection) throws -> R,
-        _ continuation: CheckedContinuation<R, any Error>
+        _ continuation: CheckedContinuation<R, any Error>,
+        _ cancellation: LeaseCancellation
     ) {
         threadPool.submit { work in
             guard work == .active else {
@@ -264,7 +337,7 @@ final class ConnectionPool: Sendable {
                 continuation.resume(throwing: MemcachedError.poolClosed())
                 return
             }
-            self.handOver(self.runLease(connection, body, continuation))
+            self.handOver(self.runLease(connection, body, continuation, cancellation))
         }
     }
 
@@ -276,9 +349,10 @@ final class ConnectionPool: Sendable {
     private func runLease<R: Sendable>(
         _ connection: PooledConnection,
         _ body: @Sendable (MemcachedConnection) throws -> R,
-        _ continuation: CheckedContinuation<R, any Error>
+        _ continuation: CheckedContinuation<R, any Error>,
+        _ cancellation: LeaseCancellation
     ) -> HandOver {
-        let outcome = connection.run(body)
+        let outcome = connection.run(body, cancellation: cancellation)
         let returned: Returned
         if outcome.reusable {
             returned = .connection(connection)
@@ -302,9 +376,10 @@ final class ConnectionPool: Sendable {
     /// cancelled or the pool closes, whichever comes first. Each of those resumes the waiter only
     /// after taking it out of the queue under the lock, so exactly one of them does.
     private func waitForConnection<R: Sendable>(
-        _ body: @escaping @Sendable (MemcachedConnection) throws -> R
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> R,
+        _ cancellation: LeaseCancellation
     ) async throws -> R {
-        let waiter = PendingLease(body)
+        let waiter = PendingLease(body, cancellation)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 waiter.continuation = continuation
@@ -359,7 +434,7 @@ final class ConnectionPool: Sendable {
         case .queued:
             break
         case .lend(let connection):
-            lend(connection, waiter.body, waiter.continuation!)
+            lend(connection, waiter.body, waiter.continuation!, waiter.cancellation)
         case .failed(let error):
             waiter.fail(error)
         }

@@ -14,7 +14,8 @@ extension MemcachedClient {
     /// - Returns: The value, or `nil` when the key is missing. A stored empty value is not a miss.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/get(_:as:)-8qcqf`` does, with code
     ///   ``MemcachedError/Code/poolTimeout`` or ``MemcachedError/Code/poolClosed`` when no
-    ///   connection could be leased; `CancellationError` when the task was cancelled first.
+    ///   connection could be leased; `CancellationError` when the task was cancelled before or
+    ///   during the command.
     @inlinable
     public func get<Value: MemcachedValue & Sendable>(
         _ key: String,

@@ -168,14 +168,17 @@ public final class MemcachedClient: Sendable {
     ///
     /// If `body` throws an error that may leave the connection out of step with a server (or
     /// catches one), the connection is freed instead of returned. Cancelling the task while it
-    /// waits for a connection ends the wait; once `body` runs, it runs to the end.
+    /// waits for a connection ends the wait. Cancelling it while `body` runs interrupts the
+    /// command in flight (its sockets are shut down and the connection is freed) and makes every
+    /// later command in `body` throw `CancellationError` before sending anything; `body` itself
+    /// runs to its end, and when it throws, the call throws `CancellationError`.
     ///
     /// - Parameter body: The work to do with the connection.
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws; ``MemcachedError`` with code
     ///   ``MemcachedError/Code/poolTimeout`` when no connection became free in time, or
     ///   ``MemcachedError/Code/poolClosed`` after ``close()``; `CancellationError` when the task
-    ///   was cancelled before `body` started.
+    ///   was cancelled before `body` started, or while it ran and `body` threw.
     public func withConnection<Result: Sendable>(
         _ body: @escaping @Sendable (MemcachedConnection) throws -> Result
     ) async throws -> Result {
@@ -186,8 +189,8 @@ public final class MemcachedClient: Sendable {
     ///
     /// Tasks waiting for a connection, and every call made after this one starts, fail at once
     /// with ``MemcachedError/Code/poolClosed``. Idle connections are freed at once; connections in
-    /// use finish their command (bounded by ``MemcachedConfiguration/timeout``) and are freed as
-    /// they come back. `close()` returns when every libmemcached handle is freed and the client's
+    /// use finish their command, which ends by its deadline (``MemcachedConfiguration/timeout``
+    /// from its start), and are freed as they come back. `close()` returns when every libmemcached handle is freed and the client's
     /// threads have stopped. Calling it again waits for the first call to finish.
     public func close() async {
         await pool.close()

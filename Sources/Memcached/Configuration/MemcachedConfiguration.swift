@@ -34,12 +34,27 @@ public struct MemcachedConfiguration: Sendable {
     /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT`.
     public var connectTimeout: Duration = .seconds(3)
 
-    /// How long to wait for a server to accept a request or send a reply before the command
-    /// fails with ``MemcachedError/Code/timeout``.
+    /// How long one command may take before it fails with ``MemcachedError/Code/timeout``.
     ///
-    /// The default is 3 seconds, python-memcached's `socket_timeout`. It is applied with
-    /// millisecond resolution to each wait for the socket (libmemcached always uses non-blocking
-    /// sockets and `poll`). The corresponding C behaviour is `MEMCACHED_BEHAVIOR_POLL_TIMEOUT`.
+    /// The default is 3 seconds, python-memcached's `socket_timeout`. It is two limits:
+    ///
+    /// - **Per wait.** libmemcached applies it, with millisecond resolution, to each wait for a
+    ///   socket (it always uses non-blocking sockets and `poll`). The corresponding C behaviour is
+    ///   `MEMCACHED_BEHAVIOR_POLL_TIMEOUT`.
+    /// - **Per command, in total.** Every command, single-key or multi-key, on a
+    ///   ``MemcachedConnection`` or through a ``MemcachedClient``, ends within this time of the
+    ///   moment it starts talking to the servers (after its keys and values are checked and
+    ///   encoded), plus a few milliseconds, even when a server sends a byte now and then or never
+    ///   stops sending. A process-wide watchdog thread shuts the command's sockets down at the
+    ///   deadline; the command throws ``MemcachedError/Code/timeout`` with a message saying it
+    ///   exceeded its deadline, and its connections are reset, so no half-read reply is ever read
+    ///   by a later command. `setMulti` and `deleteMulti` share one deadline across their keys:
+    ///   once it has passed, the remaining keys fail at once (not stored, or
+    ///   ``MemcachedError/Code/timeout``) without being sent.
+    ///
+    /// The total limit covers TCP servers. A TCP connection still being established is bounded by
+    /// ``connectTimeout`` instead, and a Unix-domain socket only per wait: the watchdog finds a
+    /// connection by its local port, which neither has.
     public var timeout: Duration = .seconds(3)
 
     /// Whether to send requests at once instead of letting the kernel coalesce small writes.

@@ -11,9 +11,13 @@ extension MemcachedConnection {
     @discardableResult
     public func delete(_ key: String) throws -> Bool {
         trace("delete")
-        let deleted = try withKey(key) { try handle.delete(key: $0, noReply: handle.noReply) }
-        try handle.flushWrites()
-        return deleted
+        return try withKey(key) { prepared in
+            try handle.withDeadline {
+                let deleted = try handle.delete(key: prepared, noReply: handle.noReply)
+                try handle.flushWrites()
+                return deleted
+            }
+        }
     }
 
     /// Deletes many keys, as python-memcached's `delete_multi`, and reports each key's outcome.
@@ -35,9 +39,25 @@ extension MemcachedConnection {
         trace("delete_multi", keys: keys.count)
         let keys = Array(keys)
         let batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
+        return try handle.withDeadline { try deleteEach(keys, batch) }
+    }
+
+    /// Deletes each key under one deadline; once it has passed, the remaining keys fail with
+    /// ``MemcachedError/Code/timeout`` and nothing more is sent.
+    private func deleteEach(_ keys: [String], _ batch: KeyBatch) throws -> [String: Result<Bool, MemcachedError>] {
         var outcomes: [String: Result<Bool, MemcachedError>] = [:]
         outcomes.reserveCapacity(keys.count)
         for index in keys.indices {
+            if handle.isPastDeadline {
+                if handle.deadline.isCancelled {
+                    throw CancellationError()
+                }
+                let error = handle.deadlineError()
+                for key in keys[index...] where outcomes[key] == nil {
+                    outcomes[key] = .failure(error)
+                }
+                break
+            }
             outcomes[keys[index]] = batch.withKey(at: index) { keyBytes in
                 Result {
                     try handle.delete(
@@ -75,7 +95,9 @@ extension MemcachedConnection {
     @discardableResult
     public func increment(_ key: String, by delta: UInt64 = 1) throws -> UInt64? {
         trace("increment")
-        return try withKey(key) { try handle.arithmetic(key: $0, delta: delta, increment: true) }
+        return try withKey(key) { prepared in
+            try handle.withDeadline { try handle.arithmetic(key: prepared, delta: delta, increment: true) }
+        }
     }
 
     /// Subtracts from a counter, as python-memcached's `decr`; memcached stops at 0.
@@ -89,7 +111,9 @@ extension MemcachedConnection {
     @discardableResult
     public func decrement(_ key: String, by delta: UInt64 = 1) throws -> UInt64? {
         trace("decrement")
-        return try withKey(key) { try handle.arithmetic(key: $0, delta: delta, increment: false) }
+        return try withKey(key) { prepared in
+            try handle.withDeadline { try handle.arithmetic(key: prepared, delta: delta, increment: false) }
+        }
     }
 
     // MARK: - touch
@@ -105,7 +129,9 @@ extension MemcachedConnection {
     @discardableResult
     public func touch(_ key: String, expiration: MemcachedExpiration) throws -> Bool {
         trace("touch")
-        return try withKey(key) { try handle.touch(key: $0, expiration: try expiration.wireValue()) }
+        return try withKey(key) { prepared in
+            try handle.withDeadline { try handle.touch(key: prepared, expiration: try expiration.wireValue()) }
+        }
     }
 
     // MARK: - Servers
@@ -118,8 +144,11 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_flush`.
     public func flush(delay: Duration = .zero) throws {
         trace("flush_all", keys: 0)
-        try handle.flush(delaySeconds: Int64(Handle.seconds(delay, "delay")), noReply: handle.noReply)
-        try handle.flushWrites()
+        let delaySeconds = Int64(try Handle.seconds(delay, "delay"))
+        try handle.withDeadline {
+            try handle.flush(delaySeconds: delaySeconds, noReply: handle.noReply)
+            try handle.flushWrites()
+        }
     }
 
     /// Reads every server's statistics, as python-memcached's `get_stats`.
@@ -141,7 +170,7 @@ extension MemcachedConnection {
                 )
             }
         }
-        return try handle.stats(group: group)
+        return try handle.withDeadline { try handle.stats(group: group) }
     }
 
     /// Reads every server's version string, such as `"1.6.18"`.
@@ -151,6 +180,6 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_version`.
     public func versions() throws -> [MemcachedServerResult<String>] {
         trace("version", keys: 0)
-        return try handle.versions()
+        return try handle.withDeadline { try handle.versions() }
     }
 }

@@ -97,8 +97,10 @@ extension MemcachedConnection {
     ) throws {
         trace(command)
         try withKey(key) { prepared in
-            _ = try handle.fetchOne(key: prepared, command: command, requiresCAS: requiresCAS) { item in
-                try decode(item, key: key) { bytes, flags in try hit(bytes, flags, item.cas) }
+            try handle.withDeadline {
+                _ = try handle.fetchOne(key: prepared, command: command, requiresCAS: requiresCAS) { item in
+                    try decode(item, key: key) { bytes, flags in try hit(bytes, flags, item.cas) }
+                }
             }
         }
     }
@@ -224,12 +226,14 @@ extension MemcachedConnection {
         trace("get_multi", keys: keys.count)
         guard !keys.isEmpty else { return }
         var batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
-        try handle.fetchMany(batch, command: "get_multi") { item in
-            // The reply's key, prefix included, must be one that was asked for.
-            guard let index = batch.match(item.keyBytes) else {
-                throw handle.unexpectedKey()
+        try handle.withDeadline {
+            try handle.fetchMany(batch, command: "get_multi") { item in
+                // The reply's key, prefix included, must be one that was asked for.
+                guard let index = batch.match(item.keyBytes) else {
+                    throw handle.unexpectedKey()
+                }
+                try decode(item, key: keys[index]) { bytes, flags in try hit(index, bytes, flags) }
             }
-            try decode(item, key: keys[index]) { bytes, flags in try hit(index, bytes, flags) }
         }
     }
 

@@ -204,20 +204,22 @@ extension MemcachedConnection {
         try withKey(key) { prepared in
             let payload = try payload(key: key, compressible: compressible, encode)
             trace(operation.name, bytes: payload.bytes.count)
-            let stored = try payload.bytes.withUnsafeBytes { bytes in
-                try handle.store(
-                    operation,
-                    key: prepared,
-                    value: bytes,
-                    flags: payload.flags.rawValue,
-                    expiration: try expiration.wireValue(),
-                    noReply: noReply
-                )
+            return try handle.withDeadline {
+                let stored = try payload.bytes.withUnsafeBytes { bytes in
+                    try handle.store(
+                        operation,
+                        key: prepared,
+                        value: bytes,
+                        flags: payload.flags.rawValue,
+                        expiration: try expiration.wireValue(),
+                        noReply: noReply
+                    )
+                }
+                if noReply {
+                    try handle.flushWrites()
+                }
+                return stored
             }
-            if noReply {
-                try handle.flushWrites()
-            }
-            return stored
         }
     }
 
@@ -284,8 +286,28 @@ extension MemcachedConnection {
         }
         let batch = try KeyBatch(keys: keys, prefix: prefix)
         let wireExpiration = try expiration.wireValue()
+        return try handle.withDeadline {
+            try storeEach(keys, payloads, batch, wireExpiration)
+        }
+    }
+
+    /// Stores each item under one deadline; once it has passed, the remaining keys are not
+    /// stored and nothing more is sent.
+    private func storeEach(
+        _ keys: [String],
+        _ payloads: [MemcachedPayload],
+        _ batch: KeyBatch,
+        _ wireExpiration: Int64
+    ) throws -> [String] {
         var notStored: [String] = []
         for index in keys.indices {
+            if handle.isPastDeadline {
+                if handle.deadline.isCancelled {
+                    throw CancellationError()
+                }
+                notStored.append(contentsOf: keys[index...])
+                break
+            }
             let stored: Bool
             do {
                 stored = try batch.withKey(at: index) { keyBytes in

@@ -539,11 +539,23 @@ extension Handle {
                 throw malformedReply("more values than keys asked for", command: command)
             }
             let item = try fetchedItem(reading, command: command)
+            // A server that keeps sending (or a slow `body`) must not hold the call past its
+            // deadline; the rest of the reply stays unread, so the connection is reset.
+            if _slowPath(isPastDeadline) {
+                resetConnections()
+                throw deadlineError()
+            }
             if let pending {
                 handOver(pending)
             }
             pending = item
             swap(&reading, &waiting)
+        }
+        // The watchdog's shut-down sockets read as servers that hung up, whose keys a multi-get
+        // reports as misses: they are not misses.
+        if _slowPath(deadline.wasInterrupted) {
+            resetConnections()
+            throw deadlineError()
         }
         switch fetchRC {
         case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
@@ -666,18 +678,30 @@ extension Handle {
     /// reads a binary `VERSION` reply (which `stats` also asks for) into a 32-byte stack buffer
     /// for as many bytes as the server's header claims. memcached answers either protocol on any
     /// connection.
+    ///
+    /// Each short-lived handle runs under this call's deadline, which the watchdog enforces on it
+    /// too; once the deadline has passed, the remaining servers fail at once.
     private func onEachServer<R>(_ body: (Handle) throws -> R) throws -> [MemcachedServerResult<R>] {
         _ = try live()
-        return configuration.servers.map { server in
+        let inherited = deadline.current
+        return try configuration.servers.map { server in
             var single = configuration
             single.servers = [MemcachedServer(address: server.address, weight: 1)]
             if configuration.credentials == nil {
                 single.wireProtocol = .ascii
             }
+            guard !isPastDeadline else {
+                var error = deadlineError()
+                error.server = server.address.description
+                return MemcachedServerResult(server: server.address.description, result: .failure(error))
+            }
             do {
-                let handle = try Handle(configuration: single)
+                let handle = try Handle(configuration: single, parentDeadline: deadline)
                 defer { handle.close() }
-                return MemcachedServerResult(server: server.address.description, result: .success(try body(handle)))
+                let result = try handle.withDeadline(inheriting: inherited) { try body(handle) }
+                return MemcachedServerResult(server: server.address.description, result: .success(result))
+            } catch let error as CancellationError {
+                throw error
             } catch let error as MemcachedError {
                 var error = error
                 error.server = error.server ?? server.address.description

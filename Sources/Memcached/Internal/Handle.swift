@@ -31,8 +31,18 @@ final class Handle {
     /// Whether the handle speaks the binary protocol, where a single-key read goes through
     /// `memcached_get` (see ``fetchOne(key:command:_:)``).
     let binary: Bool
+    /// The total deadline of the call in flight, which the watchdog enforces (see
+    /// ``withDeadline(inheriting:ignoringCancellation:_:)``).
+    let deadline: CallDeadline
+    /// Whether a call's deadline is running: a command inside another (a store in `setMulti`)
+    /// shares its deadline. Owner thread only.
+    private var inCall = false
 
-    init(configuration: MemcachedConfiguration) throws {
+    /// - Parameter parentDeadline: The deadline of the call this handle works for, when it is a
+    ///   short-lived handle of `stats` or `versions`: its cancellation is this one's.
+    init(configuration: MemcachedConfiguration, parentDeadline: CallDeadline? = nil) throws {
+        // Checked here as well as with the other behaviours: the deadline needs it first.
+        let timeoutMilliseconds = try Self.milliseconds(configuration.timeout, "timeout")
         self.configuration = configuration
         self.logger = configuration.logger
         self.traceEnabled = configuration.logger.logLevel <= .trace
@@ -44,6 +54,7 @@ final class Handle {
             storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_create failed")
         }
+        self.deadline = CallDeadline(handle: storage, timeout: timeoutMilliseconds * 1_000_000, parent: parentDeadline)
         self.pointer = storage
         // From here on, deinit frees whatever was created if a later step throws.
         guard configuration.maximumReceivedValueLength >= 0 else {
@@ -110,6 +121,7 @@ final class Handle {
             storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_clone failed")
         }
+        self.deadline = CallDeadline(handle: storage, timeout: source.deadline.timeout, parent: nil)
         self.pointer = storage
         try createResults()
     }
@@ -238,7 +250,7 @@ final class Handle {
             if pendingOnRead == .none { pendingOnRead = .disconnect }
             return
         }
-        resetConnections()
+        try? withDeadline(ignoringCancellation: true) { resetConnections() }
     }
 
     private func free() {
@@ -251,6 +263,10 @@ final class Handle {
         result = nil
         scratch = nil
         if let pointer {
+            // memcached_free says `quit` to every connected server first: under a deadline,
+            // so that a hung server cannot hold it, and before the watchdog forgets the handle.
+            try? withDeadline(ignoringCancellation: true) { memcached_quit(pointer) }
+            deadline.close()
             // The memory is ours (memcached_create was given it), so memcached_free leaves it.
             memcached_free(pointer)
             pointer.deallocate()
@@ -287,6 +303,88 @@ final class Handle {
             throw MemcachedError(code: .connectionClosed, message: "the connection is closed")
         }
         return scratch
+    }
+
+    // MARK: - Call deadlines
+
+    /// Runs one public call under its total deadline: ``MemcachedConfiguration/timeout`` from
+    /// now, or `inherited` (a short-lived handle working for another call).
+    ///
+    /// A call inside another (a store in `setMulti`) shares the outer deadline. When the watchdog
+    /// interrupted the call, its sockets are shut down and a reply may be half read, so the
+    /// connections are reset, and a ``MemcachedError`` the call threw becomes
+    /// ``deadlineError()``; a result the call completed before it was interrupted is returned.
+    ///
+    /// - Throws: `CancellationError` when the lease's task is cancelled, before anything is sent.
+    @inline(__always)
+    func withDeadline<R>(
+        inheriting inherited: UInt64? = nil,
+        ignoringCancellation: Bool = false,
+        _ body: () throws -> R
+    ) throws -> R {
+        if inCall {
+            return try body()
+        }
+        try deadline.begin(inheriting: inherited, ignoringCancellation: ignoringCancellation)
+        inCall = true
+        let result: R
+        do {
+            result = try body()
+        } catch {
+            throw endCall(throwing: error)
+        }
+        if _slowPath(deadline.wasInterrupted) {
+            _ = endCall(throwing: nil)
+        } else {
+            inCall = false
+            if _slowPath(deadline.end()) {
+                // Interrupted after the call was complete: only its sockets are gone.
+                resetConnections()
+            }
+        }
+        return result
+    }
+
+    /// Ends a call that failed or was interrupted; returns the error to throw.
+    @inline(never)
+    private func endCall(throwing error: (any Error)?) -> any Error {
+        let interrupted = deadline.wasInterrupted
+        if interrupted {
+            // Still inside the call, so the watchdog bounds the `quit`; the sockets it shut down
+            // fail at once.
+            resetConnections()
+        }
+        inCall = false
+        let interruptedLate = deadline.end() && !interrupted
+        if interruptedLate {
+            resetConnections()
+        }
+        guard let error else { return CancellationError() }
+        if interrupted || interruptedLate, error is MemcachedError {
+            return deadlineError()
+        }
+        return error
+    }
+
+    /// Whether the call in flight has passed its deadline, was interrupted or cancelled: checked
+    /// by the handle's own loops between steps, so that what remains fails at once.
+    var isPastDeadline: Bool {
+        inCall && deadline.isOver
+    }
+
+    /// The error of a call stopped at its deadline, or by the cancellation of its lease.
+    func deadlineError() -> MemcachedError {
+        if deadline.isCancelled {
+            return MemcachedError(
+                code: .timeout,
+                message: "the call was cancelled and stopped; the connection was reset"
+            )
+        }
+        return MemcachedError(
+            code: .timeout,
+            message: "the call did not finish within its deadline (the configured timeout, \(configuration.timeout)) "
+                + "and was stopped; the connection was reset"
+        )
     }
 
     // MARK: - Setup
@@ -508,13 +606,20 @@ final class Handle {
         reset: Bool = false
     ) -> MemcachedError {
         let server = keyBytes.flatMap(serverDescription(forKey:))
-        let error = MemcachedError(
+        var error = MemcachedError(
             code: MemcachedError.Code(rawValue: Int(rc.rawValue)),
             message: lastErrorMessage(for: rc),
             key: key,
             server: server
         )
-        if reset || Self.mayLeaveReplyUnread(rc) {
+        // A failure after the deadline is most likely the watchdog's doing (the shut-down socket
+        // reads as a lost connection): report what happened.
+        let pastDeadline = isPastDeadline
+        if pastDeadline {
+            error.code = .timeout
+            error.message = deadlineError().message
+        }
+        if reset || pastDeadline || Self.mayLeaveReplyUnread(rc) {
             resetConnections()
         }
         logger.debug(
