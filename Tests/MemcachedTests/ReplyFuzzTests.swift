@@ -39,16 +39,14 @@ struct ReplyFuzzTests {
     /// - ascii, wrong values: libmemcached reads the flags and CAS fields with `strtoul` and
     ///   `strtoull` and keeps what they return: `4294967296` as flags 0, `-5` as 2⁶⁴ − 5, `0x10`
     ///   as 0, with nothing left for a check.
-    /// - both, slow: a server that drips a byte within every timeout holds a call until the
-    ///   total call deadline lands (issue 11, class 3).
     static let knownResidualMutations: [MemcachedConfiguration.WireProtocol: [ReplyMutationKind]] = [
         .ascii: [
             .foreignValue, .flood, .trailingBytes, .errorReplyThenOriginal, .errorReplyThenForeignValue, .flagsCorrupt,
-            .casCorrupt, .slowDrip,
+            .casCorrupt,
         ],
         .binary: [
             .errorReply, .errorReplyThenOriginal, .errorReplyThenForeignValue, .binaryStatus, .flood, .foreignValue,
-            .duplicateValue, .trailingBytes, .binaryExtrasLength, .binaryBodyLength, .binaryOpcode, .slowDrip,
+            .duplicateValue, .trailingBytes, .binaryExtrasLength, .binaryBodyLength, .binaryOpcode,
         ],
     ]
 
