@@ -1,5 +1,6 @@
 import Foundation
 import MemcachedTestSupport
+import Synchronization
 import Testing
 
 @testable import Memcached
@@ -197,6 +198,55 @@ struct HostileServerTests {
     )
     func malformedValue(path: ReadPath, reply: String) throws {
         try expectRejected(reply, on: path)
+    }
+
+    @Test("an overlong key, then silence, in a multi-get over two entries leaves the results whole (ASan checks in CI)")
+    func overlongKeyThenAnotherServer() throws {
+        // One server at weight 2 under modula is two libmemcached entries, two connections: the
+        // first request gets a VALUE line with an overlong key (whose bytes reach the result's
+        // flags) and then silence; the second gets a normal value, read into the same result,
+        // which sets the key length back to normal.
+        let requests = Mutex(0)
+        let overlong = String(repeating: "k", count: 300)
+        let server = try ScriptedServer { line in
+            guard line.hasPrefix("gets ") else { return line == "quit" ? nil : Array("ERROR\r\n".utf8) }
+            let index = requests.withLock { count in
+                defer { count += 1 }
+                return count
+            }
+            let key = line.split(separator: " ")[1]
+            return index == 0
+                ? Array("VALUE \(overlong) 0 5 1\r\nab".utf8)
+                : Array("VALUE \(key) 16 1 1\r\nx\r\nEND\r\n".utf8)
+        }
+        defer { server.stop() }
+        var configuration = try MemcachedConfiguration(servers: [server.address])
+        configuration.servers = [MemcachedServer(host: "127.0.0.1", port: server.port, weight: 2)]
+        configuration.timeout = .milliseconds(300)
+        let memc = try MemcachedConnection(configuration: configuration)
+        let keys = (0..<8).map { "spread-\($0)" }
+        #expect(Set(try keys.map { try memc.server(forKey: $0) }).count == 1, "one server, two entries")
+        let error = try #require(throws: MemcachedError.self) { try memc.getMulti(keys, as: String.self) }
+        #expect([.protocolError, .timeout].contains(error.code), "\(error)")
+        // The results are whole again: reads work and nothing freed is reused.
+        requests.withLock { $0 = 1 }
+        for _ in 0..<3 {
+            #expect(try memc.get("spread-0", as: String.self) == "x")
+        }
+    }
+
+    @Test("versions() asks over the text protocol even when the client speaks binary")
+    func versionsOverText() throws {
+        // A text-only server: a binary request has no line end and is never answered.
+        let server = try ScriptedServer { line in
+            line == "version" ? Array("VERSION 1.6.18\r\n".utf8) : (line == "quit" ? nil : Array("ERROR\r\n".utf8))
+        }
+        defer { server.stop() }
+        var configuration = try MemcachedConfiguration(servers: [server.address])
+        configuration.wireProtocol = .binary
+        configuration.timeout = .milliseconds(500)
+        let memc = try MemcachedConnection(configuration: configuration)
+        #expect(try memc.versions().first?.result.get() == "1.6.18")
     }
 
     @Test(

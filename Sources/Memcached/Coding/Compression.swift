@@ -36,6 +36,8 @@ enum Compression {
             output.removeSubrange(length...)
             return output
         }
+        // Released first, so that the guess and the exact buffer never coexist.
+        output = []
         output = [UInt8](repeating: 0, count: length)
         _ = try inflate(input, into: &output, limit: limit)
         return output

@@ -347,6 +347,14 @@ final class CallWatchdog: @unchecked Sendable {
             // The call ended (or another began) since the sweep read the state.
             return
         }
+        // Deadlines come from a coarse clock, so the next call on this handle can have the very
+        // state the sweep read: a call that was cancelled may have ended and an innocent one,
+        // not past its deadline, begun with the same value. Only a reason that still holds
+        // interrupts.
+        if expected != CallDeadline.interrupted, expected > now, !deadline.isCancelled {
+            deadline.state.store(expected, ordering: .releasing)
+            return
+        }
         SocketInterrupter.shutDownSockets(of: deadline.handle)
         deadline.rescanDelay =
             expected == CallDeadline.interrupted
@@ -396,10 +404,16 @@ enum SocketInterrupter {
                 matches.append(descriptor)
             }
         }
-        for descriptor in matches where belongs(descriptor, to: targets) {
-            // Checked again right before acting: the descriptor may have been closed and reused
-            // since the scan.
-            shutdown(descriptor, Int32(SHUT_RDWR))
+        for descriptor in matches {
+            // A duplicate pins the socket: the number may be closed and reused by another thread
+            // at any moment, but the duplicate refers to the socket it was made from, which is
+            // checked and shut down through it (shutdown acts on the socket, for every descriptor).
+            let pinned = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+            guard pinned >= 0 else { continue }
+            if belongs(pinned, to: targets) {
+                shutdown(pinned, Int32(SHUT_RDWR))
+            }
+            close(pinned)
         }
     }
 

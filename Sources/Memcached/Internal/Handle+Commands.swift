@@ -394,13 +394,18 @@ extension Handle {
             throw failure(rc, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
         }
         let hidden = memcached_last_error(pointer)
-        // A multi-get treats a server that hung up as down: its keys are misses. libmemcached
-        // closed that socket itself, so nothing of its reply can linger.
-        let lost = toleratingLostServers && hidden == MEMCACHED_CONNECTION_FAILURE
+        // A multi-get treats a server that is down as skipped: its keys are misses. Down means it
+        // refused the connection or hung up (libmemcached closed that socket itself, so nothing
+        // of its reply can linger), or libmemcached has it disabled or marked dead after earlier
+        // failures; it reports each of these as the handle's last error.
+        let lost =
+            toleratingLostServers
+            && (hidden == MEMCACHED_CONNECTION_FAILURE || hidden == MEMCACHED_SERVER_TEMPORARILY_DISABLED
+                || hidden == MEMCACHED_SERVER_MARKED_DEAD || hidden == MEMCACHED_HOST_LOOKUP_FAILURE)
         if !Self.isCleanEndOfReply(hidden) && !lost {
             throw failure(hidden, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
         }
-        if hasUnreadReplies(pointer) {
+        if hasUnreadReplies(pointer, key: key) {
             throw malformedReply("a reply that did not end with END", command: command, key: key)
         }
     }
@@ -409,8 +414,17 @@ extension Handle {
         rc == MEMCACHED_SUCCESS || rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND
     }
 
-    /// Whether some server still owes a reply libmemcached has not read to its end.
-    func hasUnreadReplies(_ pointer: UnsafeMutablePointer<memcached_st>) -> Bool {
+    /// Whether some server still owes a reply libmemcached has not read to its end: the server
+    /// of `key` for a single-key read (a weighted modula list can hold thousands of entries),
+    /// every server otherwise.
+    func hasUnreadReplies(_ pointer: UnsafeMutablePointer<memcached_st>, key: PreparedKey? = nil) -> Bool {
+        if let key {
+            var rc = MEMCACHED_SUCCESS
+            guard let instance = memcached_server_by_key(pointer, key.cString, key.bytes.count, &rc) else {
+                return false
+            }
+            return memcached_server_response_count(instance) > 0
+        }
         for position in 0..<memcached_server_count(pointer) {
             if let instance = memcached_server_instance_by_position(pointer, position),
                 memcached_server_response_count(instance) > 0
@@ -460,8 +474,17 @@ extension Handle {
     ) throws -> Bool {
         memcached_result_reset(result)
         result.pointee.count = UInt64(itemsSoFar)
+        let canary = ReplyMemory.armCanary(after: result)
         let fetched = memcached_fetch_result(pointer, result, &rc) != nil
-        if _slowPath(memcached_result_key_length(result) >= Int(MEMCACHED_MAX_KEY)) {
+        // An overlong key shows as its length, unless a later server's item within the same
+        // fetch set the length again: then as the result's own flags (its last field, which
+        // the overrun reaches first) or the canary after the struct. Caught here, before the
+        // flags make libmemcached free the result's buffer at the next fetch.
+        let options = result.pointee.options
+        if _slowPath(
+            memcached_result_key_length(result) >= Int(MEMCACHED_MAX_KEY) || options.is_allocated
+                || !options.is_initialized || !ReplyMemory.canaryIntact(canary, after: result)
+        ) {
             let length = memcached_result_key_length(result)
             try rebuildResult(result)
             throw malformedReply("a key of \(length) bytes", command: command)

@@ -64,7 +64,13 @@ final class Handle {
             )
         }
         // First, before anything is allocated through the handle.
-        guard ReplyMemory.install(on: storage, maximumValueLength: configuration.maximumReceivedValueLength) else {
+        guard
+            ReplyMemory.install(
+                on: storage,
+                maximumValueLength: configuration.maximumReceivedValueLength,
+                setupBytes: Self.setupAllocationBytes(configuration)
+            )
+        else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "libmemcached refused the allocators")
         }
         try createResults()
@@ -113,17 +119,29 @@ final class Handle {
         self.keepAlive = source.keepAlive
         self.noReply = source.noReply
         self.binary = source.binary
+        let sourcePointer = try source.live()
         let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
         // Zeroed: memcached_clone refuses storage whose "allocated" flag reads as set.
         storage.initialize(to: memcached_st())
         // The clone takes the source's allocators (and their limit) before it allocates anything.
-        guard memcached_clone(storage, try source.live()) != nil else {
+        guard memcached_clone(storage, sourcePointer) != nil else {
             storage.deallocate()
             throw MemcachedError(code: .memoryAllocationFailure, message: "memcached_clone failed")
         }
         self.deadline = CallDeadline(handle: storage, timeout: source.deadline.timeout, parent: nil)
         self.pointer = storage
         try createResults()
+    }
+
+    /// A bound on libmemcached's largest allocation while it sets a handle up, which the receive
+    /// cap must not refuse: the server list is one array of server entries (two 8 KiB I/O
+    /// buffers and a host name each, about 17.6 KB; 24 KiB counted), and the consistent
+    /// continuum holds 160 points of 16 bytes per server, plus 10 servers' worth of room.
+    static func setupAllocationBytes(_ configuration: MemcachedConfiguration) -> Int {
+        let entries =
+            configuration.distribution.kind == .modula
+            ? configuration.servers.reduce(0) { $0 + max($1.weight, 1) } : configuration.servers.count
+        return entries * (24 << 10) + (configuration.servers.count + 10) * 160 * 16
     }
 
     /// Creates the reusable fetch results in memory this handle owns: libmemcached frees a result
@@ -162,17 +180,29 @@ final class Handle {
 
     /// Makes a result whose key overran its buffer usable again, after the read is abandoned.
     ///
-    /// The overrun may have set the result's "allocated" flag, so that libmemcached already freed
-    /// its value buffer (and tried to free the result, which ``ReplyMemory`` ignored), or not: the
-    /// value buffer is dropped either way, at worst a leak of one buffer per such reply, and the
-    /// result is created anew in the same memory.
+    /// The overrun runs forward from the key buffer, so it can reach the result's own flags (its
+    /// last field) but not its value buffer, which comes before. If it set the "allocated" flag,
+    /// libmemcached may already have freed the value buffer (its string then reads as not
+    /// initialized) and tried to free the result, which ``ReplyMemory`` ignored. Otherwise the
+    /// value buffer is freed here. Then the result is created anew in the same memory.
     func rebuildResult(_ result: UnsafeMutablePointer<memcached_result_st>) throws {
+        result.pointee.options.is_allocated = false
+        if result.pointee.value.options.is_initialized {
+            memcached_result_free(result)
+        }
         UnsafeMutableRawPointer(result).initializeMemory(
             as: UInt8.self,
             repeating: 0,
             count: MemoryLayout<memcached_result_st>.size
         )
-        try initializeResult(result)
+        do {
+            try initializeResult(result)
+        } catch {
+            // A zeroed result would make the next fetch dereference null inside libmemcached:
+            // the handle is closed instead, and every later command throws connectionClosed.
+            free()
+            throw error
+        }
     }
 
     /// Gives a result's value buffer its first block now, through ``ReplyMemory``'s guarded

@@ -46,8 +46,16 @@ enum ReplyMemory {
     /// Installs the hooks on a handle freshly created with `memcached_create` on storage of ours
     /// (libmemcached frees a `memcached_st` it allocated itself with these hooks, which did not
     /// allocate it), before anything else is allocated through it.
-    static func install(on pointer: UnsafeMutablePointer<memcached_st>, maximumValueLength: Int) -> Bool {
-        let limit = maximumValueLength.addingReportingOverflow(slack)
+    ///
+    /// The limit is the value cap plus ``slack``, or `setupBytes` when libmemcached's own setup
+    /// (its server list and continuum) needs more: a value can then claim up to that much before
+    /// the cap refuses it, and ``Handle`` still refuses any value over the cap once read.
+    static func install(
+        on pointer: UnsafeMutablePointer<memcached_st>,
+        maximumValueLength: Int,
+        setupBytes: Int
+    ) -> Bool {
+        let limit = max(maximumValueLength, setupBytes).addingReportingOverflow(slack)
         let context = UnsafeMutableRawPointer(bitPattern: limit.overflow ? Int.max : limit.partialValue)
         return memcached_success(
             memcached_set_memory_allocators(pointer, allocate, release, reallocate, allocateZeroed, context)
@@ -63,6 +71,28 @@ enum ReplyMemory {
     static func allocateResult() -> UnsafeMutablePointer<memcached_result_st> {
         let base = calloc(1, guardSize + MemoryLayout<memcached_result_st>.size + resultPadding)!
         return (base + guardSize).bindMemory(to: memcached_result_st.self, capacity: 1)
+    }
+
+    /// Writes a value into the first padding bytes after a result and returns it, for
+    /// ``canaryIntact(_:after:)`` to compare once libmemcached has read into the result. It
+    /// changes with every call (the address of a local), so a reply cannot guess it.
+    @inline(__always)
+    static func armCanary(after result: UnsafeMutablePointer<memcached_result_st>) -> UInt64 {
+        var seed: UInt8 = 0
+        let value = withUnsafeMutablePointer(to: &seed) { UInt64(UInt(bitPattern: $0)) } ^ 0x9E37_79B9_7F4A_7C15
+        canarySlot(after: result).storeBytes(of: value, as: UInt64.self)
+        return value
+    }
+
+    /// Whether the value ``armCanary(after:)`` wrote is still there.
+    @inline(__always)
+    static func canaryIntact(_ value: UInt64, after result: UnsafeMutablePointer<memcached_result_st>) -> Bool {
+        canarySlot(after: result).load(as: UInt64.self) == value
+    }
+
+    @inline(__always)
+    private static func canarySlot(after result: UnsafeMutablePointer<memcached_result_st>) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(result) + MemoryLayout<memcached_result_st>.stride
     }
 
     /// Releases what ``allocateResult()`` returned.

@@ -1,0 +1,114 @@
+import Foundation
+import Memcached
+import MemcachedTestSupport
+import Testing
+
+/// The one rule for multi-key commands when some of their servers fail, each case against real
+/// servers: a server that is down (refuses connections) is skipped, and its keys are misses for
+/// `getMulti` and failures for `setMulti` and `deleteMulti`; a server that does not answer in time
+/// fails the whole `getMulti` (with `timeout`, every time, never an empty success), and the keys
+/// `setMulti` and `deleteMulti` could not finish in time are reported per key. ErrorHandling.md
+/// states the rule.
+@Suite("Multi-key commands when some servers fail", .offCooperativePool)
+struct MultiServerFailureTests {
+    static let timeout = Duration.milliseconds(300)
+
+    /// Keys spread over the servers, grouped by the server each maps to.
+    static func keysByServer(_ memc: MemcachedConnection) throws -> (keys: [String], owners: [String: String]) {
+        let keys = (0..<60).map { "multi-\($0)" }
+        var owners: [String: String] = [:]
+        for key in keys {
+            owners[key] = try memc.server(forKey: key)
+        }
+        return (keys, owners)
+    }
+
+    static func connect(_ servers: [String]) throws -> MemcachedConnection {
+        var configuration = try MemcachedConfiguration(servers: servers)
+        configuration.timeout = timeout
+        configuration.connectTimeout = timeout
+        return try MemcachedConnection(configuration: configuration)
+    }
+
+    @Test("a server that refuses connections: its keys are misses, not stored, not deleted; the others work")
+    func serverDown() throws {
+        try withMemcached { cluster in
+            let down = "127.0.0.1:\(try unusedLoopbackPort())"
+            let memc = try Self.connect([cluster.addresses[0], down])
+            let (keys, owners) = try Self.keysByServer(memc)
+            let downKeys = Set(keys.filter { owners[$0] == down })
+            #expect(!downKeys.isEmpty && downKeys.count < keys.count)
+            for round in 0..<3 {
+                let failed = try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v-\($0)") }))
+                #expect(Set(failed) == downKeys, "round \(round): setMulti reports exactly the down server's keys")
+                let hits = try memc.getMulti(keys, as: String.self)
+                #expect(Set(hits.keys) == Set(keys).subtracting(downKeys), "round \(round)")
+                #expect(hits.allSatisfy { $0.value == "v-\($0.key)" })
+                var handed: Set<String> = []
+                try memc.getMulti(keys) { key, _, _ in handed.insert(key) }
+                #expect(handed == Set(keys).subtracting(downKeys))
+                let deleted = try memc.deleteMulti(keys)
+                for key in keys {
+                    let outcome = try #require(deleted[key])
+                    if downKeys.contains(key) {
+                        #expect(throws: MemcachedError.self) { try outcome.get() }
+                    } else {
+                        #expect(try outcome.get() == true)
+                    }
+                }
+            }
+        }
+    }
+
+    @Test(
+        "a server that does not answer: getMulti throws timeout every time; setMulti and deleteMulti report what they could not finish"
+    )
+    func serverSilent() throws {
+        try withMemcached { cluster in
+            let silent = try SilentServer()
+            defer { silent.stop() }
+            let memc = try Self.connect([cluster.addresses[0], silent.address])
+            let direct = try Self.connect([cluster.addresses[0]])
+            let (keys, owners) = try Self.keysByServer(memc)
+            let silentKeys = Set(keys.filter { owners[$0] == silent.address })
+            #expect(!silentKeys.isEmpty && silentKeys.count < keys.count)
+            for round in 0..<4 {
+                let (getElapsed, getError) = timed { _ = try memc.getMulti(keys, as: String.self) }
+                #expect(
+                    (getError as? MemcachedError)?.code == .timeout,
+                    "round \(round): \(String(describing: getError))"
+                )
+                #expect(
+                    getElapsed < Self.timeout * 1.5 + .milliseconds(200),
+                    "round \(round): getMulti took \(getElapsed)"
+                )
+                let (forEachElapsed, forEachError) = timed { try memc.getMulti(keys) { _, _, _ in } }
+                #expect((forEachError as? MemcachedError)?.code == .timeout, "round \(round)")
+                #expect(forEachElapsed < Self.timeout * 1.5 + .milliseconds(200))
+
+                let clock = ContinuousClock()
+                let setStart = clock.now
+                let failed = try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v-\($0)") }))
+                let setElapsed = setStart.duration(to: clock.now)
+                #expect(
+                    setElapsed < Self.timeout * 1.5 + .milliseconds(200),
+                    "round \(round): setMulti took \(setElapsed)"
+                )
+                #expect(Set(failed).isSuperset(of: silentKeys), "round \(round): every key of the silent server failed")
+                for key in keys where !failed.contains(key) {
+                    #expect(try direct.get(key, as: String.self) == "v-\(key)", "a key reported stored is stored")
+                }
+                let (deleteElapsed, _) = timed {
+                    let deleted = try memc.deleteMulti(keys)
+                    for key in silentKeys {
+                        #expect(throws: MemcachedError.self) { try deleted[key]?.get() }
+                    }
+                }
+                #expect(
+                    deleteElapsed < Self.timeout * 1.5 + .milliseconds(200),
+                    "round \(round): deleteMulti took \(deleteElapsed)"
+                )
+            }
+        }
+    }
+}
