@@ -239,7 +239,7 @@ final class ProxySession {
         self.client = client
         self.shared = shared
         connectionNumber = shared.recorder.nextConnectionNumber()
-        var mixer = ReplyFuzzGenerator(
+        var mixer = SplitMix64(
             state: shared.configuration.seed ^ UInt64(connectionNumber) &* 0xA24B_AED4_963E_E407
         )
         connectionSeed = mixer.next()
@@ -374,7 +374,7 @@ final class ProxySession {
             shared.recorder.state.withLock { $0.statistics.scriptedReplies += 1 }
             return [.send(bytes)]
         }
-        var generator = ReplyFuzzGenerator(seed: connectionSeed, step: index)
+        var generator = SplitMix64(seed: connectionSeed, step: index)
         let roll = Double(generator.next() >> 11) / Double(1 << 53)
         guard roll < configuration.mutationProbability else {
             return [.send(reply.bytes)]

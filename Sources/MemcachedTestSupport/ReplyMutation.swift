@@ -107,11 +107,19 @@ public struct AppliedMutation: Sendable, CustomStringConvertible {
     }
 }
 
-/// SplitMix64: a small, seeded, deterministic generator, so a fuzz run can be replayed.
-struct ReplyFuzzGenerator: RandomNumberGenerator {
-    var state: UInt64
+/// SplitMix64: a small, seeded, deterministic generator, so a fuzz run or a failing sequence of a
+/// property test can be replayed from its seed.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    /// The generator's state; the seed to start from.
+    public var state: UInt64
 
-    mutating func next() -> UInt64 {
+    /// Creates a generator that starts from `state`.
+    public init(state: UInt64) {
+        self.state = state
+    }
+
+    /// The next value of the sequence.
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -122,12 +130,8 @@ struct ReplyFuzzGenerator: RandomNumberGenerator {
     /// A generator for one step of a stream: every reply gets its own, so a reply's mutation
     /// depends only on the connection's seed and the reply's index, not on earlier choices.
     init(seed: UInt64, step: Int) {
-        var mixer = ReplyFuzzGenerator(state: seed ^ (UInt64(truncatingIfNeeded: step) &* 0xD6E8_FEB8_6659_FD93))
+        var mixer = SplitMix64(state: seed ^ (UInt64(truncatingIfNeeded: step) &* 0xD6E8_FEB8_6659_FD93))
         state = mixer.next()
-    }
-
-    init(state: UInt64) {
-        self.state = state
     }
 
     mutating func pick<T>(_ choices: [T]) -> T {
@@ -202,7 +206,7 @@ enum ReplyMutator {
         _ kind: ReplyMutationKind,
         reply: ProxiedReply,
         context: MutationContext,
-        generator: inout ReplyFuzzGenerator
+        generator: inout SplitMix64
     ) -> MutationPlan {
         let original = reply.bytes
         switch kind {
@@ -272,7 +276,7 @@ enum ReplyMutator {
     private static func mutateValueField(
         _ kind: ReplyMutationKind,
         blocks: [TextReplyBlock],
-        generator: inout ReplyFuzzGenerator
+        generator: inout SplitMix64
     ) -> ([UInt8], String) {
         let valueIndices = blocks.indices.filter { if case .value = blocks[$0] { true } else { false } }
         let target = generator.pick(valueIndices)
@@ -336,7 +340,7 @@ enum ReplyMutator {
     private static func mutateBinaryHeader(
         _ kind: ReplyMutationKind,
         packets: [BinaryPacket],
-        generator: inout ReplyFuzzGenerator
+        generator: inout SplitMix64
     ) -> ([UInt8], String) {
         var packets = packets
         let target = generator.below(packets.count)
@@ -394,7 +398,7 @@ enum ReplyMutator {
 
     private static func errorReply(
         for reply: ProxiedReply,
-        generator: inout ReplyFuzzGenerator
+        generator: inout SplitMix64
     ) -> ([UInt8], String) {
         switch reply {
         case .text:
@@ -489,7 +493,7 @@ enum ReplyMutator {
     private static func trailing(
         reply: ProxiedReply,
         context: MutationContext,
-        generator: inout ReplyFuzzGenerator
+        generator: inout SplitMix64
     ) -> ([UInt8], String) {
         let key = context.controlKey ?? context.otherKey ?? "intruder"
         switch reply {
@@ -523,7 +527,7 @@ enum ReplyMutator {
     private static func flood(
         reply: ProxiedReply,
         context: MutationContext,
-        generator: inout ReplyFuzzGenerator
+        generator: inout SplitMix64
     ) -> MutationPlan {
         let original = reply.bytes
         switch reply {

@@ -1,3 +1,4 @@
+import MemcachedTestSupport
 import Testing
 
 @testable import Memcached

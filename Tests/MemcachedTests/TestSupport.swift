@@ -79,19 +79,6 @@ final class RecordingLogHandler: LogHandler, @unchecked Sendable {
     }
 }
 
-/// SplitMix64: a small, seeded, deterministic generator, so a failing sequence can be replayed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Runs every test of a suite, and the tasks it starts, on Dispatch threads of its own instead of
 /// Swift's shared cooperative pool.
 ///

@@ -1,4 +1,5 @@
 import Foundation
+import MemcachedTestSupport
 import Testing
 
 @testable import Memcached
