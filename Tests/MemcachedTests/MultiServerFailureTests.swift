@@ -79,19 +79,19 @@ struct MultiServerFailureTests {
                     "round \(round): \(String(describing: getError))"
                 )
                 #expect(
-                    getElapsed < Self.timeout * 1.5 + .milliseconds(200),
+                    getElapsed < Self.timeout * 1.5 + .seconds(1),
                     "round \(round): getMulti took \(getElapsed)"
                 )
                 let (forEachElapsed, forEachError) = timed { try memc.getMulti(keys) { _, _, _ in } }
                 #expect((forEachError as? MemcachedError)?.code == .timeout, "round \(round)")
-                #expect(forEachElapsed < Self.timeout * 1.5 + .milliseconds(200))
+                #expect(forEachElapsed < Self.timeout * 1.5 + .seconds(1))
 
                 let clock = ContinuousClock()
                 let setStart = clock.now
                 let failed = try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v-\($0)") }))
                 let setElapsed = setStart.duration(to: clock.now)
                 #expect(
-                    setElapsed < Self.timeout * 1.5 + .milliseconds(200),
+                    setElapsed < Self.timeout * 1.5 + .seconds(1),
                     "round \(round): setMulti took \(setElapsed)"
                 )
                 #expect(Set(failed).isSuperset(of: silentKeys), "round \(round): every key of the silent server failed")
@@ -105,7 +105,7 @@ struct MultiServerFailureTests {
                     }
                 }
                 #expect(
-                    deleteElapsed < Self.timeout * 1.5 + .milliseconds(200),
+                    deleteElapsed < Self.timeout * 1.5 + .seconds(1),
                     "round \(round): deleteMulti took \(deleteElapsed)"
                 )
             }
