@@ -123,8 +123,15 @@ enum ReplyMemory {
         Int(bitPattern: context)
     }
 
+    /// Whether libmemcached may have `size` bytes. Swift sees `size_t` as `Int`, so a size of
+    /// 2^63 or more (libmemcached's `length + 2` from a forged length) arrives negative.
+    @inline(__always)
+    private static func allowed(_ size: Int, _ context: UnsafeMutableRawPointer?) -> Bool {
+        size >= 0 && size <= limit(context)
+    }
+
     private static let allocate: memcached_malloc_fn = { _, size, context in
-        guard size <= limit(context), let base = malloc(size + guardSize) else { return nil }
+        guard allowed(size, context), let base = malloc(size + guardSize) else { return nil }
         return handOut(base)
     }
 
@@ -137,7 +144,7 @@ enum ReplyMemory {
         if let block, (block - guardSize).load(as: UInt64.self) != tag {
             return nil
         }
-        guard size <= limit(context), let base = realloc(block.map { $0 - guardSize }, size + guardSize) else {
+        guard allowed(size, context), let base = realloc(block.map { $0 - guardSize }, size + guardSize) else {
             return nil
         }
         return handOut(base)
@@ -145,7 +152,7 @@ enum ReplyMemory {
 
     private static let allocateZeroed: memcached_calloc_fn = { _, count, size, context in
         let total = count.multipliedReportingOverflow(by: size)
-        guard !total.overflow, total.partialValue <= limit(context),
+        guard count >= 0, size >= 0, !total.overflow, allowed(total.partialValue, context),
             let base = calloc(1, total.partialValue + guardSize)
         else { return nil }
         return handOut(base)
