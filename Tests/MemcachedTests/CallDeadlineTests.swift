@@ -226,8 +226,15 @@ struct CallDeadlineTests {
             }
             let connection = try MemcachedConnection(configuration: Self.configuration([frozen.address], .ascii))
             let keys = (0..<1_000).map { "frozen-\($0)" }
-            // Stored first, then frozen: every command is sent and waits for its reply.
-            #expect(try connection.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).isEmpty)
+            // Stored first, then frozen: every command is sent and waits for its reply. The 1,000
+            // keys go through a connection of their own with a long timeout: on a loaded machine
+            // 1,000 round trips can take longer than this test's timeout, which bounds a whole call.
+            let filler = try MemcachedConnection(
+                configuration: Self.configuration([frozen.address], .ascii, timeout: .seconds(60))
+            )
+            #expect(try filler.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).isEmpty)
+            filler.close()
+            #expect(try connection.set(keys[0], "v"), "the connection under test is open")
             frozen.pause()
 
             var notStored: [String] = []
@@ -350,7 +357,7 @@ struct CallDeadlineTests {
             let client = try Self.client([server.address], timeout: .seconds(5))
             let started = Mutex(false)
             let proceed = DispatchSemaphore(value: 0)
-            let task = Task(executorPreference: ConcurrentTestExecutor(label: "cancelled lease")) {
+            let task = Task(executorPreference: ThreadPerJobExecutor()) {
                 try await client.withConnection { connection -> [Bool] in
                     try connection.set("lease", "first")
                     started.withLock { $0 = true }

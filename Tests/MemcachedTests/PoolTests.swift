@@ -7,7 +7,7 @@ import Testing
 
 /// The pool behind ``MemcachedClient``: correctness under load, threads, waiting, closing and
 /// discarding, against real servers and a real silent socket.
-@Suite("MemcachedClient pool", .offCooperativePool, .timeLimit(.minutes(5)))
+@Suite("MemcachedClient pool", .threadPerJob, .timeLimit(.minutes(5)))
 struct PoolTests {
     // MARK: - Load
 

@@ -85,9 +85,13 @@ final class RecordingLogHandler: LogHandler, @unchecked Sendable {
 /// Tests make blocking libmemcached calls and start and stop servers. On the cooperative pool
 /// (two threads on a two-core machine) each such call holds a thread that the pool's timers,
 /// `Task.sleep` and every other test's continuations need, so timing checks elsewhere failed
-/// when the machine was busy. A concurrent queue per test is served by Dispatch's overcommitting
-/// threads, which grow when a job blocks. Every suite carries this trait.
+/// when the machine was busy. A concurrent queue per test is served by Dispatch's threads, which
+/// grow when a job blocks, if slowly: ``threadPerJob`` is for suites whose tests wait for a task
+/// to start while others block. Every suite carries one of the two.
 struct OffCooperativePoolTrait: SuiteTrait, TestTrait, TestScoping {
+    /// Whether each job gets a new thread (``ThreadPerJobExecutor``) rather than a Dispatch one.
+    var threadPerJob = false
+
     var isRecursive: Bool { true }
 
     func provideScope(
@@ -100,15 +104,21 @@ struct OffCooperativePoolTrait: SuiteTrait, TestTrait, TestScoping {
             try await function()
             return
         }
-        try await withTaskExecutorPreference(ConcurrentTestExecutor(label: test.name)) {
+        let executor: any TaskExecutor =
+            threadPerJob ? ThreadPerJobExecutor() : ConcurrentTestExecutor(label: test.name)
+        try await withTaskExecutorPreference(executor) {
             try await function()
         }
     }
 }
 
 extension Trait where Self == OffCooperativePoolTrait {
-    /// Runs the suite's tests on threads of their own: see ``OffCooperativePoolTrait``.
+    /// Runs the suite's tests on Dispatch threads of their own: see ``OffCooperativePoolTrait``.
     static var offCooperativePool: Self { Self() }
+
+    /// Runs every job of the suite's tests on a new thread, so that no task waits for a thread
+    /// while other tests block Dispatch's: for the pool tests, which wait for tasks to queue.
+    static var threadPerJob: Self { Self(threadPerJob: true) }
 }
 
 /// A task executor over a concurrent Dispatch queue: jobs run in parallel on Dispatch's threads,
@@ -124,5 +134,17 @@ final class ConcurrentTestExecutor: TaskExecutor {
         let job = UnownedJob(job)
         let executor = asUnownedTaskExecutor()
         queue.async { job.runSynchronously(on: executor) }
+    }
+}
+
+/// A task executor that runs every job on a new thread of its own: a job that blocks holds only
+/// its own thread, and every other job starts at once whatever the rest of the suite does. A
+/// thread costs tens of microseconds, which tests can afford.
+final class ThreadPerJobExecutor: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        let thread = Thread { job.runSynchronously(on: executor) }
+        thread.start()
     }
 }
