@@ -85,6 +85,7 @@ struct CommandTests {
 
     @Test(
         "code running in the middle of a read cannot use its connection; close and disconnect wait for the read",
+        .serialized,
         arguments: protocols
     )
     func reentrantUse(wireProtocol: MemcachedConfiguration.WireProtocol) throws {

@@ -473,7 +473,9 @@ struct PoolTests {
             let first = try await client.currentHandle()
             let gate = DispatchSemaphore(value: 0)
             let leased = Locked(false)
-            let doomed = Task {
+            // Unstructured tasks do not inherit the suite's executor: given one explicitly, so
+            // that they never wait for a cooperative thread other tests may be holding.
+            let doomed = Task(executorPreference: ThreadPerJobExecutor()) {
                 try await client.withConnection { connection in
                     leased.withLock { $0 = true }
                     _ = gate.wait(timeout: .now() + 30)
@@ -481,7 +483,7 @@ struct PoolTests {
                 }
             }
             try await waitUntil { leased.value }
-            let waiter = Task { try await client.currentHandle() }
+            let waiter = Task(executorPreference: ThreadPerJobExecutor()) { try await client.currentHandle() }
             try await waitUntil { client.pool.waiterCount == 1 }
 
             server.pause()
