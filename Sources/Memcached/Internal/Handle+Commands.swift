@@ -394,14 +394,11 @@ extension Handle {
             throw failure(rc, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
         }
         let hidden = memcached_last_error(pointer)
-        // A multi-get treats a server that is down as skipped: its keys are misses. Down means it
-        // refused the connection or hung up (libmemcached closed that socket itself, so nothing
-        // of its reply can linger), or libmemcached has it disabled or marked dead after earlier
-        // failures; it reports each of these as the handle's last error.
-        let lost =
-            toleratingLostServers
-            && (hidden == MEMCACHED_CONNECTION_FAILURE || hidden == MEMCACHED_SERVER_TEMPORARILY_DISABLED
-                || hidden == MEMCACHED_SERVER_MARKED_DEAD || hidden == MEMCACHED_HOST_LOOKUP_FAILURE)
+        // A multi-get treats a server that is down as skipped: its keys are misses. Down means a
+        // failure that leaves nothing of a reply unread: it refused the connection or hung up
+        // (libmemcached closed that socket itself), or libmemcached has it disabled or marked
+        // dead after earlier failures; it reports each of these as the handle's last error.
+        let lost = toleratingLostServers && !Self.mayLeaveReplyUnread(hidden)
         if !Self.isCleanEndOfReply(hidden) && !lost {
             throw failure(hidden, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
         }
