@@ -115,6 +115,7 @@ public struct MemcachedExpiration: Sendable, Hashable, CustomStringConvertible {
         )
     }
 
+    /// A short description for logs and errors: `never`, `after 60 s` or `at Unix time …`.
     public var description: String {
         switch storage {
         case .never: "never"
