@@ -227,11 +227,7 @@ extension MemcachedConnection {
         guard !keys.isEmpty else { return }
         var batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
         try handle.withDeadline {
-            try handle.fetchMany(batch, command: "get_multi") { item in
-                // The reply's key, prefix included, must be one that was asked for.
-                guard let index = batch.match(item.keyBytes) else {
-                    throw handle.unexpectedKey()
-                }
+            try handle.fetchMany(&batch, command: "get_multi") { index, item in
                 try decode(item, key: keys[index]) { bytes, flags in try hit(index, bytes, flags) }
             }
         }

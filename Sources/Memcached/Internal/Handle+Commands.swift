@@ -263,7 +263,7 @@ extension Handle {
         expiration: Int64,
         noReply: Bool = false
     ) throws -> Bool {
-        let pointer = try live()
+        let pointer = try commandHandle()
         let valuePointer = value.baseAddress.map { $0.assumingMemoryBound(to: CChar.self) }
         let keyPointer = key.cString
         let keyLength = key.bytes.count
@@ -322,7 +322,7 @@ extension Handle {
         requiresCAS: Bool = false,
         _ decode: (FetchedItem) throws -> R
     ) throws -> R? {
-        let pointer = try live()
+        let pointer = try commandHandle()
         defer { finishRead() }
         // Both protocols read into this handle's own results, never through `memcached_get`:
         // that reads into the result inside `memcached_st`, where libmemcached's unchecked copy
@@ -523,8 +523,16 @@ extension Handle {
     /// Keys whose server cannot be reached are misses, as in python-memcached; the failure is
     /// logged. When no server answered at all, or a server failed mid-reply, the call throws, and
     /// the hit read just before the failure is not handed over.
-    func fetchMany(_ batch: KeyBatch, command: StaticString, _ body: (FetchedItem) throws -> Void) throws {
-        let pointer = try live()
+    ///
+    /// Each reply's key is matched to the request (``KeyBatch/match(_:)``) as soon as it is read,
+    /// before the hit read just before it is handed over: a key nobody asked for, or asked for
+    /// once and answered twice, fails the call with that hit kept back.
+    func fetchMany(
+        _ batch: inout KeyBatch,
+        command: StaticString,
+        _ body: (_ index: Int, FetchedItem) throws -> Void
+    ) throws {
+        let pointer = try commandHandle()
         defer { finishRead() }
         var reading = try liveResult()
         var waiting = try liveScratch()
@@ -542,12 +550,12 @@ extension Handle {
         var bodyError: (any Error)?
         var items = 0
         // The hit read last, in `waiting`, handed over once the next read succeeds.
-        var pending: FetchedItem?
-        func handOver(_ item: FetchedItem) {
+        var pending: (index: Int, item: FetchedItem)?
+        func handOver(_ hit: (index: Int, item: FetchedItem)) {
             // Keep reading after a decoding error so the rest of the reply does not linger.
             guard bodyError == nil else { return }
             do {
-                try whileReading { try body(item) }
+                try whileReading { try body(hit.index, hit.item) }
             } catch {
                 bodyError = error
             }
@@ -559,6 +567,10 @@ extension Handle {
                 throw malformedReply("more values than keys asked for", command: command)
             }
             let item = try fetchedItem(reading, command: command)
+            // The reply's key, prefix included, must be one that was asked for and not answered.
+            guard let index = batch.match(item.keyBytes) else {
+                throw unexpectedKey()
+            }
             // A server that keeps sending (or a slow `body`) must not hold the call past its
             // deadline; the rest of the reply stays unread, so the connection is reset.
             if _slowPath(isPastDeadline) {
@@ -568,7 +580,7 @@ extension Handle {
             if let pending {
                 handOver(pending)
             }
-            pending = item
+            pending = (index, item)
             swap(&reading, &waiting)
         }
         // The watchdog's shut-down sockets read as servers that hung up, whose keys a multi-get
@@ -597,7 +609,7 @@ extension Handle {
 
     /// Deletes a key. Returns `false` when it was not there.
     func delete(key: PreparedKey, noReply: Bool = false) throws -> Bool {
-        let pointer = try live()
+        let pointer = try commandHandle()
         if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
         defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
         let rc = memcached_delete(pointer, key.cString, key.bytes.count, 0)
@@ -611,11 +623,16 @@ extension Handle {
     ///
     /// - Returns: The new value, or `nil` when the key is missing.
     func arithmetic(key: PreparedKey, delta: UInt64, increment: Bool) throws -> UInt64? {
-        let pointer = try live()
+        let pointer = try commandHandle()
         var newValue: UInt64 = 0
         let operation = increment ? memcached_increment_by_key : memcached_decrement_by_key
         let rc = operation(pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
-        if memcached_success(rc) { return newValue }
+        if memcached_success(rc) {
+            if binary && newValue == .max {
+                try confirmCounterAtMaximum(key: key, increment: increment)
+            }
+            return newValue
+        }
         if rc == MEMCACHED_NOTFOUND { return nil }
         var error = failure(rc, command: increment ? "increment" : "decrement", key: key.key, keyBytes: key.bytes)
         if binary && rc == MEMCACHED_UNKNOWN_READ_FAILURE {
@@ -627,9 +644,28 @@ extension Handle {
         throw error
     }
 
+    /// Checks a binary counter reply of 2⁶⁴ − 1 against the stored value.
+    ///
+    /// libmemcached clears the handle's result to that value before it reads the reply, and only a
+    /// binary increment reply overwrites it; any other packet it accepts in its place (a
+    /// statistic, the server's mechanisms list) leaves it there and reads as success. A counter
+    /// really at the maximum is rare, so that one value is confirmed with a `get`.
+    private func confirmCounterAtMaximum(key: PreparedKey, increment: Bool) throws {
+        let stored = try fetchOne(key: key, command: increment ? "increment" : "decrement") { item in
+            item.value.elementsEqual(String(UInt64.max).utf8)
+        }
+        guard stored == true else {
+            throw malformedReply(
+                "a reply of another kind to \(increment ? "incr" : "decr")",
+                command: increment ? "increment" : "decrement",
+                key: key
+            )
+        }
+    }
+
     /// Changes a key's expiration. Returns `false` when it was not there.
     func touch(key: PreparedKey, expiration: Int64) throws -> Bool {
-        let rc = memcached_touch(try live(), key.cString, key.bytes.count, time_t(expiration))
+        let rc = memcached_touch(try commandHandle(), key.cString, key.bytes.count, time_t(expiration))
         if memcached_success(rc) { return true }
         if rc == MEMCACHED_NOTFOUND { return false }
         throw failure(rc, command: "touch", key: key.key, keyBytes: key.bytes)
@@ -648,7 +684,7 @@ extension Handle {
     // MARK: - Administration
 
     func flush(delaySeconds: Int64, noReply: Bool = false) throws {
-        let pointer = try live()
+        let pointer = try commandHandle()
         if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
         defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
         let rc = memcached_flush(pointer, time_t(delaySeconds))

@@ -37,6 +37,10 @@ final class Handle {
     /// Whether a call's deadline is running: a command inside another (a store in `setMulti`)
     /// shares its deadline. Owner thread only.
     private var inCall = false
+    /// Whether each call checks the servers' sockets before it starts and libmemcached's read
+    /// buffers after it ends (``ServerConnectionState``). Not for the short-lived handles of
+    /// `stats` and `versions`, which connect for one command.
+    private let checksConnectionState: Bool
 
     /// - Parameter parentDeadline: The deadline of the call this handle works for, when it is a
     ///   short-lived handle of `stats` or `versions`: its cancellation is this one's.
@@ -48,6 +52,7 @@ final class Handle {
         self.traceEnabled = configuration.logger.logLevel <= .trace
         self.noReply = configuration.noReply && configuration.wireProtocol == .ascii
         self.binary = configuration.wireProtocol == .binary
+        self.checksConnectionState = parentDeadline == nil && ServerConnectionState.isAvailable
         let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
         storage.initialize(to: memcached_st())
         guard memcached_create(storage) != nil else {
@@ -119,6 +124,7 @@ final class Handle {
         self.keepAlive = source.keepAlive
         self.noReply = source.noReply
         self.binary = source.binary
+        self.checksConnectionState = source.checksConnectionState
         let sourcePointer = try source.live()
         let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
         // Zeroed: memcached_clone refuses storage whose "allocated" flag reads as set.
@@ -319,6 +325,19 @@ final class Handle {
         return pointer
     }
 
+    /// The live handle for a command about to be sent. Bytes still waiting in libmemcached's read
+    /// buffer here are not a reply to this command (a server sent more than the last reply, within
+    /// a call of several commands such as `setMulti`): the connections are dropped first, since
+    /// libmemcached would read them as this command's reply.
+    @inline(__always)
+    func commandHandle() throws -> UnsafeMutablePointer<memcached_st> {
+        let pointer = try live()
+        if checksConnectionState, ServerConnectionState.anyUnreadBytes(pointer) {
+            dropConnections(because: "a server sent more than the reply that was read")
+        }
+        return pointer
+    }
+
     @inline(__always)
     func liveResult() throws -> UnsafeMutablePointer<memcached_result_st> {
         guard let result else {
@@ -357,11 +376,20 @@ final class Handle {
         }
         try deadline.begin(inheriting: inherited, ignoringCancellation: ignoringCancellation)
         inCall = true
+        if checksConnectionState, let pointer, ServerConnectionState.anyConnectionHasNews(pointer) {
+            dropConnections(because: "a server closed its connection or sent bytes while it was idle")
+        }
         let result: R
         do {
             result = try body()
         } catch {
             throw endCall(throwing: error)
+        }
+        if checksConnectionState, let pointer, ServerConnectionState.anyUnreadBytes(pointer) {
+            // libmemcached accepted a reply that was followed by more bytes: most likely the reply
+            // was not the one asked for (a binary value packet read as an `incr` reply leaves
+            // the real one behind), so the result is not trusted either.
+            throw endCall(throwing: malformedReply("more bytes than the reply", command: "reply"))
         }
         if _slowPath(deadline.wasInterrupted) {
             _ = endCall(throwing: nil)
@@ -692,6 +720,18 @@ final class Handle {
             return true
         }
         return code.isLibmemcachedCode && mayLeaveReplyUnread(memcached_return_t(UInt32(code.rawValue)))
+    }
+
+    /// Closes every connection before or after a call, when a server said something outside a
+    /// reply (``ServerConnectionState``): the next command reconnects instead of writing to a closed
+    /// socket or reading bytes that were never its reply.
+    @inline(never)
+    private func dropConnections(because reason: String) {
+        logger.debug("memcached connections reset", metadata: ["reason": "\(reason)"])
+        // Not counted in connectionResets: the handle is in step again, so a pool keeps it.
+        if let pointer {
+            memcached_quit(pointer)
+        }
     }
 
     /// How many times ``resetConnections()`` has run: a pool compares it before and after a lease
