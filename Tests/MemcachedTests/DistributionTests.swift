@@ -69,6 +69,29 @@ struct DistributionTests {
         }
     }
 
+    @Test(
+        "a client's pooled connections (clones) map every key to the server a connection does",
+        arguments: [MemcachedDistribution.modula, .consistent, .consistentWeighted]
+    )
+    func clonesMapAsTheirSource(distribution: MemcachedDistribution) async throws {
+        // Addresses only: nothing is sent, server(forKey:) reads the continuum.
+        let servers = (1...5).map { MemcachedServer(host: "127.0.0.1", port: 20_000 + $0, weight: $0) }
+        let connection = try Self.connection(servers, distribution)
+        var configuration = MemcachedConfiguration(servers: servers)
+        configuration.distribution = distribution
+        let client = try MemcachedClient(configuration: configuration)
+        var differing: [String] = []
+        for index in 0..<500 {
+            let key = "clone-\(index)"
+            let expected = try connection.server(forKey: key)
+            if try await client.server(forKey: key) != expected {
+                differing.append(key)
+            }
+        }
+        await client.close()
+        #expect(differing.isEmpty, "\(differing.count) of 500 keys map elsewhere through the client")
+    }
+
     @Test("consistent and consistentWeighted with md5 place keys exactly as an independent libketama implementation")
     func libketamaReference() throws {
         let keys = (0..<3_000).map { "ketama-\($0)-\($0 % 7 == 0 ? "会" : "k")" }

@@ -149,7 +149,12 @@ struct FaultToleranceTests {
     func hungServer(wireProtocol: MemcachedConfiguration.WireProtocol) throws {
         try withMemcached(servers: 2) { cluster in
             let timeout = Duration.milliseconds(400)
-            let memc = try connect(cluster, wireProtocol: wireProtocol) { $0.timeout = timeout }
+            // Each call's own bound: a failure limit out of reach keeps the server from being
+            // marked down, which ServerEjectionTests covers.
+            let memc = try connect(cluster, wireProtocol: wireProtocol) {
+                $0.timeout = timeout
+                $0.serverFailureLimit = 1_000
+            }
             let keys = (0..<100).map { "key-\($0)" }
             try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v-\($0)") }))
             let hung = cluster.servers[0]

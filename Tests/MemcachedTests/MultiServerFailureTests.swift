@@ -25,10 +25,13 @@ struct MultiServerFailureTests {
 
     /// `timeout` bounds a whole call, so a test whose point is not timing uses a long one: on a
     /// loaded machine 60 round trips to a healthy server can take longer than 300 ms.
+    /// A connection to `servers`. Its failure limit is out of reach: these tests are about each
+    /// call's outcome while a server fails, before it would be marked down (ServerEjectionTests).
     static func connect(_ servers: [String], timeout: Duration = timeout) throws -> MemcachedConnection {
         var configuration = try MemcachedConfiguration(servers: servers)
         configuration.timeout = timeout
         configuration.connectTimeout = timeout
+        configuration.serverFailureLimit = 1_000
         return try MemcachedConnection(configuration: configuration)
     }
 

@@ -64,23 +64,32 @@ public struct MemcachedConfiguration: Sendable {
     /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_TCP_NODELAY`.
     public var tcpNoDelay = true
 
-    /// How long a server that failed to connect is skipped before it is tried again.
+    /// How long a server that was marked down (see ``serverFailureLimit``), or that refused a
+    /// connection, is skipped before it is tried again.
     ///
-    /// The default is 2 seconds, libmemcached's default (python-memcached's `dead_retry` is 30 s).
-    /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_RETRY_TIMEOUT`.
+    /// After it, one call probes the server with a `version` request under half of ``timeout``
+    /// before its keys are sent there again. The default is 2 seconds, libmemcached's default
+    /// (python-memcached's `dead_retry` is 30 s). The corresponding C behaviour is
+    /// `MEMCACHED_BEHAVIOR_RETRY_TIMEOUT`.
     public var retryTimeout: Duration = .seconds(2)
 
-    /// How many consecutive failures mark a server as failed.
+    /// How many calls in a row a server may fail to answer (time out, lose or refuse the
+    /// connection) before it is marked down for ``retryTimeout``, for this connection and every
+    /// connection cloned from it: calls for its keys then fail at once with
+    /// ``MemcachedError/Code/serverMarkedDead`` instead of waiting for a timeout each.
     ///
-    /// The default is 5, libmemcached's default. Must be at least 1.
-    /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT`.
+    /// The default is 5, libmemcached's default. Must be at least 1. Counted by this library for
+    /// every kind of failure (libmemcached counts failed connects only, per connection); it is
+    /// also passed on as `MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT`. See "Servers that stop
+    /// answering are marked down" in <doc:ErrorHandling>.
     public var serverFailureLimit = 5
 
-    /// Whether a server that reached ``serverFailureLimit`` is taken out of the distribution
-    /// until ``retryTimeout`` has passed, so its keys move to the other servers.
+    /// Whether the keys of a server marked down (see ``serverFailureLimit``) go to the other
+    /// servers until it is back, instead of failing.
     ///
-    /// This only remaps keys with a consistent distribution. The default is `false`.
-    /// The corresponding C behaviour is `MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS`.
+    /// Only the down server's keys move with a consistent distribution; with modula most keys
+    /// move. The default is `false`. The corresponding C behaviour is
+    /// `MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS`.
     public var removeFailedServers = false
 
     /// Whether commands whose outcome the caller does not need are sent without waiting for a

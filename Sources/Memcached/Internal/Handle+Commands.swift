@@ -263,7 +263,7 @@ extension Handle {
         expiration: Int64,
         noReply: Bool = false
     ) throws -> Bool {
-        let pointer = try commandHandle()
+        let pointer = try commandHandle(for: key)
         let valuePointer = value.baseAddress.map { $0.assumingMemoryBound(to: CChar.self) }
         let keyPointer = key.cString
         let keyLength = key.bytes.count
@@ -322,7 +322,7 @@ extension Handle {
         requiresCAS: Bool = false,
         _ decode: (FetchedItem) throws -> R
     ) throws -> R? {
-        let pointer = try commandHandle()
+        let pointer = try commandHandle(for: key)
         defer { finishRead() }
         // Both protocols read into this handle's own results, never through `memcached_get`:
         // that reads into the result inside `memcached_st`, where libmemcached's unchecked copy
@@ -609,7 +609,7 @@ extension Handle {
 
     /// Deletes a key. Returns `false` when it was not there.
     func delete(key: PreparedKey, noReply: Bool = false) throws -> Bool {
-        let pointer = try commandHandle()
+        let pointer = try commandHandle(for: key)
         if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
         defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
         let rc = memcached_delete(pointer, key.cString, key.bytes.count, 0)
@@ -623,7 +623,7 @@ extension Handle {
     ///
     /// - Returns: The new value, or `nil` when the key is missing.
     func arithmetic(key: PreparedKey, delta: UInt64, increment: Bool) throws -> UInt64? {
-        let pointer = try commandHandle()
+        let pointer = try commandHandle(for: key)
         var newValue: UInt64 = 0
         let operation = increment ? memcached_increment_by_key : memcached_decrement_by_key
         let rc = operation(pointer, key.cString, key.bytes.count, key.cString, key.bytes.count, delta, &newValue)
@@ -665,7 +665,7 @@ extension Handle {
 
     /// Changes a key's expiration. Returns `false` when it was not there.
     func touch(key: PreparedKey, expiration: Int64) throws -> Bool {
-        let rc = memcached_touch(try commandHandle(), key.cString, key.bytes.count, time_t(expiration))
+        let rc = memcached_touch(try commandHandle(for: key), key.cString, key.bytes.count, time_t(expiration))
         if memcached_success(rc) { return true }
         if rc == MEMCACHED_NOTFOUND { return false }
         throw failure(rc, command: "touch", key: key.key, keyBytes: key.bytes)
@@ -801,7 +801,7 @@ extension Handle {
         try onEachServer { try $0.versionOfOnlyServer() }
     }
 
-    private func versionOfOnlyServer() throws -> String {
+    func versionOfOnlyServer() throws -> String {
         let pointer = try live()
         let rc = memcached_version(pointer)
         guard let (instance, server) = try serverInstances().first else {

@@ -41,6 +41,18 @@ final class Handle {
     /// buffers after it ends (``ServerConnectionState``). Not for the short-lived handles of
     /// `stats` and `versions`, which connect for one command.
     private let checksConnectionState: Bool
+    /// Which servers are failing, shared with every clone (``ServerHealth``); `nil` for the
+    /// short-lived handles of `stats` and `versions`.
+    let health: ServerHealth?
+    /// The server the call in flight talks to, when the call has one key and some server is
+    /// failing: the call's outcome counts for it.
+    private var callServer: String?
+    /// The ``ServerHealth/generation`` this handle's server list was built for, with
+    /// ``MemcachedConfiguration/removeFailedServers``.
+    private var serverListGeneration = 0
+    /// When the first server this handle's list leaves out is due for a probe: the list is
+    /// rebuilt with it then.
+    private var leftOutUntil: ContinuousClock.Instant?
 
     /// - Parameter parentDeadline: The deadline of the call this handle works for, when it is a
     ///   short-lived handle of `stats` or `versions`: its cancellation is this one's.
@@ -53,6 +65,13 @@ final class Handle {
         self.noReply = configuration.noReply && configuration.wireProtocol == .ascii
         self.binary = configuration.wireProtocol == .binary
         self.checksConnectionState = parentDeadline == nil && ServerConnectionState.isAvailable
+        self.health =
+            parentDeadline == nil
+            ? ServerHealth(
+                failureLimit: configuration.serverFailureLimit,
+                downTime: configuration.retryTimeout,
+                callTimeout: configuration.timeout
+            ) : nil
         let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
         storage.initialize(to: memcached_st())
         guard memcached_create(storage) != nil else {
@@ -125,6 +144,7 @@ final class Handle {
         self.noReply = source.noReply
         self.binary = source.binary
         self.checksConnectionState = source.checksConnectionState
+        self.health = source.health
         let sourcePointer = try source.live()
         let storage = UnsafeMutablePointer<memcached_st>.allocate(capacity: 1)
         // Zeroed: memcached_clone refuses storage whose "allocated" flag reads as set.
@@ -137,6 +157,19 @@ final class Handle {
         self.deadline = CallDeadline(handle: storage, timeout: source.deadline.timeout, parent: nil)
         self.pointer = storage
         try createResults()
+        // memcached_clone copies the distribution but not libmemcached's weighted-ketama flag,
+        // so a clone of a consistent handle built another continuum and mapped keys to other
+        // servers than its source: setting the distribution again sets the flag and rebuilds it.
+        if configuration.distribution.kind != .modula {
+            let rc = memcached_behavior_set(
+                storage,
+                MEMCACHED_BEHAVIOR_DISTRIBUTION,
+                UInt64(Self.distributionValue(configuration.distribution).rawValue)
+            )
+            guard memcached_success(rc) else {
+                throw MemcachedError(code: .invalidConfiguration, message: "libmemcached refused the distribution")
+            }
+        }
     }
 
     /// A bound on libmemcached's largest allocation while it sets a handle up, which the receive
@@ -329,13 +362,113 @@ final class Handle {
     /// buffer here are not a reply to this command (a server sent more than the last reply, within
     /// a call of several commands such as `setMulti`): the connections are dropped first, since
     /// libmemcached would read them as this command's reply.
+    ///
+    /// With `key`, a command for that key's server: when that server is down
+    /// (``ServerHealth``), the command fails here, before anything is sent.
     @inline(__always)
-    func commandHandle() throws -> UnsafeMutablePointer<memcached_st> {
+    func commandHandle(for key: PreparedKey? = nil) throws -> UnsafeMutablePointer<memcached_st> {
         let pointer = try live()
         if checksConnectionState, ServerConnectionState.anyUnreadBytes(pointer) {
             dropConnections(because: "a server sent more than the reply that was read")
         }
+        if let key, let health, _slowPath(!health.allHealthy) {
+            try admit(key, health)
+        }
         return pointer
+    }
+
+    /// Fails a command for a server that is down; otherwise notes the server, whose health the
+    /// command's outcome then updates.
+    @inline(never)
+    private func admit(_ key: PreparedKey, _ health: ServerHealth) throws {
+        guard let server = serverDescription(forKey: key.bytes) else { return }
+        callServer = server
+        var admission = health.admit(server)
+        if admission == .probe {
+            admission = probe(server, health) ? .proceed : .refuse
+        }
+        if admission == .refuse {
+            callServer = nil
+            throw MemcachedError(
+                code: .serverMarkedDead,
+                message: "the server failed \(health.failureLimit) calls in a row and is left alone until its "
+                    + "retry timeout (\(configuration.retryTimeout)) has passed",
+                key: key.key,
+                server: server
+            )
+        }
+    }
+
+    /// Asks a server that was down for its version, through a short-lived handle of its own under
+    /// half the call timeout, and reports the outcome: one call per ``MemcachedConfiguration/retryTimeout``
+    /// waits for it, instead of a command of the caller's reaching a server that may still hang.
+    private func probe(_ server: String, _ health: ServerHealth) -> Bool {
+        guard let configured = configuration.servers.first(where: { $0.address.description == server }) else {
+            return false
+        }
+        var single = configuration
+        single.servers = [MemcachedServer(address: configured.address, weight: 1)]
+        if configuration.credentials == nil {
+            single.wireProtocol = .ascii
+        }
+        // Half the timeout: the probe runs inside the call that triggered it, which must still end
+        // within its own deadline with its own error.
+        single.timeout = configuration.timeout / 2
+        single.connectTimeout = min(configuration.connectTimeout, single.timeout)
+        let answered: Bool
+        do {
+            let handle = try Handle(configuration: single, parentDeadline: deadline)
+            defer { handle.close() }
+            answered = try handle.withDeadline { !(try handle.versionOfOnlyServer()).isEmpty }
+        } catch {
+            answered = false
+        }
+        logger.debug("memcached server probed", metadata: ["server": "\(server)", "answered": "\(answered)"])
+        if answered {
+            health.recordSuccess(server)
+        } else {
+            health.recordFailure(server)
+        }
+        return answered
+    }
+
+    /// Probes the servers this handle's list leaves out whose down time has passed, unless
+    /// another handle is probing them (see ``probe(_:_:)``).
+    private func probeLeftOutServers(_ health: ServerHealth) {
+        for server in configuration.servers {
+            let name = server.address.description
+            if health.downUntilPassed(name), health.admit(name) == .probe {
+                _ = probe(name, health)
+            }
+        }
+    }
+
+    /// Whether a key's server is down: a multi-key read leaves such keys out (they are misses).
+    func isOnDownServer(_ keyBytes: UnsafeBufferPointer<UInt8>, down: Set<String>) -> Bool {
+        guard let server = serverDescription(forKey: keyBytes) else { return false }
+        return down.contains(server)
+    }
+
+    /// Rebuilds the server list without the servers that are down, so their keys map to the
+    /// others (``MemcachedConfiguration/removeFailedServers``); with every server down, keeps them
+    /// all, and calls fail fast instead. Closes every connection of the handle.
+    @inline(never)
+    private func leaveOutDownServers(_ health: ServerHealth) throws {
+        let pointer = try live()
+        serverListGeneration = health.generation
+        let (down, firstDue) = health.downServers()
+        leftOutUntil = firstDue
+        var servers = configuration.servers.filter { !down.contains($0.address.description) }
+        if servers.isEmpty {
+            servers = configuration.servers
+        }
+        logger.debug(
+            "memcached server list rebuilt",
+            metadata: ["left out": "\(down.sorted())", "servers": "\(servers.count)"]
+        )
+        memcached_quit(pointer)
+        memcached_servers_reset(pointer)
+        try addServers(servers)
     }
 
     @inline(__always)
@@ -374,6 +507,18 @@ final class Handle {
         if inCall {
             return try body()
         }
+        callServer = nil
+        if let health, configuration.removeFailedServers, _slowPath(!health.allHealthy || leftOutUntil != nil),
+            health.generation != serverListGeneration || leftOutUntil.map({ ContinuousClock.now >= $0 }) == true
+        {
+            // Before the deadline starts: the watchdog reads the server list during a call.
+            if leftOutUntil.map({ ContinuousClock.now >= $0 }) == true {
+                probeLeftOutServers(health)
+            }
+            if health.generation != serverListGeneration {
+                try leaveOutDownServers(health)
+            }
+        }
         try deadline.begin(inheriting: inherited, ignoringCancellation: ignoringCancellation)
         inCall = true
         if checksConnectionState, let pointer, ServerConnectionState.anyConnectionHasNews(pointer) {
@@ -390,6 +535,9 @@ final class Handle {
             // was not the one asked for (a binary value packet read as an `incr` reply leaves
             // the real one behind), so the result is not trusted either.
             throw endCall(throwing: malformedReply("more bytes than the reply", command: "reply"))
+        }
+        if let server = callServer {
+            health?.recordSuccess(server)
         }
         if _slowPath(deadline.wasInterrupted) {
             _ = endCall(throwing: nil)
@@ -677,6 +825,9 @@ final class Handle {
             error.code = .timeout
             error.message = deadlineError().message
         }
+        if let health, ServerHealth.countsAgainstServer(error.code) {
+            recordFailure(server: server, health)
+        }
         if reset || pastDeadline || Self.mayLeaveReplyUnread(rc) {
             resetConnections()
         }
@@ -688,6 +839,24 @@ final class Handle {
             ]
         )
         return error
+    }
+
+    /// Counts a failure against the server of the command's key, or, for a command of several
+    /// keys, against every server that still owed a reply.
+    private func recordFailure(server: String?, _ health: ServerHealth) {
+        callServer = nil
+        if let server {
+            health.recordFailure(server)
+            return
+        }
+        guard let pointer else { return }
+        for position in 0..<memcached_server_count(pointer) {
+            if let instance = memcached_server_instance_by_position(pointer, position),
+                memcached_server_response_count(instance) > 0
+            {
+                health.recordFailure(Self.describe(instance))
+            }
+        }
     }
 
     /// Whether a failure may leave bytes of a reply unread on some socket.
