@@ -41,6 +41,8 @@ final class Handle {
     /// buffers after it ends (``ServerConnectionState``). Not for the short-lived handles of
     /// `stats` and `versions`, which connect for one command.
     private let checksConnectionState: Bool
+    /// The coarse-clock reading of the last call start whose sockets were polled.
+    private var lastCheckedTick: UInt64 = 0
     /// Which servers are failing, shared with every clone (``ServerHealth``); `nil` for the
     /// short-lived handles of `stats` and `versions`.
     let health: ServerHealth?
@@ -521,8 +523,16 @@ final class Handle {
         }
         try deadline.begin(inheriting: inherited, ignoringCancellation: ignoringCancellation)
         inCall = true
-        if checksConnectionState, let pointer, ServerConnectionState.anyConnectionHasNews(pointer) {
-            dropConnections(because: "a server closed its connection or sent bytes while it was idle")
+        if checksConnectionState, let pointer {
+            // Once per tick of the coarse clock (4 ms here) that saw a call start: a connection used
+            // within the tick is not idle, and back-to-back calls skip the system call.
+            let tick = deadline.current &- deadline.timeout
+            if tick != lastCheckedTick {
+                lastCheckedTick = tick
+                if ServerConnectionState.anyConnectionHasNews(pointer) {
+                    dropConnections(because: "a server closed its connection or sent bytes while it was idle")
+                }
+            }
         }
         let result: R
         do {

@@ -79,7 +79,9 @@ enum ServerConnectionState {
     /// Whether any connected server of `handle` has something to say before a command was sent:
     /// it closed the connection (end of file, reset), or sent bytes nobody asked for.
     ///
-    /// One `poll` with a zero timeout over every connected socket. An idle connection to an
+    /// One `poll` with a zero timeout over every connected socket. ``Handle`` calls it at the
+    /// start of a call when the coarse clock (a tick of a few milliseconds) moved since the last
+    /// check, so a loop of calls pays it once per tick, not once per call. An idle connection to an
     /// honest server never has anything to read, so `true` means the connection must not be
     /// used: a command written to it would be lost (closed) or read the wrong reply (bytes).
     static func anyConnectionHasNews(_ handle: UnsafeMutablePointer<memcached_st>) -> Bool {
