@@ -56,6 +56,25 @@ struct CommandTests {
         }
     }
 
+    @Test("append or prepend to a compressed value: the next read throws decompressionFailed, nothing is lost silently")
+    func appendToCompressedValue() throws {
+        try withMemcached { cluster in
+            let memc = try connect(cluster) { $0.compressionThreshold = 64 }
+            let long = String(repeating: "compressible ", count: 40)
+            for (name, change) in [
+                ("append", { try memc.append("c", "tail") }),
+                ("prepend", { try memc.prepend("c", "head") }),
+            ] as [(String, () throws -> Bool)] {
+                #expect(try memc.set("c", long))
+                #expect(try change(), "memcached stores the bytes: \(name)")
+                let error = try #require(throws: MemcachedError.self) { _ = try memc.get("c", as: String.self) }
+                #expect(error.code == .decompressionFailed, "\(name): \(error)")
+                // The other read paths agree.
+                #expect(throws: MemcachedError.self) { _ = try memc.getMulti(["c"], as: String.self) }
+            }
+        }
+    }
+
     @Test("getMulti(forEachHit:) hands over each hit in place, decompressed, and rethrows the caller's error")
     func getMultiForEachHit() throws {
         struct Stop: Error {}

@@ -26,8 +26,9 @@ enum Compression {
     /// buffer of the exact size allocated and the input inflated again. So memory never exceeds
     /// the output's own size (or `limit`), never twice it as growing an array would.
     ///
-    /// - Throws: ``MemcachedError`` with code `decompressionFailed` for corrupt input or output
-    ///   over `limit`.
+    /// - Throws: ``MemcachedError`` with code `decompressionFailed` for corrupt input, bytes after
+    ///   the compressed data (python-memcached's `zlib.decompress` drops them), or output over
+    ///   `limit`.
     static func decompress(_ input: UnsafeRawBufferPointer, limit: Int) throws -> [UInt8] {
         let guess = min(limit, max(4_096, input.count.multipliedReportingOverflow(by: 4).partialValue))
         var output = [UInt8](repeating: 0, count: max(guess, 0))
@@ -71,6 +72,13 @@ enum Compression {
             }
             switch status {
             case Z_STREAM_END:
+                // Bytes after the end of the stream are data zlib would drop without a word: what
+                // an `append` to a compressed value adds (memcached keeps the item's flags).
+                guard stream.avail_in == 0 else {
+                    throw failure(
+                        "\(stream.avail_in) bytes follow the compressed data (appended to a compressed value?)"
+                    )
+                }
                 return total
             case Z_OK:
                 continue

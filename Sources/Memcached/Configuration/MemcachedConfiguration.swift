@@ -133,6 +133,12 @@ public struct MemcachedConfiguration: Sendable {
     /// The compressed form is kept only when it is smaller. Integers are never compressed, so
     /// that `increment` keeps working. Compressed values are always decompressed on reads,
     /// whatever this setting. The default is `nil`.
+    ///
+    /// Do not `append` or `prepend` to a value that may be stored compressed: memcached joins the
+    /// bytes and keeps the compressed flag, and the next read of the key throws
+    /// ``MemcachedError/Code/decompressionFailed`` (bytes after or before the compressed data),
+    /// rather than return the value without them. The append itself cannot tell: it would take
+    /// a read of the whole value first.
     public var compressionThreshold: Int? = nil
 
     /// The coder for values that are `Codable` but not ``MemcachedValue``, stored with
