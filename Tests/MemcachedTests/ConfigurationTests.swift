@@ -38,6 +38,8 @@ private let validSpecifications: [ParseCase] = [
 private let invalidSpecifications = [
     "", "   ", "host:0", "host:70000", "host:abc", "[::1", "host:1:0", "host:1:1001",
     "host:11211 0", "host:11211 x", "unix:", ":11211", "[::1]x",
+    // Issue 12 item 7: two weights, colons that are no IPv6 address, bytes no host name holds.
+    "host:11211:2 3", "a:b:c:d", "::1:x", "[]:11211", "[ho st]:1", "ho\u{0}st:11211", "[a:b]:1",
 ]
 
 /// The error code a throwing call ends with, or nil when it returns.
@@ -81,6 +83,19 @@ struct ConfigurationTests {
     @Test("Bad server strings are refused", arguments: invalidSpecifications)
     func refusesServer(text: String) {
         let code = failureCode { _ = try MemcachedServer(parsing: text) }
+        #expect(code == .invalidServerSpecification)
+    }
+
+    @Test(
+        "Servers built in code are checked when a connection is created",
+        arguments: [
+            MemcachedServer(host: ""), MemcachedServer(host: "ho\u{0}st"), MemcachedServer(host: "a b"),
+            MemcachedServer(host: "a:b:c"), MemcachedServer(host: "h", port: 0), MemcachedServer(unixSocketPath: ""),
+            MemcachedServer(unixSocketPath: "/tmp/" + String(repeating: "s", count: 120)),
+        ]
+    )
+    func refusesServerBuiltInCode(server: MemcachedServer) {
+        let code = failureCode { _ = try MemcachedConnection(configuration: MemcachedConfiguration(servers: [server])) }
         #expect(code == .invalidServerSpecification)
     }
 

@@ -1,8 +1,9 @@
 internal import CLibMemcached
 import Foundation
-import Memcached
 import MemcachedTestSupport
 import Testing
+
+@testable import Memcached
 
 /// How keys spread over servers: modula, the libketama continuum, and weights.
 @Suite("Distributions and weights", .offCooperativePool)
@@ -182,6 +183,33 @@ struct DistributionTests {
             try memc.server(forKey: $0) != buckets[Int(ReferenceHash.cmemcache(Array($0.utf8))) % buckets.count]
         }
         #expect(different.isEmpty, "\(different.count) keys are not in python's bucket, such as \(different.prefix(5))")
+    }
+
+    @Test("modula weights cost one server entry each: 100 servers of weight 1,000, python's buckets, at once")
+    func heavyModulaWeights() throws {
+        let addresses = (0..<100).map { "127.0.0.1:\(42_000 + $0)" }
+        let weights = (0..<100).map { 1_000 - $0 * 7 }
+        let buckets = zip(addresses, weights).flatMap { Array(repeating: $0, count: $1) }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let memc = try MemcachedConnection(
+            configuration: .pythonMemcachedCompatible(servers: try Self.servers(addresses, weights: weights))
+        )
+        let created = clock.now - start
+        let clone = MemcachedConnection(handle: try Handle(cloning: memc.handle))
+        let keys = (0..<3_000).map { "heavy-\($0)" }
+        for connection in [memc, clone] {
+            let different = try keys.filter {
+                try connection.server(forKey: $0)
+                    != buckets[Int(ReferenceHash.cmemcache(Array($0.utf8))) % buckets.count]
+            }
+            #expect(different.isEmpty, "\(different.count) keys are not in python's bucket")
+        }
+        // With an entry per weight unit this took 10 s and 1 GiB; a generous bound for a loaded machine.
+        #expect(created < .seconds(2), "creating the connection took \(created)")
+        print(
+            "fault report: 100 servers of weights 307...1,000 (\(buckets.count) buckets): connection created in \(created)"
+        )
     }
 
     @Test("with weights, versions and stats report each physical server once and keys are stored once")

@@ -155,7 +155,7 @@ public struct MemcachedHash: Sendable, Hashable, CustomStringConvertible {
 ///
 /// | Distribution | Placement | Weights | Adding a 4th server to 3 moves |
 /// | --- | --- | --- | --- |
-/// | ``modula`` | hash modulo the number of servers, as python-memcached | server repeated `weight` times | about 3/4 of the keys |
+/// | ``modula`` | hash modulo the number of servers, as python-memcached | `weight` buckets per server, as python-memcached's bucket list (one connection each) | about 3/4 of the keys |
 /// | ``consistent`` | libketama's continuum | ignored | about 1/4 |
 /// | ``consistentWeighted`` | libketama's continuum | share of the continuum | about its share |
 ///

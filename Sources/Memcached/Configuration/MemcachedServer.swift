@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One memcached server: where it listens and how much of the key space it gets.
 ///
 /// Write servers the way python-memcached and libmemcached users do, and parse them with
@@ -87,9 +95,11 @@ public struct MemcachedServer: Sendable, Hashable, CustomStringConvertible {
             )
         }
         var weight = 1
+        var spaceWeight = false
         if let space = text.lastIndex(of: " ") {
             guard let parsed = Int(text[text.index(after: space)...]) else { throw invalid("bad weight") }
             weight = parsed
+            spaceWeight = true
             text = String(text[..<space]).trimmingWhitespace()
         }
         guard weight >= 1, weight <= 1_000 else { throw invalid("weight must be between 1 and 1000") }
@@ -116,7 +126,9 @@ public struct MemcachedServer: Sendable, Hashable, CustomStringConvertible {
                 rest = rest.dropFirst()
             }
         } else if text.contains("::") || text.filter({ $0 == ":" }).count > 2 {
-            // "::" or more colons than host:port:weight has can only be a bare IPv6 address.
+            // "::" or more colons than host:port:weight has can only be a bare IPv6 address; a
+            // port after one needs brackets, since `::1:11211` is itself an address.
+            guard Self.isIPv6Address(text) else { throw invalid("not an IPv6 address (put one with a port in [])") }
             host = text
             rest = ""
         } else {
@@ -125,6 +137,9 @@ public struct MemcachedServer: Sendable, Hashable, CustomStringConvertible {
             rest = parts.count > 1 ? text[text.index(after: text.firstIndex(of: ":")!)...] : ""
         }
         guard !host.isEmpty else { throw invalid("empty host") }
+        if let problem = Self.problem(withHost: host) {
+            throw invalid(problem)
+        }
 
         var port = Self.defaultPort
         if !rest.isEmpty {
@@ -134,6 +149,7 @@ public struct MemcachedServer: Sendable, Hashable, CustomStringConvertible {
             }
             port = parsedPort
             if fields.count == 2 {
+                guard !spaceWeight else { throw invalid("two weights") }
                 guard let parsedWeight = Int(fields[1]), parsedWeight >= 1, parsedWeight <= 1_000 else {
                     throw invalid("weight must be between 1 and 1000")
                 }
@@ -141,6 +157,45 @@ public struct MemcachedServer: Sendable, Hashable, CustomStringConvertible {
             }
         }
         self.init(host: host, port: port, weight: weight)
+    }
+
+    /// What libmemcached would not connect to as given: an empty host (it would connect to
+    /// `localhost`), a byte it would cut the name at or that no host name holds, or a name with a
+    /// colon that is not an IPv6 address.
+    static func problem(withHost host: String) -> String? {
+        if host.isEmpty {
+            return "empty host"
+        }
+        if host.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) {
+            return "a space or control character in the host"
+        }
+        if host.contains(":"), !isIPv6Address(host) {
+            return "a host with a colon that is not an IPv6 address"
+        }
+        return nil
+    }
+
+    /// What is wrong with the server, or `nil`: checked when a connection is created, since the
+    /// initializers take any string.
+    var problem: String? {
+        switch address {
+        case .tcp(let host, let port):
+            if let problem = Self.problem(withHost: host) {
+                return problem
+            }
+            return (1...65_535).contains(port) ? nil : "a port outside 1...65535"
+        case .unixSocket(let path):
+            // sun_path holds 108 bytes, the terminating NUL included.
+            if path.isEmpty || path.utf8.contains(0) || path.utf8.count > 107 {
+                return "a socket path that is empty, holds a NUL or is over 107 bytes"
+            }
+            return nil
+        }
+    }
+
+    static func isIPv6Address(_ text: String) -> Bool {
+        var address = in6_addr()
+        return inet_pton(AF_INET6, text, &address) == 1
     }
 
     /// The server as `host:port`, `[v6]:port` or `unix:/path`, with ` weight` when it is not 1.

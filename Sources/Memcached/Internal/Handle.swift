@@ -162,7 +162,10 @@ final class Handle {
         // memcached_clone copies the distribution but not libmemcached's weighted-ketama flag,
         // so a clone of a consistent handle built another continuum and mapped keys to other
         // servers than its source: setting the distribution again sets the flag and rebuilds it.
-        if configuration.distribution.kind != .modula {
+        if let map = source.bucketMap {
+            bucketMap = map
+            try setBuckets(map)
+        } else if configuration.distribution.kind != .modula {
             let rc = memcached_behavior_set(
                 storage,
                 MEMCACHED_BEHAVIOR_DISTRIBUTION,
@@ -179,10 +182,7 @@ final class Handle {
     /// buffers and a host name each, about 17.6 KB; 24 KiB counted), and the consistent
     /// continuum holds 160 points of 16 bytes per server, plus 10 servers' worth of room.
     static func setupAllocationBytes(_ configuration: MemcachedConfiguration) -> Int {
-        let entries =
-            configuration.distribution.kind == .modula
-            ? configuration.servers.reduce(0) { $0 + max($1.weight, 1) } : configuration.servers.count
-        return entries * (24 << 10) + (configuration.servers.count + 10) * 160 * 16
+        configuration.servers.count * (24 << 10) + (configuration.servers.count + 10) * 160 * 16
     }
 
     /// Creates the reusable fetch results in memory this handle owns: libmemcached frees a result
@@ -721,22 +721,64 @@ final class Handle {
             )
         }
         for server in servers {
-            // The parser's range; with modula a weight is that many server entries, each a socket.
+            // The parser's range.
             guard (1...1_000).contains(server.weight) else {
                 throw MemcachedError(
                     code: .invalidServerSpecification,
                     message: "server \(server) has a weight outside 1...1000"
                 )
             }
-            let (entries, weight) =
-                switch distribution {
-                case .modula: (server.weight, UInt32(1))
-                case .consistent: (1, UInt32(1))
-                case .consistentWeighted: (1, UInt32(clamping: server.weight))
-                }
-            for _ in 0..<entries {
-                try addServer(server, weight: weight, to: pointer)
-            }
+            let weight = distribution == .consistentWeighted ? UInt32(clamping: server.weight) : 1
+            try addServer(server, weight: weight, to: pointer)
+        }
+        if distribution == .modula, servers.contains(where: { $0.weight > 1 }) {
+            try applyBucketList(servers)
+        }
+    }
+
+    /// The buckets of weighted modula servers, as ``applyBucketList(_:)`` built them: kept so a
+    /// clone can set them again (`memcached_clone` does not copy them).
+    private var bucketMap: [UInt32]?
+
+    /// Maps keys to weighted servers as python-memcached does, without a server entry per unit.
+    ///
+    /// python-memcached lists each server `weight` times, in order, and picks
+    /// `buckets[hash % buckets.count]`. libmemcached's modula has no weights (repeating entries
+    /// costs a socket and 17 KB each: 100 servers of weight 1,000 took 1 GiB), but its virtual
+    /// buckets map a bucket to a server: bucket `digest & (size - 1)`, a power of two. So the key
+    /// hash becomes `hash % total weight` (a custom function around the configured hash), which
+    /// is below the power of two, and bucket `b` maps to the server python-memcached's list holds
+    /// at `b`.
+    private func applyBucketList(_ servers: [MemcachedServer]) throws {
+        let total = servers.reduce(0) { $0 + $1.weight }
+        var map: [UInt32] = []
+        map.reserveCapacity(total)
+        for (index, server) in servers.enumerated() {
+            map.append(contentsOf: repeatElement(UInt32(index), count: server.weight))
+        }
+        var size = 1
+        while size < total { size <<= 1 }
+        map.append(contentsOf: repeatElement(0, count: size - total))
+        let kind = configuration.hash.kind
+        let buckets = UInt32(total)
+        let hash = CustomHashFunction(name: "\(configuration.hash) modulo \(total)") { bytes in
+            CustomHashFunction.value(kind, bytes) % buckets
+        }
+        keepAlive = hash
+        try installCustomHash(hash)
+        bucketMap = map
+        try setBuckets(map)
+    }
+
+    private func setBuckets(_ map: [UInt32]) throws {
+        let rc = map.withUnsafeBufferPointer {
+            memcached_bucket_set(try? live(), $0.baseAddress, nil, UInt32($0.count), 0)
+        }
+        guard memcached_success(rc) else {
+            throw MemcachedError(
+                code: .invalidConfiguration,
+                message: "libmemcached refused the weighted server list: \(lastErrorMessage(for: rc))"
+            )
         }
     }
 
@@ -745,12 +787,12 @@ final class Handle {
         weight: UInt32,
         to pointer: UnsafeMutablePointer<memcached_st>
     ) throws {
+        if let problem = server.problem {
+            throw MemcachedError(code: .invalidServerSpecification, message: "server \(server): \(problem)")
+        }
         let rc: memcached_return_t
         switch server.address {
         case .tcp(let host, let port):
-            guard (1...65_535).contains(port) else {
-                throw MemcachedError(code: .invalidServerSpecification, message: "server \(server) has a bad port")
-            }
             rc = memcached_server_add_with_weight(pointer, host, in_port_t(port), weight)
         case .unixSocket(let path):
             rc = memcached_server_add_unix_socket_with_weight(pointer, path, weight)
