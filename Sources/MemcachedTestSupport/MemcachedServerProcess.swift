@@ -118,8 +118,8 @@ public final class MemcachedServerProcess: Sendable {
                 outputPath: outputPath,
                 deadline: deadline
             )
-            if arguments.contains("-S") {
-                // A SASL-only server answers no text command before authentication; memcached
+            if arguments.contains("-S") || arguments.contains("binary") {
+                // A SASL-only or binary-only (`-B binary`) server answers no text command; memcached
                 // writes the port file only after binding, so a live process is ready.
                 try failIfExited(pid: pid, outputPath: outputPath)
             } else {

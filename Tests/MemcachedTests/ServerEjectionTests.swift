@@ -325,6 +325,118 @@ struct ServerEjectionTests {
         }
     }
 
+    // MARK: - What counts against a server (regressions found in review)
+
+    @Test("cancelled calls do not count against a healthy server")
+    func cancellationDoesNotCount() async throws {
+        let cluster = try MemcachedCluster.start(count: 1)
+        defer { cluster.stop() }
+        let client = try makeClient(cluster, maximumConnections: 2) {
+            $0.timeout = .seconds(5)
+            $0.serverFailureLimit = 2
+            $0.retryTimeout = .seconds(60)
+        }
+        // A value that takes a while to read, so cancellations land in the middle of calls.
+        _ = try await client.set("big", [UInt8](repeating: 7, count: 900_000))
+        var generator = SplitMix64(state: 7)
+        for _ in 0..<60 {
+            let task = Task {
+                for _ in 0..<50 { _ = try await client.get("big", as: [UInt8].self) }
+            }
+            try await Task.sleep(for: .microseconds(200 + Int(generator.next() % 2_800)))
+            task.cancel()
+            _ = await task.result
+        }
+        for _ in 0..<20 {
+            #expect(try await client.get("big", as: [UInt8].self)?.count == 900_000)
+        }
+        await client.close()
+    }
+
+    @Test("getMulti alone marks a hung server down: after the failure limit its keys are misses, at once")
+    func getMultiMarksDown() throws {
+        let cluster = try MemcachedCluster.start(count: 3)
+        defer { cluster.stop() }
+        let memc = try connect(cluster) {
+            $0.distribution = .consistent
+            $0.timeout = .milliseconds(300)
+            $0.connectTimeout = .milliseconds(300)
+            $0.serverFailureLimit = 2
+            $0.retryTimeout = .seconds(60)
+        }
+        let keys = (0..<30).map { "gm-\($0)" }
+        #expect(try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).isEmpty)
+        let victim = cluster.servers[1]
+        let others = Set(try keys.filter { try memc.server(forKey: $0) != victim.address })
+        victim.pause()
+        defer { victim.resume() }
+        for round in 0..<2 {
+            #expect(throws: MemcachedError.self, "round \(round) waits for the hung server") {
+                _ = try memc.getMulti(keys, as: String.self)
+            }
+        }
+        for _ in 0..<3 {
+            var hits: [String: String] = [:]
+            let elapsed = try ContinuousClock().measure { hits = try memc.getMulti(keys, as: String.self) }
+            #expect(Set(hits.keys) == others)
+            #expect(elapsed < .milliseconds(150), "no wait for the hung server: \(elapsed)")
+        }
+    }
+
+    @Test("fire-and-forget writes to a hung server do not clear its failure count")
+    func noReplyWritesDoNotClear() throws {
+        let cluster = try MemcachedCluster.start(count: 2)
+        defer { cluster.stop() }
+        let memc = try connect(cluster) {
+            $0.distribution = .consistent
+            $0.noReply = true
+            $0.timeout = .milliseconds(300)
+            $0.connectTimeout = .milliseconds(300)
+            $0.serverFailureLimit = 2
+            $0.retryTimeout = .seconds(60)
+        }
+        let victim = cluster.servers[1]
+        let key = try #require((0..<100).map { "nr-\($0)" }.first { (try? memc.server(forKey: $0)) == victim.address })
+        try memc.set(key, "v")
+        victim.pause()
+        defer { victim.resume() }
+        var codes: [MemcachedError.Code?] = []
+        for round in 0..<4 {
+            _ = try? memc.set(key, "v\(round)")
+            let (_, error) = timed { _ = try memc.get(key, as: String.self) }
+            codes.append((error as? MemcachedError)?.code)
+        }
+        #expect(codes == [.timeout, .timeout, .serverMarkedDead, .serverMarkedDead])
+    }
+
+    @Test("a binary-only server (-B binary) comes back after a pause: the probe speaks its protocol")
+    func binaryOnlyServerComesBack() throws {
+        let server = try MemcachedServerProcess.start(arguments: ["-B", "binary"])
+        defer { server.stop() }
+        var configuration = try MemcachedConfiguration(servers: [server.address])
+        configuration.wireProtocol = .binary
+        configuration.timeout = .milliseconds(300)
+        configuration.connectTimeout = .milliseconds(300)
+        configuration.serverFailureLimit = 1
+        configuration.retryTimeout = .seconds(1)
+        let memc = try MemcachedConnection(configuration: configuration)
+        #expect(try memc.set("k", "v"))
+        server.pause()
+        #expect(throws: MemcachedError.self) { _ = try memc.get("k", as: String.self) }
+        server.resume()
+        let clock = ContinuousClock()
+        let resumed = clock.now
+        var back: Duration?
+        while clock.now - resumed < .seconds(5), back == nil {
+            if (try? memc.get("k", as: String.self)) == "v" {
+                back = clock.now - resumed
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let after = try #require(back, "never answered again")
+        #expect(after < configuration.retryTimeout + .seconds(2))
+    }
+
     @Test("restart of 1 of 3 servers: no failed get or set once it is back, failures counted per phase")
     func restartedServer() async throws {
         let cluster = try MemcachedCluster.start(count: 3)

@@ -227,25 +227,25 @@ extension MemcachedConnection {
         guard !keys.isEmpty else { return }
         let prefix = try KeyPrefix(keyPrefix)
         var batch = try KeyBatch(keys: keys, prefix: prefix)
-        // Keys of servers that are down (ServerHealth) are misses, not a wait for a timeout.
-        var asked = keys
-        var positions: [Int]?
-        if let health = handle.health, _slowPath(!health.allHealthy) {
-            let down = health.downServers().servers
-            if !down.isEmpty {
-                let kept = keys.indices.filter { index in
-                    !batch.withKey(at: index) { handle.isOnDownServer($0, down: down) }
-                }
-                if kept.count < keys.count {
-                    trace("get_multi: keys of servers that are down left out", keys: keys.count - kept.count)
-                    guard !kept.isEmpty else { return }
-                    positions = kept
-                    asked = kept.map { keys[$0] }
-                    batch = try KeyBatch(keys: asked, prefix: prefix)
+        try handle.withDeadline {
+            // Keys of servers that are down (ServerHealth) are misses, not a wait for a timeout.
+            var asked = keys
+            var positions: [Int]?
+            if let health = handle.health, _slowPath(!health.allHealthy) {
+                let down = handle.serversToLeaveOut(health)
+                if !down.isEmpty {
+                    let kept = keys.indices.filter { index in
+                        !batch.withKey(at: index) { handle.isOnDownServer($0, down: down) }
+                    }
+                    if kept.count < keys.count {
+                        trace("get_multi: keys of servers that are down left out", keys: keys.count - kept.count)
+                        guard !kept.isEmpty else { return }
+                        positions = kept
+                        asked = kept.map { keys[$0] }
+                        batch = try KeyBatch(keys: asked, prefix: prefix)
+                    }
                 }
             }
-        }
-        try handle.withDeadline {
             try handle.fetchMany(&batch, command: "get_multi") { index, item in
                 try decode(item, key: asked[index]) { bytes, flags in
                     try hit(positions?[index] ?? index, bytes, flags)

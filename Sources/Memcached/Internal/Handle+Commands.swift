@@ -263,7 +263,7 @@ extension Handle {
         expiration: Int64,
         noReply: Bool = false
     ) throws -> Bool {
-        let pointer = try commandHandle(for: key)
+        let pointer = try commandHandle(for: key, expectsReply: !noReply)
         let valuePointer = value.baseAddress.map { $0.assumingMemoryBound(to: CChar.self) }
         let keyPointer = key.cString
         let keyLength = key.bytes.count
@@ -539,6 +539,9 @@ extension Handle {
         let rc = batch.withCArrays { keys, lengths, count in
             memcached_mget(pointer, keys, lengths, count)
         }
+        if health != nil {
+            noteAskedServers()
+        }
         if !memcached_success(rc) {
             if rc == MEMCACHED_SOME_ERRORS {
                 logger.debug("memcached multi-get: some servers are unavailable", metadata: ["command": "\(command)"])
@@ -574,6 +577,7 @@ extension Handle {
             // A server that keeps sending (or a slow `body`) must not hold the call past its
             // deadline; the rest of the reply stays unread, so the connection is reset.
             if _slowPath(isPastDeadline) {
+                if let health { chargeServersThatOweReplies(health) }
                 resetConnections()
                 throw deadlineError()
             }
@@ -586,6 +590,7 @@ extension Handle {
         // The watchdog's shut-down sockets read as servers that hung up, whose keys a multi-get
         // reports as misses: they are not misses.
         if _slowPath(deadline.wasInterrupted) {
+            if let health { chargeServersThatOweReplies(health) }
             resetConnections()
             throw deadlineError()
         }
@@ -596,6 +601,12 @@ extension Handle {
             break
         default:
             throw failure(fetchRC, command: command)
+        }
+        if let health {
+            if _slowPath(!health.allHealthy) {
+                creditAskedServers(health)
+            }
+            forgetAskedServers()
         }
         if let pending {
             handOver(pending)
@@ -609,7 +620,7 @@ extension Handle {
 
     /// Deletes a key. Returns `false` when it was not there.
     func delete(key: PreparedKey, noReply: Bool = false) throws -> Bool {
-        let pointer = try commandHandle(for: key)
+        let pointer = try commandHandle(for: key, expectsReply: !noReply)
         if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 1) }
         defer { if noReply { memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_NOREPLY, 0) } }
         let rc = memcached_delete(pointer, key.cString, key.bytes.count, 0)
@@ -649,10 +660,15 @@ extension Handle {
     /// libmemcached clears the handle's result to that value before it reads the reply, and only a
     /// binary increment reply overwrites it; any other packet it accepts in its place (a
     /// statistic, the server's mechanisms list) leaves it there and reads as success. A counter
-    /// really at the maximum is rare, so that one value is confirmed with a `get`.
+    /// really at the maximum is rare, so that one value is confirmed with a `get`; another
+    /// client changing the key in between makes the call throw although the counter changed.
     private func confirmCounterAtMaximum(key: PreparedKey, increment: Bool) throws {
         let stored = try fetchOne(key: key, command: increment ? "increment" : "decrement") { item in
-            item.value.elementsEqual(String(UInt64.max).utf8)
+            // memcached rewrites a counter in place when the new number is not longer, padding it
+            // with spaces.
+            var digits = item.value[...]
+            while digits.last == UInt8(ascii: " ") { digits = digits.dropLast() }
+            return digits.elementsEqual(String(UInt64.max).utf8)
         }
         guard stored == true else {
             throw malformedReply(

@@ -367,14 +367,25 @@ final class Handle {
     ///
     /// With `key`, a command for that key's server: when that server is down
     /// (``ServerHealth``), the command fails here, before anything is sent.
+    ///
+    /// `expectsReply` is `false` for a fire-and-forget write, whose success says nothing of the
+    /// server: it does not clear the server's failure count.
     @inline(__always)
-    func commandHandle(for key: PreparedKey? = nil) throws -> UnsafeMutablePointer<memcached_st> {
+    func commandHandle(
+        for key: PreparedKey? = nil,
+        expectsReply: Bool = true
+    ) throws
+        -> UnsafeMutablePointer<memcached_st>
+    {
         let pointer = try live()
         if checksConnectionState, ServerConnectionState.anyUnreadBytes(pointer) {
             dropConnections(because: "a server sent more than the reply that was read")
         }
         if let key, let health, _slowPath(!health.allHealthy) {
             try admit(key, health)
+            if !expectsReply {
+                callServer = nil
+            }
         }
         return pointer
     }
@@ -401,27 +412,30 @@ final class Handle {
         }
     }
 
-    /// Asks a server that was down for its version, through a short-lived handle of its own under
-    /// half the call timeout, and reports the outcome: one call per ``MemcachedConfiguration/retryTimeout``
-    /// waits for it, instead of a command of the caller's reaching a server that may still hang.
-    private func probe(_ server: String, _ health: ServerHealth) -> Bool {
+    /// Asks a server that was down for a key nobody stores, through a short-lived handle of its
+    /// own in the configured protocol (a server started with `-B binary` answers nothing else), and
+    /// reports the outcome: a hit or a miss both mean it answers. It runs inside the call that
+    /// needed the server, under half the call timeout and within that call's deadline, so only
+    /// that one call waits, and no command of the caller's reaches a server that may still hang.
+    func probe(_ server: String, _ health: ServerHealth) -> Bool {
         guard let configured = configuration.servers.first(where: { $0.address.description == server }) else {
             return false
         }
         var single = configuration
         single.servers = [MemcachedServer(address: configured.address, weight: 1)]
-        if configuration.credentials == nil {
-            single.wireProtocol = .ascii
-        }
-        // Half the timeout: the probe runs inside the call that triggered it, which must still end
-        // within its own deadline with its own error.
         single.timeout = configuration.timeout / 2
         single.connectTimeout = min(configuration.connectTimeout, single.timeout)
+        let inherited = inCall ? deadline.current : nil
         let answered: Bool
         do {
             let handle = try Handle(configuration: single, parentDeadline: deadline)
             defer { handle.close() }
-            answered = try handle.withDeadline { !(try handle.versionOfOnlyServer()).isEmpty }
+            answered = try Self.probeKey.withUnsafeBufferPointer { bytes in
+                try handle.withDeadline(inheriting: inherited) {
+                    _ = try handle.fetchOne(key: PreparedKey(bytes: bytes, key: "probe"), command: "probe") { _ in () }
+                    return true
+                }
+            }
         } catch {
             answered = false
         }
@@ -434,15 +448,34 @@ final class Handle {
         return answered
     }
 
-    /// Probes the servers this handle's list leaves out whose down time has passed, unless
-    /// another handle is probing them (see ``probe(_:_:)``).
-    private func probeLeftOutServers(_ health: ServerHealth) {
+    /// The key a probe reads (libmemcached takes keys with their length).
+    private static let probeKey: [UInt8] = Array("swift-libmemcached:probe".utf8)
+
+    /// Probes one of the servers this handle's list leaves out whose down time has passed,
+    /// unless another call is probing it (see ``probe(_:_:)``); a server that answers comes back
+    /// into every handle's list at its next call.
+    private func probeOneLeftOutServer(_ health: ServerHealth) {
+        let now = ContinuousClock.now
         for server in configuration.servers {
             let name = server.address.description
-            if health.downUntilPassed(name), health.admit(name) == .probe {
+            if health.admit(name, now: now) == .probe {
                 _ = probe(name, health)
+                return
             }
         }
+    }
+
+    /// The servers a multi-key read leaves out: those that are down, less one whose down time has
+    /// passed and which a probe just found answering (see ``probe(_:_:)``).
+    func serversToLeaveOut(_ health: ServerHealth) -> Set<String> {
+        var down = health.downServers().servers
+        for name in down where health.admit(name) == .probe {
+            if probe(name, health) {
+                down.remove(name)
+            }
+            break
+        }
+        return down
     }
 
     /// Whether a key's server is down: a multi-key read leaves such keys out (they are misses).
@@ -458,8 +491,10 @@ final class Handle {
     private func leaveOutDownServers(_ health: ServerHealth) throws {
         let pointer = try live()
         serverListGeneration = health.generation
+        // Every server that is down stays out, due for a probe or not: it comes back when a
+        // probe finds it answering (``ServerHealth`` changes its generation then).
         let (down, firstDue) = health.downServers()
-        leftOutUntil = firstDue
+        leftOutUntil = down.isEmpty ? nil : firstDue
         var servers = configuration.servers.filter { !down.contains($0.address.description) }
         if servers.isEmpty {
             servers = configuration.servers
@@ -510,19 +545,19 @@ final class Handle {
             return try body()
         }
         callServer = nil
-        if let health, configuration.removeFailedServers, _slowPath(!health.allHealthy || leftOutUntil != nil),
-            health.generation != serverListGeneration || leftOutUntil.map({ ContinuousClock.now >= $0 }) == true
+        // Before the deadline starts, since the watchdog reads the server list during a call; not
+        // when closing (`ignoringCancellation`), which must not rebuild anything.
+        if let health, configuration.removeFailedServers, !ignoringCancellation,
+            _slowPath(health.generation != serverListGeneration)
         {
-            // Before the deadline starts: the watchdog reads the server list during a call.
-            if leftOutUntil.map({ ContinuousClock.now >= $0 }) == true {
-                probeLeftOutServers(health)
-            }
-            if health.generation != serverListGeneration {
-                try leaveOutDownServers(health)
-            }
+            try leaveOutDownServers(health)
         }
         try deadline.begin(inheriting: inherited, ignoringCancellation: ignoringCancellation)
         inCall = true
+        if let health, let due = leftOutUntil, !ignoringCancellation, _slowPath(ContinuousClock.now >= due) {
+            // Inside the call's deadline: at most one server left out of the list, one probe.
+            probeOneLeftOutServer(health)
+        }
         if checksConnectionState, let pointer {
             // Once per tick of the coarse clock (4 ms here) that saw a call start: a connection used
             // within the tick is not idle, and back-to-back calls skip the system call.
@@ -877,7 +912,8 @@ final class Handle {
             error.code = .timeout
             error.message = deadlineError().message
         }
-        if let health, ServerHealth.countsAgainstServer(error.code) {
+        // A cancelled call says nothing of the server: it was stopped from this side.
+        if let health, !deadline.isCancelled, ServerHealth.countsAgainstServer(error.code) {
             recordFailure(server: server, health)
         }
         if reset || pastDeadline || Self.mayLeaveReplyUnread(rc) {
@@ -899,14 +935,53 @@ final class Handle {
         callServer = nil
         if let server {
             health.recordFailure(server)
-            return
+        } else {
+            chargeServersThatOweReplies(health)
         }
+    }
+
+    /// Which servers the multi-key read in flight sent requests to, by position (see
+    /// ``noteAskedServers()``); empty outside one.
+    private var askedServers: [Bool] = []
+
+    /// Notes which servers a multi-key read just sent requests to: those with replies pending.
+    func noteAskedServers() {
         guard let pointer else { return }
-        for position in 0..<memcached_server_count(pointer) {
-            if let instance = memcached_server_instance_by_position(pointer, position),
-                memcached_server_response_count(instance) > 0
-            {
+        let count = Int(memcached_server_count(pointer))
+        if askedServers.count != count {
+            askedServers = Array(repeating: false, count: count)
+        }
+        for position in 0..<count {
+            let instance = memcached_server_instance_by_position(pointer, UInt32(position))
+            askedServers[position] = instance.map { memcached_server_response_count($0) > 0 } ?? false
+        }
+    }
+
+    /// Counts a failed multi-key read against each server it asked that has not answered in
+    /// full: one still owing replies (a timeout leaves the count) or whose socket libmemcached
+    /// closed on an error (which zeroes it). Servers that finished keep their sockets.
+    func chargeServersThatOweReplies(_ health: ServerHealth) {
+        guard let pointer, !deadline.isCancelled else { return }
+        for position in askedServers.indices where askedServers[position] {
+            guard let instance = memcached_server_instance_by_position(pointer, UInt32(position)) else { continue }
+            let closed = ServerConnectionState.isAvailable && ServerConnectionState.descriptor(of: instance) == nil
+            if memcached_server_response_count(instance) > 0 || closed {
                 health.recordFailure(Self.describe(instance))
+            }
+        }
+        forgetAskedServers()
+    }
+
+    func forgetAskedServers() {
+        askedServers.withUnsafeMutableBufferPointer { $0.update(repeating: false) }
+    }
+
+    /// Clears the failure counts of the servers a multi-key read asked, once it read every reply.
+    func creditAskedServers(_ health: ServerHealth) {
+        guard let pointer else { return }
+        for position in askedServers.indices where askedServers[position] {
+            if let instance = memcached_server_instance_by_position(pointer, UInt32(position)) {
+                health.recordSuccess(Self.describe(instance))
             }
         }
     }

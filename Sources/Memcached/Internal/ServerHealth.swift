@@ -84,21 +84,14 @@ final class ServerHealth: Sendable {
         }
     }
 
-    /// Whether `server` is down and its down time has passed.
-    func downUntilPassed(_ server: String, now: ContinuousClock.Instant = .now) -> Bool {
-        state.withLock { state in
-            state.servers[server]?.downUntil.map { now >= $0 } ?? false
-        }
-    }
-
-    /// The servers that are down and not yet due for a probe, and when the first of them is.
+    /// The servers that are down, due for a probe or not, and when the first of them is due.
     func downServers(now: ContinuousClock.Instant = .now) -> (servers: Set<String>, firstDue: ContinuousClock.Instant?)
     {
         state.withLock { state in
             var down: Set<String> = []
             var firstDue: ContinuousClock.Instant?
             for (name, entry) in state.servers {
-                guard let downUntil = entry.downUntil, now < downUntil else { continue }
+                guard let downUntil = entry.downUntil else { continue }
                 down.insert(name)
                 firstDue = min(firstDue ?? downUntil, downUntil)
             }
@@ -116,11 +109,14 @@ final class ServerHealth: Sendable {
             entry.failuresInARow += 1
             entry.probeStarted = nil
             if entry.failuresInARow >= failureLimit {
-                // Down now, or down again after a failed probe.
+                // Down now, or down again after a failed probe: only the first changes which
+                // servers are down, which handles rebuild their server lists for.
+                if entry.downUntil == nil {
+                    state.generation += 1
+                    generationCounter.store(state.generation, ordering: .releasing)
+                }
                 entry.downUntil = now + downTime
                 entry.failuresInARow = failureLimit
-                state.generation += 1
-                generationCounter.store(state.generation, ordering: .releasing)
             }
             state.servers[server] = entry
         }
@@ -142,7 +138,8 @@ final class ServerHealth: Sendable {
     /// with an error, or the call was refused before anything was sent).
     static func countsAgainstServer(_ code: MemcachedError.Code) -> Bool {
         switch code {
-        case .timeout, .connectionFailure, .writeFailure, .readFailure, .systemError:
+        case .timeout, .connectionFailure, .writeFailure, .readFailure:
+            // Not systemError: an errno such as EMFILE or EADDRNOTAVAIL is the client's trouble.
             return true
         default:
             return false
