@@ -409,6 +409,32 @@ struct ServerEjectionTests {
         #expect(codes == [.timeout, .timeout, .serverMarkedDead, .serverMarkedDead])
     }
 
+    @Test("removeFailedServers with modula weights: with the weighted server out, keys spread over the rest")
+    func weightedModulaServerLeftOut() throws {
+        let cluster = try MemcachedCluster.start(count: 2)
+        defer { cluster.stop() }
+        let silent = try SilentServer()
+        defer { silent.stop() }
+        var configuration = try MemcachedConfiguration(servers: [
+            "\(cluster.addresses[0]) 1", "\(silent.address) 3", "\(cluster.addresses[1]) 1",
+        ])
+        configuration.removeFailedServers = true
+        configuration.serverFailureLimit = 1
+        configuration.retryTimeout = .seconds(60)
+        configuration.timeout = .milliseconds(200)
+        configuration.connectTimeout = .milliseconds(200)
+        let memc = try MemcachedConnection(configuration: configuration)
+        let keys = (0..<40).map { "wm-\($0)" }
+        let silentKey = try #require(try keys.first { try memc.server(forKey: $0) == silent.address })
+        #expect(throws: MemcachedError.self) { _ = try memc.get(silentKey, as: String.self) }
+        for key in keys {
+            #expect(try memc.set(key, "v-\(key)"))
+        }
+        #expect(try memc.getMulti(keys, as: String.self).count == keys.count)
+        let used = Set(try keys.map { try memc.server(forKey: $0) })
+        #expect(used == Set(cluster.addresses), "keys on \(used)")
+    }
+
     @Test("a binary-only server (-B binary) comes back after a pause: the probe speaks its protocol")
     func binaryOnlyServerComesBack() throws {
         let server = try MemcachedServerProcess.start(arguments: ["-B", "binary"])

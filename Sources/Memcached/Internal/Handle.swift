@@ -684,6 +684,11 @@ final class Handle {
             }
         }
         // The hash goes last: setting MEMCACHED_BEHAVIOR_HASH after a custom function replaces it.
+        try applyConfiguredHash()
+    }
+
+    private func applyConfiguredHash() throws {
+        let pointer = try live()
         switch configuration.hash.kind {
         case .builtIn(let name, let value):
             let rc = memcached_behavior_set(pointer, MEMCACHED_BEHAVIOR_HASH, UInt64(value))
@@ -768,6 +773,18 @@ final class Handle {
         }
         if distribution == .modula, servers.contains(where: { $0.weight > 1 }) {
             try applyBucketList(servers)
+        } else if bucketMap != nil {
+            // Rebuilt without the weighted servers (removeFailedServers): plain modula again.
+            bucketMap = nil
+            let rc = memcached_behavior_set(
+                pointer,
+                MEMCACHED_BEHAVIOR_DISTRIBUTION,
+                UInt64(MEMCACHED_DISTRIBUTION_MODULA.rawValue)
+            )
+            guard memcached_success(rc) else {
+                throw MemcachedError(code: .invalidConfiguration, message: "libmemcached refused the distribution")
+            }
+            try applyConfiguredHash()
         }
     }
 
