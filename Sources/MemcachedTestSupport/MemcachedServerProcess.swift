@@ -22,8 +22,11 @@ public final class MemcachedServerProcess: Sendable {
     /// The process id of the spawned `memcached`.
     public let pid: pid_t
 
-    /// The TCP port the server listens on, on 127.0.0.1.
+    /// The TCP port the server listens on, on 127.0.0.1; 0 for a server on a Unix-domain socket.
     public let port: Int
+
+    /// The socket path of a server started by ``startOnUnixSocket()``, `nil` for a TCP server.
+    public let unixSocketPath: String?
 
     /// The server's address as `host:port`, the form memcached clients accept.
     public var address: String { "127.0.0.1:\(port)" }
@@ -48,9 +51,10 @@ public final class MemcachedServerProcess: Sendable {
         var finalOutput: String?
     }
 
-    private init(pid: pid_t, port: Int, scratchDirectory: String, outputPath: String) {
+    private init(pid: pid_t, port: Int, unixSocketPath: String? = nil, scratchDirectory: String, outputPath: String) {
         self.pid = pid
         self.port = port
+        self.unixSocketPath = unixSocketPath
         self.scratchDirectory = scratchDirectory
         self.outputPath = outputPath
     }
@@ -136,6 +140,80 @@ public final class MemcachedServerProcess: Sendable {
             _ = ChildProcessRegistry.waitForExit(of: pid, timeout: killTimeout)
             try? FileManager.default.removeItem(atPath: scratchDirectory)
             throw error
+        }
+    }
+
+    /// Spawns `memcached` listening on a Unix-domain socket only (`-s`, which turns TCP off) in a
+    /// scratch directory of its own, and waits until the socket accepts a connection.
+    ///
+    /// - Returns: The running server; ``unixSocketPath`` is its socket, ``port`` is 0.
+    /// - Throws: What ``start(arguments:environment:)`` throws.
+    public static func startOnUnixSocket() throws -> MemcachedServerProcess {
+        let executable = try locateMemcachedExecutable()
+        let scratchDirectory = try makeScratchDirectory(prefix: "memcached-unix")
+        let socketPath = scratchDirectory + "/memcached.sock"
+        let outputPath = scratchDirectory + "/output.log"
+        var commandLine = ["-s", socketPath, "-a", "0700"]
+        if getuid() == 0 {
+            commandLine += ["-u", "root"]
+        }
+        let pid: pid_t
+        do {
+            pid = try spawnProcess(
+                executable: executable,
+                arguments: commandLine,
+                environment: ProcessInfo.processInfo.environment,
+                outputPath: outputPath
+            )
+        } catch {
+            try? FileManager.default.removeItem(atPath: scratchDirectory)
+            throw error
+        }
+        ChildProcessRegistry.register(pid: pid, scratchDirectory: scratchDirectory)
+        let deadline = ContinuousClock.now + startupTimeout
+        do {
+            while !unixSocketAccepts(socketPath) {
+                try failIfExited(pid: pid, outputPath: outputPath)
+                guard ContinuousClock.now < deadline else {
+                    throw MemcachedFixtureError.startupTimedOut(
+                        pid: pid,
+                        waitingFor: "a connection to \(socketPath)",
+                        output: readOutput(outputPath)
+                    )
+                }
+                usleep(10_000)
+            }
+        } catch {
+            ChildProcessRegistry.send(SIGKILL, to: pid)
+            _ = ChildProcessRegistry.waitForExit(of: pid, timeout: killTimeout)
+            try? FileManager.default.removeItem(atPath: scratchDirectory)
+            throw error
+        }
+        return MemcachedServerProcess(
+            pid: pid,
+            port: 0,
+            unixSocketPath: socketPath,
+            scratchDirectory: scratchDirectory,
+            outputPath: outputPath
+        )
+    }
+
+    /// Whether a Unix-domain socket at `path` accepts a connection (closed at once).
+    private static func unixSocketAccepts(_ path: String) -> Bool {
+        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            buffer.copyBytes(from: bytes)
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
         }
     }
 

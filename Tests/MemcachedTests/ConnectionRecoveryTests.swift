@@ -133,6 +133,28 @@ struct ConnectionRecoveryTests {
         }
     }
 
+    @Test("a server on a Unix-domain socket that is killed: a typed connection error, quickly, not 'failure'")
+    func killedUnixSocketServer() throws {
+        let server = try MemcachedServerProcess.startOnUnixSocket()
+        let path = try #require(server.unixSocketPath)
+        var configuration = MemcachedConfiguration(servers: [MemcachedServer(unixSocketPath: path)])
+        configuration.timeout = .seconds(2)
+        let memc = try MemcachedConnection(configuration: configuration)
+        #expect(try memc.set("unix", "value"))
+        #expect(try memc.get("unix", as: String.self) == "value")
+        server.kill()
+        var codes: [MemcachedError.Code] = []
+        for _ in 0..<3 {
+            let (elapsed, error) = timed { _ = try memc.get("unix", as: String.self) }
+            let code = try #require((error as? MemcachedError)?.code, "\(String(describing: error))")
+            codes.append(code)
+            #expect(elapsed < .seconds(1), "\(code) after \(elapsed)")
+        }
+        let expected: Set<MemcachedError.Code> = [.connectionFailure, .serverTemporarilyDisabled, .serverMarkedDead]
+        #expect(codes.allSatisfy(expected.contains), "\(codes)")
+        print("fault report: killed unix-socket server: \(codes)")
+    }
+
     @Test("bytes sent after a complete reply, in the same segment, are not read as the next command's reply")
     func plantedInTheSameSegment() throws {
         let server = try HostileServerTests.server(

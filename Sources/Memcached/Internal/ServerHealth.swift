@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Synchronization
 
 /// Which servers are failing, shared by a connection and every handle cloned from it (all the
@@ -41,7 +42,8 @@ final class ServerHealth: Sendable {
         var generation = 0
     }
 
-    private let state = Mutex(State())
+    /// A pthread mutex (NIO's lock), which ThreadSanitizer sees, unlike `Mutex`'s futex on Linux.
+    private let state = NIOLockedValueBox(State())
     /// How many servers have a failure count or are down: when 0, no call looks any further.
     private let troubledCount = Atomic<Int>(0)
     private let generationCounter = Atomic<Int>(0)
@@ -70,7 +72,7 @@ final class ServerHealth: Sendable {
 
     /// Whether a call may go to `server` now.
     func admit(_ server: String, now: ContinuousClock.Instant = .now) -> Admission {
-        state.withLock { state in
+        state.withLockedValue { state in
             guard var entry = state.servers[server], let downUntil = entry.downUntil else { return .proceed }
             if now < downUntil {
                 return .refuse
@@ -87,7 +89,7 @@ final class ServerHealth: Sendable {
     /// The servers that are down, due for a probe or not, and when the first of them is due.
     func downServers(now: ContinuousClock.Instant = .now) -> (servers: Set<String>, firstDue: ContinuousClock.Instant?)
     {
-        state.withLock { state in
+        state.withLockedValue { state in
             var down: Set<String> = []
             var firstDue: ContinuousClock.Instant?
             for (name, entry) in state.servers {
@@ -101,7 +103,7 @@ final class ServerHealth: Sendable {
 
     /// A call to `server` failed because the server did not answer.
     func recordFailure(_ server: String, now: ContinuousClock.Instant = .now) {
-        state.withLock { state in
+        state.withLockedValue { state in
             var entry = state.servers[server] ?? Server()
             if entry.failuresInARow == 0 && entry.downUntil == nil {
                 troubledCount.add(1, ordering: .relaxed)
@@ -124,7 +126,7 @@ final class ServerHealth: Sendable {
 
     /// A call to `server` got its answer.
     func recordSuccess(_ server: String) {
-        state.withLock { state in
+        state.withLockedValue { state in
             guard let entry = state.servers.removeValue(forKey: server) else { return }
             troubledCount.subtract(1, ordering: .relaxed)
             if entry.downUntil != nil {
