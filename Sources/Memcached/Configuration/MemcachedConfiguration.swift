@@ -67,8 +67,10 @@ public struct MemcachedConfiguration: Sendable {
     /// How long a server that was marked down (see ``serverFailureLimit``), or that refused a
     /// connection, is skipped before it is tried again.
     ///
-    /// After it, one call probes the server (a `get` of a key nobody stores) under half of
-    /// ``timeout`` before its keys are sent there again. The default is 2 seconds, libmemcached's default
+    /// After it, one call probes the server (a `get` of a key nobody stores, within that call's
+    /// ``timeout``) before its keys are sent there again. A server whose failures came back at once
+    /// (refused or reset connections) is probed after 100 ms instead, so a restarted server is
+    /// used again as soon as it listens. The default is 2 seconds, libmemcached's default
     /// (python-memcached's `dead_retry` is 30 s). The corresponding C behaviour is
     /// `MEMCACHED_BEHAVIOR_RETRY_TIMEOUT`.
     public var retryTimeout: Duration = .seconds(2)

@@ -415,17 +415,17 @@ final class Handle {
     /// Asks a server that was down for a key nobody stores, through a short-lived handle of its
     /// own in the configured protocol (a server started with `-B binary` answers nothing else), and
     /// reports the outcome: a hit or a miss both mean it answers. It runs inside the call that
-    /// needed the server, under half the call timeout and within that call's deadline, so only
-    /// that one call waits, and no command of the caller's reaches a server that may still hang.
+    /// needed the server, within that call's deadline (a probe that takes it all fails the call
+    /// with `timeout`), so only that one call waits, and no command of the caller's reaches a
+    /// server that may still hang.
     func probe(_ server: String, _ health: ServerHealth) -> Bool {
         guard let configured = configuration.servers.first(where: { $0.address.description == server }) else {
             return false
         }
         var single = configuration
         single.servers = [MemcachedServer(address: configured.address, weight: 1)]
-        single.timeout = configuration.timeout / 2
-        single.connectTimeout = min(configuration.connectTimeout, single.timeout)
         let inherited = inCall ? deadline.current : nil
+        let started = ContinuousClock.now
         let answered: Bool
         do {
             let handle = try Handle(configuration: single, parentDeadline: deadline)
@@ -443,7 +443,7 @@ final class Handle {
         if answered {
             health.recordSuccess(server)
         } else {
-            health.recordFailure(server)
+            health.recordFailure(server, quick: ContinuousClock.now - started < single.timeout / 4)
         }
         return answered
     }
@@ -664,6 +664,10 @@ final class Handle {
                 "retryTimeout"
             ),
             (MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, UInt64(configuration.serverFailureLimit), "serverFailureLimit"),
+            // libmemcached's own backoff (a server that failed a connect is skipped for the retry
+            // timeout, per connection) never: ServerHealth decides for all connections at once,
+            // and retries a server that refused connections after 100 ms.
+            (MEMCACHED_BEHAVIOR_SERVER_TIMEOUT_LIMIT, UInt64(UInt32.max), "server timeout limit"),
             (
                 MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS, configuration.removeFailedServers ? 1 : 0,
                 "removeFailedServers"
@@ -951,10 +955,17 @@ final class Handle {
     private func recordFailure(server: String?, _ health: ServerHealth) {
         callServer = nil
         if let server {
-            health.recordFailure(server)
+            health.recordFailure(server, quick: failedQuickly)
         } else {
             chargeServersThatOweReplies(health)
         }
+    }
+
+    /// Whether the call in flight failed within a quarter of its timeout: a refused or reset
+    /// connection rather than a server that kept it waiting (see ``ServerHealth``).
+    private var failedQuickly: Bool {
+        let started = deadline.current &- deadline.timeout
+        return DeadlineClock.coarse() &- started < deadline.timeout / 4
     }
 
     /// Which servers the multi-key read in flight sent requests to, by position (see
@@ -983,7 +994,7 @@ final class Handle {
             guard let instance = memcached_server_instance_by_position(pointer, UInt32(position)) else { continue }
             let closed = ServerConnectionState.isAvailable && ServerConnectionState.descriptor(of: instance) == nil
             if memcached_server_response_count(instance) > 0 || closed {
-                health.recordFailure(Self.describe(instance))
+                health.recordFailure(Self.describe(instance), quick: failedQuickly)
             }
         }
         forgetAskedServers()

@@ -53,6 +53,9 @@ final class ServerHealth: Sendable {
     /// (its caller's deadline stopped it) must not keep the server out for good.
     let probeLimit: Duration
 
+    /// How long a server whose failures came back at once stays down before the next probe.
+    static let quickRetry = Duration.milliseconds(100)
+
     init(failureLimit: Int, downTime: Duration, callTimeout: Duration) {
         self.failureLimit = max(failureLimit, 1)
         self.downTime = downTime
@@ -102,7 +105,12 @@ final class ServerHealth: Sendable {
     }
 
     /// A call to `server` failed because the server did not answer.
-    func recordFailure(_ server: String, now: ContinuousClock.Instant = .now) {
+    ///
+    /// - Parameter quick: Whether the failure came back at once (a refused or reset connection)
+    ///   rather than after a wait: such a server costs nothing to try, so once down it is probed
+    ///   again after ``quickRetry`` instead of the whole down time, and a restarted server is
+    ///   back within that.
+    func recordFailure(_ server: String, quick: Bool = false, now: ContinuousClock.Instant = .now) {
         state.withLockedValue { state in
             var entry = state.servers[server] ?? Server()
             if entry.failuresInARow == 0 && entry.downUntil == nil {
@@ -117,7 +125,7 @@ final class ServerHealth: Sendable {
                     state.generation += 1
                     generationCounter.store(state.generation, ordering: .releasing)
                 }
-                entry.downUntil = now + downTime
+                entry.downUntil = now + (quick ? min(downTime, Self.quickRetry) : downTime)
                 entry.failuresInARow = failureLimit
             }
             state.servers[server] = entry
