@@ -86,36 +86,16 @@ public final class MemcachedServerProcess: Sendable {
         arguments: [String] = [],
         environment: [String: String] = [:]
     ) throws -> MemcachedServerProcess {
-        let executable = try locateMemcachedExecutable()
         let scratchDirectory = try makeScratchDirectory(prefix: "memcached-fixture")
         let portFilePath = scratchDirectory + "/port"
-        let outputPath = scratchDirectory + "/output.log"
-
-        var commandLine = ["-l", "127.0.0.1", "-p", "-1", "-U", "0"]
-        if getuid() == 0 {
-            commandLine += ["-u", "root"]
-        }
-        commandLine += arguments
         var fullEnvironment = ProcessInfo.processInfo.environment
         fullEnvironment.merge(environment) { _, callers in callers }
         fullEnvironment["MEMCACHED_PORT_FILENAME"] = portFilePath
-
-        let pid: pid_t
-        do {
-            pid = try spawnProcess(
-                executable: executable,
-                arguments: commandLine,
-                environment: fullEnvironment,
-                outputPath: outputPath
-            )
-        } catch {
-            try? FileManager.default.removeItem(atPath: scratchDirectory)
-            throw error
-        }
-        ChildProcessRegistry.register(pid: pid, scratchDirectory: scratchDirectory)
-
-        let deadline = ContinuousClock.now + startupTimeout
-        do {
+        return try launch(
+            ["-l", "127.0.0.1", "-p", "-1", "-U", "0"] + arguments,
+            environment: fullEnvironment,
+            in: scratchDirectory
+        ) { pid, outputPath, deadline in
             let port = try waitForAnnouncedPort(
                 pid: pid,
                 portFilePath: portFilePath,
@@ -129,17 +109,7 @@ public final class MemcachedServerProcess: Sendable {
             } else {
                 try waitUntilServing(pid: pid, port: port, outputPath: outputPath, deadline: deadline)
             }
-            return MemcachedServerProcess(
-                pid: pid,
-                port: port,
-                scratchDirectory: scratchDirectory,
-                outputPath: outputPath
-            )
-        } catch {
-            ChildProcessRegistry.send(SIGKILL, to: pid)
-            _ = ChildProcessRegistry.waitForExit(of: pid, timeout: killTimeout)
-            try? FileManager.default.removeItem(atPath: scratchDirectory)
-            throw error
+            return (port, nil)
         }
     }
 
@@ -149,29 +119,13 @@ public final class MemcachedServerProcess: Sendable {
     /// - Returns: The running server; ``unixSocketPath`` is its socket, ``port`` is 0.
     /// - Throws: What ``start(arguments:environment:)`` throws.
     public static func startOnUnixSocket() throws -> MemcachedServerProcess {
-        let executable = try locateMemcachedExecutable()
         let scratchDirectory = try makeScratchDirectory(prefix: "memcached-unix")
         let socketPath = scratchDirectory + "/memcached.sock"
-        let outputPath = scratchDirectory + "/output.log"
-        var commandLine = ["-s", socketPath, "-a", "0700"]
-        if getuid() == 0 {
-            commandLine += ["-u", "root"]
-        }
-        let pid: pid_t
-        do {
-            pid = try spawnProcess(
-                executable: executable,
-                arguments: commandLine,
-                environment: ProcessInfo.processInfo.environment,
-                outputPath: outputPath
-            )
-        } catch {
-            try? FileManager.default.removeItem(atPath: scratchDirectory)
-            throw error
-        }
-        ChildProcessRegistry.register(pid: pid, scratchDirectory: scratchDirectory)
-        let deadline = ContinuousClock.now + startupTimeout
-        do {
+        return try launch(
+            ["-s", socketPath, "-a", "0700"],
+            environment: ProcessInfo.processInfo.environment,
+            in: scratchDirectory
+        ) { pid, outputPath, deadline in
             while !unixSocketAccepts(socketPath) {
                 try failIfExited(pid: pid, outputPath: outputPath)
                 guard ContinuousClock.now < deadline else {
@@ -183,19 +137,53 @@ public final class MemcachedServerProcess: Sendable {
                 }
                 usleep(10_000)
             }
+            return (0, socketPath)
+        }
+    }
+
+    /// Spawns `memcached` with `arguments` (plus `-u root` when running as root, which memcached
+    /// otherwise refuses), registers it with the ``ChildProcessRegistry`` and waits with `ready`,
+    /// which returns the server's port and socket path. Kills the process and removes
+    /// `scratchDirectory` on every failure.
+    private static func launch(
+        _ arguments: [String],
+        environment: [String: String],
+        in scratchDirectory: String,
+        ready: (pid_t, _ outputPath: String, _ deadline: ContinuousClock.Instant) throws -> (Int, String?)
+    ) throws -> MemcachedServerProcess {
+        let outputPath = scratchDirectory + "/output.log"
+        var commandLine = arguments
+        if getuid() == 0 {
+            commandLine += ["-u", "root"]
+        }
+        let pid: pid_t
+        do {
+            pid = try spawnProcess(
+                executable: try locateMemcachedExecutable(),
+                arguments: commandLine,
+                environment: environment,
+                outputPath: outputPath
+            )
+        } catch {
+            try? FileManager.default.removeItem(atPath: scratchDirectory)
+            throw error
+        }
+        ChildProcessRegistry.register(pid: pid, scratchDirectory: scratchDirectory)
+        do {
+            let (port, socketPath) = try ready(pid, outputPath, ContinuousClock.now + startupTimeout)
+            return MemcachedServerProcess(
+                pid: pid,
+                port: port,
+                unixSocketPath: socketPath,
+                scratchDirectory: scratchDirectory,
+                outputPath: outputPath
+            )
         } catch {
             ChildProcessRegistry.send(SIGKILL, to: pid)
             _ = ChildProcessRegistry.waitForExit(of: pid, timeout: killTimeout)
             try? FileManager.default.removeItem(atPath: scratchDirectory)
             throw error
         }
-        return MemcachedServerProcess(
-            pid: pid,
-            port: 0,
-            unixSocketPath: socketPath,
-            scratchDirectory: scratchDirectory,
-            outputPath: outputPath
-        )
     }
 
     /// Whether a Unix-domain socket at `path` accepts a connection (closed at once).
