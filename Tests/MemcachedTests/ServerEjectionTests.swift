@@ -131,10 +131,12 @@ struct ServerEjectionTests {
             try? await Task.sleep(for: .seconds(4))
             let continuedAt = clock.now
             victim.resume()
-            // Back, as the server sees it: its first get or set after SIGCONT.
+            // Back, as the server sees it: its first get or set after SIGCONT, counted once it has
+            // worked off the requests of calls that timed out while it was stopped.
             func commands() -> Int {
                 ((try? statistic("cmd_get", of: victim)) ?? 0) + ((try? statistic("cmd_set", of: victim)) ?? 0)
             }
+            try? await Task.sleep(for: .milliseconds(200))
             let countAtContinue = commands()
             var servingAfter: Duration?
             while clock.now - continuedAt < Self.retryTimeout + .seconds(2) {

@@ -331,7 +331,7 @@ extension Handle {
         let result = try liveResult()
         var keyPointer: UnsafePointer<CChar>? = key.cString
         var keyLength = key.bytes.count
-        let rc = memcached_mget(pointer, &keyPointer, &keyLength, 1)
+        let rc = Self.sendFailure(memcached_mget(pointer, &keyPointer, &keyLength, 1))
         guard memcached_success(rc) else {
             throw failure(rc, command: command, key: key.key, keyBytes: key.bytes)
         }
@@ -354,6 +354,14 @@ extension Handle {
             throw malformedReply("a value without a CAS token", command: command, key: key)
         }
         return try whileReading { try decode(item) }
+    }
+
+    /// `memcached_mget`'s code, with its bare `MEMCACHED_FAILURE` ("complete failure": every
+    /// request write failed, as on a connection whose server just died) as the connection failure
+    /// it is; libmemcached records no error for it.
+    @inline(__always)
+    static func sendFailure(_ rc: memcached_return_t) -> memcached_return_t {
+        rc == MEMCACHED_FAILURE ? MEMCACHED_CONNECTION_FAILURE : rc
     }
 
     /// Throws when a single-key read was answered for another key.
@@ -536,9 +544,11 @@ extension Handle {
         defer { finishRead() }
         var reading = try liveResult()
         var waiting = try liveScratch()
-        let rc = batch.withCArrays { keys, lengths, count in
-            memcached_mget(pointer, keys, lengths, count)
-        }
+        let rc = Self.sendFailure(
+            batch.withCArrays { keys, lengths, count in
+                memcached_mget(pointer, keys, lengths, count)
+            }
+        )
         if health != nil {
             noteAskedServers()
         }

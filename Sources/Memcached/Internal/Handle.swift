@@ -418,12 +418,20 @@ final class Handle {
     /// needed the server, within that call's deadline (a probe that takes it all fails the call
     /// with `timeout`), so only that one call waits, and no command of the caller's reaches a
     /// server that may still hang.
-    func probe(_ server: String, _ health: ServerHealth) -> Bool {
+    ///
+    /// - Parameter forOwnKey: Whether the call needs this server for its own key. Otherwise (a
+    ///   list that leaves servers out, ``MemcachedConfiguration/removeFailedServers``) the probe
+    ///   gets half the timeout, so that the call's own command still fits in its deadline.
+    func probe(_ server: String, _ health: ServerHealth, forOwnKey: Bool = true) -> Bool {
         guard let configured = configuration.servers.first(where: { $0.address.description == server }) else {
             return false
         }
         var single = configuration
         single.servers = [MemcachedServer(address: configured.address, weight: 1)]
+        if !forOwnKey {
+            single.timeout = configuration.timeout / 2
+            single.connectTimeout = min(configuration.connectTimeout, single.timeout)
+        }
         let inherited = inCall ? deadline.current : nil
         let started = ContinuousClock.now
         let answered: Bool
@@ -459,7 +467,7 @@ final class Handle {
         for server in configuration.servers {
             let name = server.address.description
             if health.admit(name, now: now) == .probe {
-                _ = probe(name, health)
+                _ = probe(name, health, forOwnKey: false)
                 return
             }
         }
@@ -470,7 +478,7 @@ final class Handle {
     func serversToLeaveOut(_ health: ServerHealth) -> Set<String> {
         var down = health.downServers().servers
         for name in down where health.admit(name) == .probe {
-            if probe(name, health) {
+            if probe(name, health, forOwnKey: false) {
                 down.remove(name)
             }
             break
