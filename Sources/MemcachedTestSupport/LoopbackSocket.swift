@@ -59,7 +59,7 @@ func boundPort(of descriptor: Int32) throws -> Int {
 ///
 /// - Parameter listening: Whether to also put the socket into listening state.
 /// - Returns: The socket and the port it is bound to.
-func bindLoopbackSocket(listening: Bool) throws -> (descriptor: Int32, port: Int) {
+public func bindLoopbackSocket(listening: Bool) throws -> (descriptor: Int32, port: Int) {
     let descriptor = try makeStreamSocket(operation: "socket")
     do {
         var address = loopbackSocketAddress(port: 0)

@@ -176,7 +176,7 @@ struct ConnectionRecoveryTests {
 
     @Test("bytes sent after a complete reply, later, while the connection is idle, are not read as a reply")
     func plantedWhileIdle() throws {
-        let (listener, port) = try listeningLoopbackSocket()
+        let (listener, port) = try bindLoopbackSocket(listening: true)
         let served = Thread {
             // One connection: the reply to `get first`, then the plant 100 ms later, then `END`
             // for whatever else is asked on it.
@@ -206,26 +206,4 @@ struct ConnectionRecoveryTests {
         // which goes to a new connection the server does not accept (it served one).
         #expect(throws: MemcachedError.self) { _ = try memc.get("other", as: String.self) }
     }
-}
-
-/// A listening TCP socket on 127.0.0.1 with a free port (closed by the caller).
-func listeningLoopbackSocket() throws -> (descriptor: Int32, port: Int) {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard descriptor >= 0 else { throw POSIXError(.EMFILE) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(descriptor, pointer, length) == 0 && listen(descriptor, 8) == 0
-                && getsockname(descriptor, pointer, &length) == 0
-        }
-    }
-    guard bound else {
-        close(descriptor)
-        throw POSIXError(.EADDRINUSE)
-    }
-    return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
 }

@@ -767,8 +767,7 @@ extension Handle {
         _ = try live()
         let inherited = deadline.current
         return try configuration.servers.map { server in
-            var single = configuration
-            single.servers = [MemcachedServer(address: server.address, weight: 1)]
+            var single = configuration(onlyFor: server)
             if configuration.credentials == nil {
                 single.wireProtocol = .ascii
             }
@@ -795,6 +794,14 @@ extension Handle {
                 )
             }
         }
+    }
+
+    /// This handle's configuration with `server` as its only server (weight 1), for the
+    /// short-lived handles of `stats`, `versions` and the probes of servers marked down.
+    func configuration(onlyFor server: MemcachedServer) -> MemcachedConfiguration {
+        var single = configuration
+        single.servers = [MemcachedServer(address: server.address, weight: 1)]
+        return single
     }
 
     private func statsOfOnlyServer(group: String?) throws -> [String: String] {

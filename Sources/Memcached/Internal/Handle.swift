@@ -426,8 +426,7 @@ final class Handle {
         guard let configured = configuration.servers.first(where: { $0.address.description == server }) else {
             return false
         }
-        var single = configuration
-        single.servers = [MemcachedServer(address: configured.address, weight: 1)]
+        var single = configuration(onlyFor: configured)
         if !forOwnKey {
             single.timeout = configuration.timeout / 2
             single.connectTimeout = min(configuration.connectTimeout, single.timeout)
