@@ -56,22 +56,36 @@ struct CommandTests {
         }
     }
 
-    @Test("append or prepend to a compressed value: the next read throws decompressionFailed, nothing is lost silently")
+    @Test(
+        "append or prepend to a compressed value throws compressedValue and writes nothing; a plain value and a miss are as before"
+    )
     func appendToCompressedValue() throws {
         try withMemcached { cluster in
             let memc = try connect(cluster) { $0.compressionThreshold = 64 }
             let long = String(repeating: "compressible ", count: 40)
+            #expect(try memc.set("c", long))
             for (name, change) in [
                 ("append", { try memc.append("c", "tail") }),
                 ("prepend", { try memc.prepend("c", "head") }),
             ] as [(String, () throws -> Bool)] {
-                #expect(try memc.set("c", long))
-                #expect(try change(), "memcached stores the bytes: \(name)")
-                let error = try #require(throws: MemcachedError.self) { _ = try memc.get("c", as: String.self) }
-                #expect(error.code == .decompressionFailed, "\(name): \(error)")
-                // The other read paths agree.
-                #expect(throws: MemcachedError.self) { _ = try memc.getMulti(["c"], as: String.self) }
+                let error = try #require(throws: MemcachedError.self, "\(name)") { _ = try change() }
+                #expect(error.code == .compressedValue, "\(name): \(error)")
+                #expect(error.key == "c")
+                #expect(try memc.get("c", as: String.self) == long, "\(name) wrote nothing")
             }
+            // Below the threshold nothing is compressed, and both still work; a miss is `false`.
+            #expect(try memc.set("p", "mid"))
+            #expect(try memc.append("p", "-tail"))
+            #expect(try memc.prepend("p", "head-"))
+            #expect(try memc.get("p", as: String.self) == "head-mid-tail")
+            #expect(try memc.append("missing", "x") == false)
+            #expect(try memc.prepend("missing", "x") == false)
+            // A writer that does not check (another client, here a raw socket) still cannot make a
+            // read return a truncated value: the read throws.
+            _ = try cluster.servers[0].rawCommand("append c 0 0 4\r\ntail\r\n", until: "\r\n")
+            let read = try #require(throws: MemcachedError.self) { _ = try memc.get("c", as: String.self) }
+            #expect(read.code == .decompressionFailed, "\(read)")
+            #expect(throws: MemcachedError.self) { _ = try memc.getMulti(["c"], as: String.self) }
         }
     }
 

@@ -168,6 +168,7 @@ private let clientSideCodes: [(code: MemcachedError.Code, name: String)] = [
     (.poolTimeout, "poolTimeout"),
     (.poolClosed, "poolClosed"),
     (.connectionInUse, "connectionInUse"),
+    (.compressedValue, "compressedValue"),
 ]
 
 private let maximumReturn = Int(MEMCACHED_MAXIMUM_RETURN.rawValue)

@@ -295,8 +295,9 @@ extension MemcachedClient {
 
     /// Adds bytes after an existing value, as python-memcached's `append`.
     ///
-    /// The rules of ``MemcachedConnection/append(_:_:)`` apply: the item keeps its flags, and the
-    /// appended bytes are never compressed.
+    /// The rules of ``MemcachedConnection/append(_:_:)`` apply: the item keeps its flags, the
+    /// appended bytes are never compressed, and a compressed value throws
+    /// ``MemcachedError/Code/compressedValue`` with nothing written.
     ///
     /// - Parameters:
     ///   - key: The key.
@@ -309,6 +310,8 @@ extension MemcachedClient {
     }
 
     /// Adds bytes before an existing value, as python-memcached's `prepend`.
+    ///
+    /// The rules of ``append(_:_:)`` apply.
     ///
     /// - Parameters:
     ///   - key: The key.

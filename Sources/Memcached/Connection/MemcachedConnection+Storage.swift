@@ -165,14 +165,23 @@ extension MemcachedConnection {
     ///
     /// The server keeps the item's flags and expiration, so append text to text and bytes to bytes;
     /// appending `"5"` to the integer `10` reads back as `105`. The appended bytes are never
-    /// compressed, and appending to a compressed value corrupts it.
+    /// compressed.
+    ///
+    /// A compressed value (stored past ``MemcachedConfiguration/compressionThreshold``, here or by
+    /// python-memcached) cannot take more bytes: they would land outside its compressed data. So
+    /// the value's flags are read first, in the same deadline, and a compressed value throws
+    /// ``MemcachedError/Code/compressedValue`` with nothing written. That read costs a round trip
+    /// and returns the whole value. A writer that compresses the key between the read and the
+    /// append is not caught here; the next read of the key then throws
+    /// ``MemcachedError/Code/decompressionFailed`` rather than return a truncated value.
     ///
     /// - Parameters:
     ///   - key: The key.
     ///   - value: The bytes to add, encoded as their type's stored form.
     /// - Returns: `true` when appended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
-    ///   The corresponding C function is `memcached_append`.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does, and
+    ///   ``MemcachedError/Code/compressedValue`` for a compressed value.
+    ///   The corresponding C functions are `memcached_mget` (the flags) and `memcached_append`.
     @discardableResult
     public func append<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
         try store(.append, key, .never, compressible: false) { try value.memcachedPayload() }
@@ -186,8 +195,8 @@ extension MemcachedConnection {
     ///   - key: The key.
     ///   - value: The bytes to add.
     /// - Returns: `true` when prepended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
-    ///   The corresponding C function is `memcached_prepend`.
+    /// - Throws: ``MemcachedError`` as ``append(_:_:)`` does.
+    ///   The corresponding C functions are `memcached_mget` (the flags) and `memcached_prepend`.
     @discardableResult
     public func prepend<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
         try store(.prepend, key, .never, compressible: false) { try value.memcachedPayload() }
@@ -205,6 +214,9 @@ extension MemcachedConnection {
             let payload = try payload(key: key, compressible: compressible, encode)
             trace(operation.name, bytes: payload.bytes.count)
             return try handle.withDeadline {
+                if operation.extendsStoredValue {
+                    guard try storedValueCanBeExtended(prepared, key: key, operation: operation) else { return false }
+                }
                 let stored = try payload.bytes.withUnsafeBytes { bytes in
                     try handle.store(
                         operation,
@@ -221,6 +233,26 @@ extension MemcachedConnection {
                 return stored
             }
         }
+    }
+
+    /// Whether `append`/`prepend` may add bytes to the key's value: `false` for a miss (nothing to
+    /// extend), a throw for a compressed value.
+    private func storedValueCanBeExtended(
+        _ prepared: PreparedKey,
+        key: String,
+        operation: StoreOperation
+    ) throws -> Bool {
+        let flags = try handle.fetchOne(key: prepared, command: "get") { MemcachedFlags(rawValue: $0.flags) }
+        guard let flags else { return false }
+        guard !flags.contains(.compressed) else {
+            throw MemcachedError(
+                code: .compressedValue,
+                message:
+                    "the stored value is compressed; \(operation.name) would put bytes outside its compressed data",
+                key: key
+            )
+        }
+        return true
     }
 
     // MARK: - setMulti

@@ -261,6 +261,11 @@ extension MemcachedError.Code {
     ///
     /// This code is raised by the Swift layer before any C call; it has no libmemcached counterpart.
     public static let connectionInUse = Self(rawValue: 10_014)
+    /// An `append` or `prepend` found the stored value compressed: the added bytes would end up
+    /// outside the compressed data, where no read can return them. Nothing was written.
+    ///
+    /// This code is raised by the Swift layer; it has no libmemcached counterpart.
+    public static let compressedValue = Self(rawValue: 10_015)
 }
 
 extension MemcachedError.Code {
@@ -329,5 +334,6 @@ extension MemcachedError.Code {
         10_012: ("poolTimeout", nil),
         10_013: ("poolClosed", nil),
         10_014: ("connectionInUse", nil),
+        10_015: ("compressedValue", nil),
     ]
 }

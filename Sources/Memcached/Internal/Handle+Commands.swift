@@ -22,6 +22,14 @@ enum StoreOperation {
         case .cas: "cas"
         }
     }
+
+    /// Whether the command adds bytes to the stored value, keeping its flags.
+    var extendsStoredValue: Bool {
+        switch self {
+        case .append, .prepend: true
+        case .set, .add, .replace, .cas: false
+        }
+    }
 }
 
 /// A key checked and laid out for C: its bytes (prefix included) and the caller's key for errors.
