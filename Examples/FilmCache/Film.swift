@@ -1,3 +1,5 @@
+import Memcached
+
 /// One row of the seed's query, `select film_id, title from film`: what FilmCache caches.
 ///
 /// The connection stores an array of films with its default object coder, as JSON under flag 1
@@ -21,3 +23,6 @@ protocol FilmStore {
     /// - Parameter limit: How many films to return.
     func topFilms(limit: Int) throws -> [Film]
 }
+
+// Stored by the connection's object coder (JSON), the default coding of a `Codable` value.
+extension Film: MemcachedValue {}

@@ -6,7 +6,7 @@
 import Foundation
 import Memcached
 
-struct Film: Codable, Equatable {
+struct Film: Codable, Equatable, MemcachedValue {
     var filmID: Int
     var title: String
 }

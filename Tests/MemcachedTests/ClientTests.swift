@@ -13,7 +13,7 @@ import Darwin
 #endif
 
 /// A `Codable` value that is not a ``MemcachedValue``, stored as JSON.
-private struct Poster: Codable, Equatable, Sendable {
+private struct Poster: Codable, Equatable, Sendable, MemcachedValue {
     var title: String
     var year: Int
 }

@@ -3,7 +3,7 @@ import Memcached
 import MemcachedTestSupport
 import Testing
 
-struct Film: Codable, Equatable {
+struct Film: Codable, Equatable, MemcachedValue {
     var filmID: Int
     var title: String
     var rentalRate: Double
@@ -424,11 +424,11 @@ struct ReentrantValue: MemcachedValue {
     nonisolated(unsafe) static var connection: MemcachedConnection?
     nonisolated(unsafe) static var nestedError: MemcachedError.Code?
 
-    func memcachedPayload() throws -> MemcachedPayload {
+    func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload {
         MemcachedPayload(bytes: [], flags: .bytes)
     }
 
-    init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+    init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags, context: MemcachedCodingContext) throws {
         do {
             _ = try Self.connection?.get("other", as: String.self)
         } catch let error as MemcachedError {

@@ -81,7 +81,7 @@ enum PythonMemcached {
 }
 
 /// The dictionary both sides store as JSON under flag 1.
-struct InteropRecord: Codable, Equatable {
+struct InteropRecord: Codable, Equatable, MemcachedValue {
     struct Nested: Codable, Equatable {
         var ok: Bool
     }

@@ -6,13 +6,16 @@ import Testing
 
 // MARK: - Helpers
 
-/// Decodes a value from bytes and flags through `init(memcachedBytes:flags:)`.
+/// The coding context of a connection with the default configuration.
+private let defaultCoding = MemcachedCodingContext()
+
+/// Decodes a value from bytes and flags through `init(memcachedBytes:flags:context:)`.
 private func decode<Value: MemcachedValue>(
     _ type: Value.Type,
     _ bytes: [UInt8],
     _ flags: MemcachedFlags
 ) throws -> Value {
-    try bytes.withUnsafeBytes { try Value(memcachedBytes: $0, flags: flags) }
+    try bytes.withUnsafeBytes { try Value(memcachedBytes: $0, flags: flags, context: defaultCoding) }
 }
 
 /// The error code a decode throws, or nil when it succeeds.
@@ -132,7 +135,7 @@ private func checkInteger<T: FixedWidthInteger & MemcachedValue>(_ type: T.Type)
         values.append(T.zero &- 1)
     }
     for value in values {
-        let payload = try value.memcachedPayload()
+        let payload = try value.memcachedPayload(context: defaultCoding)
         #expect(payload.flags == .integer, "\(T.self) \(value)")
         #expect(payload.flags.rawValue == 2)
         #expect(payload.bytes == decimalDigits(value), "\(T.self) \(value)")
@@ -157,7 +160,7 @@ private func checkInteger<T: FixedWidthInteger & MemcachedValue>(_ type: T.Type)
 
 // MARK: - Object coder fixtures
 
-private struct Profile: Codable, Equatable {
+private struct Profile: Codable, Equatable, MemcachedValue {
     struct Address: Codable, Equatable {
         var city: String
         var zip: String?
@@ -241,7 +244,7 @@ struct ValueCodingTests {
         arguments: ["", "hello", "héllo wörld 会 🔑", "a\u{0}b", "\r\n", String(repeating: "x", count: 100_000)]
     )
     func stringRoundTrip(text: String) throws {
-        let payload = text.memcachedPayload()
+        let payload = text.memcachedPayload(context: defaultCoding)
         #expect(payload.flags.rawValue == 16)
         #expect(payload.bytes.count == text.utf8.count)
         #expect(try decode(String.self, payload.bytes, payload.flags) == text)
@@ -251,7 +254,7 @@ struct ValueCodingTests {
 
     @Test("String encodes the exact UTF-8 bytes")
     func stringBytes() throws {
-        #expect("é会".memcachedPayload().bytes == [0xC3, 0xA9, 0xE4, 0xBC, 0x9A])
+        #expect("é会".memcachedPayload(context: defaultCoding).bytes == [0xC3, 0xA9, 0xE4, 0xBC, 0x9A])
         #expect(try decode(String.self, [0x34, 0x32], .integer) == "42")
     }
 
@@ -269,7 +272,7 @@ struct ValueCodingTests {
     @Test("[UInt8] round-trips every byte value with flag 0 and reads anything")
     func byteArrayRoundTrip() throws {
         let all = (0...255).map { UInt8($0) }
-        let payload = all.memcachedPayload()
+        let payload = try all.memcachedPayload(context: defaultCoding)
         #expect(payload.flags.rawValue == 0)
         #expect(payload.bytes == all)
         #expect(try decode([UInt8].self, payload.bytes, payload.flags) == all)
@@ -283,7 +286,7 @@ struct ValueCodingTests {
         var rng = SplitMix64(state: 7)
         let bytes = (0..<4_096).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         for data in [Data(), Data(bytes), Data([0xFF, 0xFE])] {
-            let payload = data.memcachedPayload()
+            let payload = data.memcachedPayload(context: defaultCoding)
             #expect(payload.flags.rawValue == 0)
             #expect(payload.bytes == Array(data))
             #expect(try decode(Data.self, payload.bytes, payload.flags) == data)
@@ -331,13 +334,15 @@ struct ValueCodingTests {
     @Test("Bool stores 1 or 0 with flag 2 and reads them back")
     func boolRoundTrip() throws {
         #expect(
-            true.memcachedPayload() == MemcachedPayload(bytes: [UInt8(ascii: "1")], flags: MemcachedFlags(rawValue: 2))
+            true.memcachedPayload(context: defaultCoding)
+                == MemcachedPayload(bytes: [UInt8(ascii: "1")], flags: MemcachedFlags(rawValue: 2))
         )
         #expect(
-            false.memcachedPayload() == MemcachedPayload(bytes: [UInt8(ascii: "0")], flags: MemcachedFlags(rawValue: 2))
+            false.memcachedPayload(context: defaultCoding)
+                == MemcachedPayload(bytes: [UInt8(ascii: "0")], flags: MemcachedFlags(rawValue: 2))
         )
         for value in [true, false] {
-            let payload = value.memcachedPayload()
+            let payload = value.memcachedPayload(context: defaultCoding)
             #expect(try decode(Bool.self, payload.bytes, payload.flags) == value)
         }
         #expect(try decode(Bool.self, Array("true".utf8), .serialized) == true)
@@ -356,7 +361,7 @@ struct ValueCodingTests {
 
     @Test("Double round-trips exactly with flag 1", arguments: doubles)
     func doubleRoundTrip(value: Double) throws {
-        let payload = value.memcachedPayload()
+        let payload = value.memcachedPayload(context: defaultCoding)
         #expect(payload.flags.rawValue == 1)
         let decoded = try decode(Double.self, payload.bytes, payload.flags)
         if value.isNaN {
@@ -369,19 +374,21 @@ struct ValueCodingTests {
     @Test("Finite Doubles are JSON numbers")
     func doubleIsJSONNumber() throws {
         for value in Self.doubles where value.isFinite {
-            let bytes = value.memcachedPayload().bytes
+            let bytes = value.memcachedPayload(context: defaultCoding).bytes
             let object = try JSONSerialization.jsonObject(with: Data(bytes), options: .fragmentsAllowed)
             let number = try #require(object as? NSNumber, "\(value) did not parse as a JSON number")
             #expect(number.doubleValue == value, "\(value)")
         }
-        #expect(Double.infinity.memcachedPayload().bytes == Array("Infinity".utf8))
-        #expect((-Double.infinity).memcachedPayload().bytes == Array("-Infinity".utf8))
-        #expect(Double.nan.memcachedPayload().bytes == Array("NaN".utf8))
+        #expect(Double.infinity.memcachedPayload(context: defaultCoding).bytes == Array("Infinity".utf8))
+        #expect((-Double.infinity).memcachedPayload(context: defaultCoding).bytes == Array("-Infinity".utf8))
+        #expect(Double.nan.memcachedPayload(context: defaultCoding).bytes == Array("NaN".utf8))
     }
 
     @Test("Python's json module reads every Double payload to the same bits")
     func doublePayloadsReadByPython() throws {
-        let lines = Self.doubles.map { String(decoding: $0.memcachedPayload().bytes, as: UTF8.self) }
+        let lines = Self.doubles.map {
+            String(decoding: $0.memcachedPayload(context: defaultCoding).bytes, as: UTF8.self)
+        }
         let script = """
             import json, math, struct, sys
             for line in sys.stdin.read().split("\\n"):

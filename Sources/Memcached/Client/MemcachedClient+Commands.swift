@@ -12,28 +12,12 @@ extension MemcachedClient {
     ///   - key: The key: 1 to 250 bytes of UTF-8 without spaces or control characters.
     ///   - type: The type to decode; inferred from context when omitted.
     /// - Returns: The value, or `nil` when the key is missing. A stored empty value is not a miss.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/get(_:as:)-8qcqf`` does, with code
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/get(_:as:)`` does, with code
     ///   ``MemcachedError/Code/poolTimeout`` or ``MemcachedError/Code/poolClosed`` when no
     ///   connection could be leased; `CancellationError` when the task was cancelled before or
     ///   during the command.
     @inlinable
     public func get<Value: MemcachedValue & Sendable>(
-        _ key: String,
-        as type: Value.Type = Value.self
-    ) async throws -> Value? {
-        try await withConnection { try $0.get(key, as: type) }
-    }
-
-    /// Reads a `Codable` value written by the configuration's ``MemcachedConfiguration/objectCoder``
-    /// (JSON by default).
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The value, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)-hsk4`` does.
-    @_disfavoredOverload
-    public func get<Value: Decodable & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self
     ) async throws -> Value? {
@@ -47,8 +31,8 @@ extension MemcachedClient {
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
     ///   - type: The type to decode; inferred from context when omitted.
     /// - Returns: The hits only, keyed by the caller's keys.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)-6rok4`` does, or
-    ///   as ``get(_:as:)-hsk4`` does when no connection could be leased.
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` does, or
+    ///   as ``get(_:as:)`` does when no connection could be leased.
     @inlinable
     public func getMulti<Value: MemcachedValue & Sendable>(
         _ keys: some Collection<String>,
@@ -59,26 +43,8 @@ extension MemcachedClient {
         return try await withConnection { try $0.getMulti(keys, keyPrefix: keyPrefix, as: type) }
     }
 
-    /// Reads many `Codable` values in one round trip per server.
-    ///
-    /// - Parameters:
-    ///   - keys: The keys.
-    ///   - keyPrefix: A prefix for every key on the server.
-    ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The hits only, keyed by the caller's keys.
-    /// - Throws: ``MemcachedError`` as ``getMulti(_:keyPrefix:as:)-2pufo`` does.
-    @_disfavoredOverload
-    public func getMulti<Value: Decodable & Sendable>(
-        _ keys: some Collection<String>,
-        keyPrefix: String = "",
-        as type: Value.Type = Value.self
-    ) async throws -> [String: Value] {
-        let keys = Array(keys)
-        return try await withConnection { try $0.getMulti(keys, keyPrefix: keyPrefix, as: type) }
-    }
-
     /// Reads a key together with its compare-and-swap token, for a later
-    /// ``cas(_:_:token:expiration:)-37dzr``.
+    /// ``cas(_:_:token:expiration:)``.
     ///
     /// The token may be used on any connection: it is the item's version on the server.
     ///
@@ -86,24 +52,9 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - type: The type to decode; inferred from context when omitted.
     /// - Returns: The value and its token, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)-hsk4`` does.
+    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
     @inlinable
     public func gets<Value: MemcachedValue & Sendable>(
-        _ key: String,
-        as type: Value.Type = Value.self
-    ) async throws -> (value: Value, token: MemcachedCASToken)? {
-        try await withConnection { try $0.gets(key, as: type) }
-    }
-
-    /// Reads a `Codable` value together with its compare-and-swap token.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The value and its token, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)-hsk4`` does.
-    @_disfavoredOverload
-    public func gets<Value: Decodable & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self
     ) async throws -> (value: Value, token: MemcachedCASToken)? {
@@ -119,28 +70,10 @@ extension MemcachedClient {
     ///   - value: The value, stored with python-memcached's flags for its type.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     /// - Returns: `true` when stored; `false` when the server declined.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/set(_:_:expiration:)-3136q`` does, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/set(_:_:expiration:)`` does, or as
+    ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func set<Value: MemcachedValue & Sendable>(
-        _ key: String,
-        _ value: Value,
-        expiration: MemcachedExpiration = .never
-    ) async throws -> Bool {
-        try await withConnection { try $0.set(key, value, expiration: expiration) }
-    }
-
-    /// Stores a `Codable` value with the configuration's ``MemcachedConfiguration/objectCoder``.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The value.
-    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
-    /// - Returns: `true` when stored.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func set<Value: Encodable & Sendable>(
         _ key: String,
         _ value: Value,
         expiration: MemcachedExpiration = .never
@@ -155,28 +88,10 @@ extension MemcachedClient {
     ///   - expiration: When the items expire. The default is ``MemcachedExpiration/never``.
     ///   - keyPrefix: A prefix for every key on the server.
     /// - Returns: The caller's keys that were not stored, including keys whose server failed.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)-3moz2``
-    ///   does, or as ``get(_:as:)-hsk4`` does when no connection could be leased.
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)``
+    ///   does, or as ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func setMulti<Value: MemcachedValue & Sendable>(
-        _ items: [String: Value],
-        expiration: MemcachedExpiration = .never,
-        keyPrefix: String = ""
-    ) async throws -> [String] {
-        try await withConnection { try $0.setMulti(items, expiration: expiration, keyPrefix: keyPrefix) }
-    }
-
-    /// Stores many `Codable` values with the configuration's ``MemcachedConfiguration/objectCoder``.
-    ///
-    /// - Parameters:
-    ///   - items: The keys and values.
-    ///   - expiration: When the items expire.
-    ///   - keyPrefix: A prefix for every key on the server.
-    /// - Returns: The caller's keys that were not stored.
-    /// - Throws: ``MemcachedError`` as ``setMulti(_:expiration:keyPrefix:)-sdjl`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func setMulti<Value: Encodable & Sendable>(
         _ items: [String: Value],
         expiration: MemcachedExpiration = .never,
         keyPrefix: String = ""
@@ -191,27 +106,9 @@ extension MemcachedClient {
     ///   - value: The value.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     /// - Returns: `true` when stored, `false` when the key already held a value.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     public func add<Value: MemcachedValue & Sendable>(
-        _ key: String,
-        _ value: Value,
-        expiration: MemcachedExpiration = .never
-    ) async throws -> Bool {
-        try await withConnection { try $0.add(key, value, expiration: expiration) }
-    }
-
-    /// Stores a `Codable` value only if the key is missing.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The value.
-    ///   - expiration: When the item expires.
-    /// - Returns: `true` when stored, `false` when the key already held a value.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func add<Value: Encodable & Sendable>(
         _ key: String,
         _ value: Value,
         expiration: MemcachedExpiration = .never
@@ -226,7 +123,7 @@ extension MemcachedClient {
     ///   - value: The value.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     /// - Returns: `true` when stored, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     public func replace<Value: MemcachedValue & Sendable>(
         _ key: String,
@@ -236,55 +133,17 @@ extension MemcachedClient {
         try await withConnection { try $0.replace(key, value, expiration: expiration) }
     }
 
-    /// Stores a `Codable` value only if the key already holds one.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The value.
-    ///   - expiration: When the item expires.
-    /// - Returns: `true` when stored, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func replace<Value: Encodable & Sendable>(
-        _ key: String,
-        _ value: Value,
-        expiration: MemcachedExpiration = .never
-    ) async throws -> Bool {
-        try await withConnection { try $0.replace(key, value, expiration: expiration) }
-    }
-
-    /// Stores a value only if nobody changed the item since ``gets(_:as:)-3dle6`` returned `token`.
+    /// Stores a value only if nobody changed the item since ``gets(_:as:)`` returned `token`.
     ///
     /// - Parameters:
     ///   - key: The key.
     ///   - value: The new value.
-    ///   - token: The token ``gets(_:as:)-3dle6`` returned with the value being replaced.
+    ///   - token: The token ``gets(_:as:)`` returned with the value being replaced.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     public func cas<Value: MemcachedValue & Sendable>(
-        _ key: String,
-        _ value: Value,
-        token: MemcachedCASToken,
-        expiration: MemcachedExpiration = .never
-    ) async throws -> Bool {
-        try await withConnection { try $0.cas(key, value, token: token, expiration: expiration) }
-    }
-
-    /// Stores a `Codable` value only if nobody changed the item since `token` was read.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The new value.
-    ///   - token: The token ``gets(_:as:)-3dle6`` returned.
-    ///   - expiration: When the item expires.
-    /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func cas<Value: Encodable & Sendable>(
         _ key: String,
         _ value: Value,
         token: MemcachedCASToken,
@@ -303,7 +162,7 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The bytes to add, encoded as their type's stored form.
     /// - Returns: `true` when appended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     public func append<Value: MemcachedValue & Sendable>(_ key: String, _ value: Value) async throws -> Bool {
         try await withConnection { try $0.append(key, value) }
@@ -317,7 +176,7 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The bytes to add.
     /// - Returns: `true` when prepended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)-62rze`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
     @discardableResult
     public func prepend<Value: MemcachedValue & Sendable>(_ key: String, _ value: Value) async throws -> Bool {
         try await withConnection { try $0.prepend(key, value) }
@@ -330,7 +189,7 @@ extension MemcachedClient {
     ///   - expiration: The new expiration.
     /// - Returns: `true` when the item exists, `false` when it is missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/touch(_:expiration:)`` does, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func touch(_ key: String, expiration: MemcachedExpiration) async throws -> Bool {
         try await withConnection { try $0.touch(key, expiration: expiration) }
@@ -343,7 +202,7 @@ extension MemcachedClient {
     /// - Parameter key: The key.
     /// - Returns: `true` when the key was deleted, `false` when it was missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/delete(_:)`` does, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func delete(_ key: String) async throws -> Bool {
         try await withConnection { try $0.delete(key) }
@@ -357,7 +216,7 @@ extension MemcachedClient {
     /// - Returns: For each caller's key: `.success(true)` when deleted, `.success(false)` when
     ///   missing, `.failure` when its server failed.
     /// - Throws: ``MemcachedError`` for an invalid key, before anything is sent, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func deleteMulti(
         _ keys: some Collection<String>,
@@ -374,7 +233,7 @@ extension MemcachedClient {
     ///   - delta: The amount to add. The default is 1.
     /// - Returns: The new value, or `nil` when the key is missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/increment(_:by:)`` does, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func increment(_ key: String, by delta: UInt64 = 1) async throws -> UInt64? {
         try await withConnection { try $0.increment(key, by: delta) }
@@ -399,7 +258,7 @@ extension MemcachedClient {
     /// - Parameter delay: How long the servers wait before flushing, in whole seconds (rounded
     ///   up). The default is to flush at once.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/flush(delay:)`` does, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     public func flush(delay: Duration = .zero) async throws {
         try await withConnection { try $0.flush(delay: delay) }
     }
@@ -410,7 +269,7 @@ extension MemcachedClient {
     ///   general statistics.
     /// - Returns: One result per server, in configuration order.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/stats(_:)`` does, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     public func stats(_ group: String? = nil) async throws -> [MemcachedServerResult<[String: String]>] {
         try await withConnection { try $0.stats(group) }
     }
@@ -418,7 +277,7 @@ extension MemcachedClient {
     /// Reads every server's version string, such as `"1.6.18"`.
     ///
     /// - Returns: One result per server, in configuration order.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)-hsk4`` does when no connection could be leased.
+    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does when no connection could be leased.
     public func versions() async throws -> [MemcachedServerResult<String>] {
         try await withConnection { try $0.versions() }
     }
@@ -428,7 +287,7 @@ extension MemcachedClient {
     /// - Parameter key: The key.
     /// - Returns: The server as `host:port`, `[v6]:port` or `unix:/path`.
     /// - Throws: ``MemcachedError`` for an invalid key or when no server is configured, or as
-    ///   ``get(_:as:)-hsk4`` does when no connection could be leased.
+    ///   ``get(_:as:)`` does when no connection could be leased.
     public func server(forKey key: String) async throws -> String {
         try await withConnection { try $0.server(forKey: key) }
     }

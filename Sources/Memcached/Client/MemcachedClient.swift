@@ -51,26 +51,18 @@
 /// - ``run()``
 ///
 /// ### Reading
-/// - ``get(_:as:)-hsk4``
-/// - ``get(_:as:)-67t3l``
-/// - ``getMulti(_:keyPrefix:as:)-2pufo``
-/// - ``getMulti(_:keyPrefix:as:)-2u5xh``
-/// - ``gets(_:as:)-3dle6``
-/// - ``gets(_:as:)-1ak0w``
+/// - ``get(_:as:)``
+/// - ``getMulti(_:keyPrefix:as:)``
+/// - ``gets(_:as:)``
 ///
 /// ### Writing
-/// - ``set(_:_:expiration:)-62rze``
-/// - ``set(_:_:expiration:)-3lgxz``
-/// - ``setMulti(_:expiration:keyPrefix:)-sdjl``
-/// - ``setMulti(_:expiration:keyPrefix:)-6omgb``
-/// - ``add(_:_:expiration:)-5adan``
-/// - ``add(_:_:expiration:)-77da2``
-/// - ``replace(_:_:expiration:)-5m36b``
-/// - ``replace(_:_:expiration:)-9y34n``
+/// - ``set(_:_:expiration:)``
+/// - ``setMulti(_:expiration:keyPrefix:)``
+/// - ``add(_:_:expiration:)``
+/// - ``replace(_:_:expiration:)``
 /// - ``append(_:_:)``
 /// - ``prepend(_:_:)``
-/// - ``cas(_:_:token:expiration:)-37dzr``
-/// - ``cas(_:_:token:expiration:)-9u5sa``
+/// - ``cas(_:_:token:expiration:)``
 /// - ``touch(_:expiration:)``
 ///
 /// ### Deleting and counting

@@ -64,6 +64,7 @@ public struct JSONObjectCoder: MemcachedObjectCoder {
 }
 
 extension MemcachedObjectCoder {
+    @usableFromInline
     func payload<Value: Encodable>(for value: Value) throws -> MemcachedPayload {
         do {
             return MemcachedPayload(bytes: try encode(value), flags: .serialized)
@@ -72,6 +73,7 @@ extension MemcachedObjectCoder {
         }
     }
 
+    @usableFromInline
     func value<Value: Decodable>(
         _ type: Value.Type,
         bytes: UnsafeRawBufferPointer,

@@ -6,26 +6,49 @@ public import Foundation
 
 // MARK: - Bytes
 
-extension Array: MemcachedValue where Element == UInt8 {
-    /// Stores the bytes unchanged with ``MemcachedFlags/bytes``, as python-memcached stores `bytes`.
-    public func memcachedPayload() -> MemcachedPayload {
-        MemcachedPayload(bytes: self, flags: .bytes)
+extension Array: MemcachedValue where Element: Codable {
+    /// Stores `[UInt8]` unchanged with ``MemcachedFlags/bytes``, as python-memcached stores
+    /// `bytes`; any other array with the context's object coder, as python-memcached pickles a list.
+    @inlinable
+    public func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload {
+        if let bytes = self as? [UInt8] {
+            return MemcachedPayload(bytes: bytes, flags: .bytes)
+        }
+        return try context.objectCoder.payload(for: self)
     }
 
-    /// Reads any stored value as its raw bytes, whatever its flags.
-    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) {
-        self.init(bytes)
+    /// Reads any stored value as its raw bytes for `[UInt8]`, whatever its flags; any other array
+    /// with the context's object coder.
+    @inlinable
+    public init(
+        memcachedBytes bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags,
+        context: MemcachedCodingContext
+    ) throws {
+        if Element.self == UInt8.self {
+            self = [UInt8](bytes) as! [Element]
+        } else {
+            self = try context.objectCoder.value(Self.self, bytes: bytes, flags: flags)
+        }
     }
 }
 
+extension Dictionary: MemcachedValue where Key: Codable, Value: Codable {}
+extension Set: MemcachedValue where Element: Codable {}
+extension Date: MemcachedValue {}
+extension UUID: MemcachedValue {}
+extension URL: MemcachedValue {}
+extension Decimal: MemcachedValue {}
+extension Float: MemcachedValue {}
+
 extension Data: MemcachedValue {
     /// Stores the bytes unchanged with ``MemcachedFlags/bytes``, as python-memcached stores `bytes`.
-    public func memcachedPayload() -> MemcachedPayload {
+    public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
         MemcachedPayload(bytes: Array(self), flags: .bytes)
     }
 
     /// Reads any stored value as its raw bytes, whatever its flags.
-    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) {
+    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags, context: MemcachedCodingContext) {
         self.init(bytes)
     }
 }
@@ -34,7 +57,7 @@ extension Data: MemcachedValue {
 
 extension String: MemcachedValue {
     /// Stores the UTF-8 bytes with ``MemcachedFlags/text``, as python-memcached stores `str`.
-    public func memcachedPayload() -> MemcachedPayload {
+    public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
         MemcachedPayload(bytes: Array(utf8), flags: .text)
     }
 
@@ -42,7 +65,11 @@ extension String: MemcachedValue {
     ///
     /// - Throws: ``MemcachedError/Code/undecodableValue`` for a serialized object or bytes that
     ///   are not UTF-8.
-    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+    public init(
+        memcachedBytes bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags,
+        context: MemcachedCodingContext
+    ) throws {
         guard !flags.contains(.serialized) else {
             throw MemcachedError.undecodable(String.self, flags: flags, "it holds a serialized object")
         }
@@ -70,10 +97,12 @@ private func decimalText(_ bytes: UnsafeRawBufferPointer) -> Substring? {
     return Substring(text)
 }
 
-extension MemcachedValue where Self: FixedWidthInteger {
+// `Codable` as well as `FixedWidthInteger`, so that these are more specific than the object-coder
+// defaults every `Codable` value gets.
+extension MemcachedValue where Self: FixedWidthInteger & Codable {
     /// Stores the number as ASCII decimal with ``MemcachedFlags/integer``, so `increment` works
     /// on it and python-memcached reads an `int`.
-    public func memcachedPayload() -> MemcachedPayload {
+    public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
         MemcachedPayload(bytes: Array(String(self).utf8), flags: .integer)
     }
 
@@ -81,7 +110,11 @@ extension MemcachedValue where Self: FixedWidthInteger {
     ///
     /// - Throws: ``MemcachedError/Code/undecodableValue`` when the bytes are not a decimal
     ///   number that fits this type, or hold a serialized object.
-    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+    public init(
+        memcachedBytes bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags,
+        context: MemcachedCodingContext
+    ) throws {
         guard !flags.contains(.serialized) else {
             throw MemcachedError.undecodable(Self.self, flags: flags, "it holds a serialized object")
         }
@@ -106,14 +139,18 @@ extension UInt64: MemcachedValue {}
 extension Bool: MemcachedValue {
     /// Stores `1` or `0` with ``MemcachedFlags/integer``, as pylibmc does; python-memcached reads
     /// it back as the `int` 1 or 0.
-    public func memcachedPayload() -> MemcachedPayload {
+    public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
         MemcachedPayload(bytes: self ? [0x31] : [0x30], flags: .integer)
     }
 
     /// Reads `1`/`0` (any flags but serialized), or JSON `true`/`false` (serialized).
     ///
     /// - Throws: ``MemcachedError/Code/undecodableValue`` for anything else.
-    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+    public init(
+        memcachedBytes bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags,
+        context: MemcachedCodingContext
+    ) throws {
         switch decimalText(bytes) {
         case "1", "true", "True": self = true
         case "0", "false", "False": self = false
@@ -126,7 +163,7 @@ extension Double: MemcachedValue {
     /// Stores the shortest exact decimal form with ``MemcachedFlags/serialized``: a JSON number,
     /// which a python-memcached client with a JSON unpickler reads as a `float`. Infinities and
     /// NaN are written as `Infinity`, `-Infinity` and `NaN`, which Python's `json` module accepts.
-    public func memcachedPayload() -> MemcachedPayload {
+    public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
         let text: String
         if isNaN {
             text = "NaN"
@@ -141,7 +178,11 @@ extension Double: MemcachedValue {
     /// Reads a decimal number stored with any flags.
     ///
     /// - Throws: ``MemcachedError/Code/undecodableValue`` when the bytes are not a number.
-    public init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws {
+    public init(
+        memcachedBytes bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags,
+        context: MemcachedCodingContext
+    ) throws {
         guard let text = decimalText(bytes) else {
             throw MemcachedError.undecodable(Double.self, flags: flags, "the bytes are not valid UTF-8")
         }

@@ -47,31 +47,82 @@ public struct MemcachedPayload: Sendable, Hashable {
     }
 }
 
-/// A type that stores itself in memcached as bytes plus flags, and reads itself back.
+/// A type that stores itself in memcached as bytes plus flags, and reads itself back: the one
+/// value protocol every command takes.
 ///
 /// `String`, `[UInt8]`, `Data`, every fixed-width integer, `Bool` and `Double` conform, using
-/// python-memcached's flags. Any other `Codable` type is stored by the configuration's
-/// ``MemcachedObjectCoder`` (JSON by default) without conforming to this protocol. Conform a type
-/// yourself when you want full control over its stored form.
+/// python-memcached's flags. A `Codable` type conforms with one empty extension, and is then
+/// stored by the client's ``MemcachedConfiguration/objectCoder`` (JSON by default) with
+/// ``MemcachedFlags/serialized``, as python-memcached pickles objects:
+///
+/// ```swift
+/// struct Film: Codable { var title: String; var rentals: Int }
+/// extension Film: MemcachedValue {}
+///
+/// try await client.set("film:1", Film(title: "ACADEMY DINOSAUR", rentals: 23))
+/// let films = try await client.get("top5films", as: [Film].self)
+/// ```
+///
+/// Arrays, dictionaries and sets of `Codable` elements, and `Date`, `UUID`, `URL`, `Decimal` and
+/// `Float`, conform the same way; `[UInt8]` stays raw bytes. Implement the two requirements
+/// yourself when you want full control over a type's stored form; ``MemcachedCodingContext`` then
+/// carries the configured coder, should a part of the value need it.
 ///
 /// Compression is not the conforming type's business: the connection compresses and decompresses
-/// around these two requirements, so ``init(memcachedBytes:flags:)`` never sees
+/// around these two requirements, so ``init(memcachedBytes:flags:context:)`` never sees
 /// ``MemcachedFlags/compressed``.
 public protocol MemcachedValue {
     /// Encodes the value for storage.
     ///
+    /// - Parameter context: The client's coding choices, such as its object coder.
     /// - Returns: The bytes and flags to store.
     /// - Throws: Any error; the connection reports it as ``MemcachedError/Code/unencodableValue``.
-    func memcachedPayload() throws -> MemcachedPayload
+    func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload
 
     /// Decodes a stored value.
     ///
     /// - Parameters:
     ///   - bytes: The stored bytes, valid only during the call.
     ///   - flags: The stored flags, without ``MemcachedFlags/compressed``.
+    ///   - context: The client's coding choices, such as its object coder.
     /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/undecodableValue`` when the
     ///   bytes or flags do not hold this type.
-    init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags) throws
+    init(memcachedBytes bytes: UnsafeRawBufferPointer, flags: MemcachedFlags, context: MemcachedCodingContext) throws
+}
+
+/// What a value's coding may depend on besides the value: the client's configured choices.
+///
+/// Commands build it from the connection's ``MemcachedConfiguration``; build one yourself to
+/// encode or decode a ``MemcachedValue`` outside a command, as a test might.
+public struct MemcachedCodingContext: Sendable {
+    /// The coder for `Codable` values, from ``MemcachedConfiguration/objectCoder``.
+    public var objectCoder: any MemcachedObjectCoder
+
+    /// Creates a context.
+    ///
+    /// - Parameter objectCoder: The coder for `Codable` values. The default writes JSON.
+    public init(objectCoder: any MemcachedObjectCoder = JSONObjectCoder()) {
+        self.objectCoder = objectCoder
+    }
+}
+
+extension MemcachedValue where Self: Encodable {
+    /// Encodes the value with the context's object coder, flagged ``MemcachedFlags/serialized``.
+    public func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload {
+        try context.objectCoder.payload(for: self)
+    }
+}
+
+extension MemcachedValue where Self: Decodable {
+    /// Decodes a value written by an object coder (``MemcachedFlags/serialized``, or unflagged
+    /// bytes from another client); an integer-flagged value is not an object and throws.
+    public init(
+        memcachedBytes bytes: UnsafeRawBufferPointer,
+        flags: MemcachedFlags,
+        context: MemcachedCodingContext
+    ) throws {
+        self = try context.objectCoder.value(Self.self, bytes: bytes, flags: flags)
+    }
 }
 
 extension MemcachedError {

@@ -143,7 +143,7 @@ public struct MemcachedConfiguration: Sendable {
     /// a read of the whole value first.
     public var compressionThreshold: Int? = nil
 
-    /// The coder for values that are `Codable` but not ``MemcachedValue``, stored with
+    /// The coder for `Codable` values that use ``MemcachedValue``'s default coding, stored with
     /// ``MemcachedFlags/serialized`` (python-memcached's pickle flag).
     ///
     /// The default is ``JSONObjectCoder``, which a python-memcached client configured with a JSON

@@ -18,26 +18,7 @@ extension MemcachedConnection {
     public func get<Value: MemcachedValue>(_ key: String, as type: Value.Type = Value.self) throws -> Value? {
         var value: Value?
         try fetchOne(key, command: "get") { bytes, flags, _ in
-            value = try Value(memcachedBytes: bytes, flags: flags)
-        }
-        return value
-    }
-
-    /// Reads a `Codable` value written by the configuration's ``MemcachedConfiguration/objectCoder``
-    /// (JSON by default).
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The value, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError``, with code ``MemcachedError/Code/undecodableValue`` when the
-    ///   stored bytes are not this type (a Python pickle, for example).
-    @_disfavoredOverload
-    public func get<Value: Decodable>(_ key: String, as type: Value.Type = Value.self) throws -> Value? {
-        let coder = configuration.objectCoder
-        var value: Value?
-        try fetchOne(key, command: "get") { bytes, flags, _ in
-            value = try coder.value(Value.self, bytes: bytes, flags: flags)
+            value = try Value(memcachedBytes: bytes, flags: flags, context: codingContext)
         }
         return value
     }
@@ -59,27 +40,9 @@ extension MemcachedConnection {
     ) throws -> (value: Value, token: MemcachedCASToken)? {
         var hit: (value: Value, token: MemcachedCASToken)?
         try fetchOne(key, command: "gets", requiresCAS: true) { bytes, flags, cas in
-            hit = (try Value(memcachedBytes: bytes, flags: flags), MemcachedCASToken(rawValue: cas))
-        }
-        return hit
-    }
-
-    /// Reads a `Codable` value together with its compare-and-swap token.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The value and its token, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
-    @_disfavoredOverload
-    public func gets<Value: Decodable>(
-        _ key: String,
-        as type: Value.Type = Value.self
-    ) throws -> (value: Value, token: MemcachedCASToken)? {
-        let coder = configuration.objectCoder
-        var hit: (value: Value, token: MemcachedCASToken)?
-        try fetchOne(key, command: "gets", requiresCAS: true) { bytes, flags, cas in
-            hit = (try coder.value(Value.self, bytes: bytes, flags: flags), MemcachedCASToken(rawValue: cas))
+            hit = (
+                try Value(memcachedBytes: bytes, flags: flags, context: codingContext), MemcachedCASToken(rawValue: cas)
+            )
         }
         return hit
     }
@@ -131,30 +94,7 @@ extension MemcachedConnection {
         var hits: [String: Value] = [:]
         hits.reserveCapacity(keys.count)
         try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
-            hits[keys[index]] = try Value(memcachedBytes: bytes, flags: flags)
-        }
-        return hits
-    }
-
-    /// Reads many `Codable` values in one round trip per server.
-    ///
-    /// - Parameters:
-    ///   - keys: The keys.
-    ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
-    ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The hits only, keyed by the caller's keys.
-    /// - Throws: ``MemcachedError`` as ``getMulti(_:keyPrefix:as:)`` does.
-    @_disfavoredOverload
-    public func getMulti<Value: Decodable>(
-        _ keys: some Collection<String>,
-        keyPrefix: String = "",
-        as type: Value.Type = Value.self
-    ) throws -> [String: Value] {
-        let keys = Array(keys)
-        let coder = configuration.objectCoder
-        var hits: [String: Value] = [:]
-        try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
-            hits[keys[index]] = try coder.value(Value.self, bytes: bytes, flags: flags)
+            hits[keys[index]] = try Value(memcachedBytes: bytes, flags: flags, context: codingContext)
         }
         return hits
     }

@@ -18,27 +18,7 @@ extension MemcachedConnection {
         _ value: Value,
         expiration: MemcachedExpiration = .never
     ) throws -> Bool {
-        try store(.set, key, expiration, noReply: handle.noReply) { try value.memcachedPayload() }
-    }
-
-    /// Stores a `Codable` value with the configuration's ``MemcachedConfiguration/objectCoder``
-    /// (JSON by default).
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The value.
-    ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
-    /// - Returns: `true` when stored.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func set<Value: Encodable>(
-        _ key: String,
-        _ value: Value,
-        expiration: MemcachedExpiration = .never
-    ) throws -> Bool {
-        let coder = configuration.objectCoder
-        return try store(.set, key, expiration, noReply: handle.noReply) { try coder.payload(for: value) }
+        try store(.set, key, expiration, noReply: handle.noReply) { try value.memcachedPayload(context: codingContext) }
     }
 
     /// Stores a value only if the key is missing, as python-memcached's `add`.
@@ -56,26 +36,7 @@ extension MemcachedConnection {
         _ value: Value,
         expiration: MemcachedExpiration = .never
     ) throws -> Bool {
-        try store(.add, key, expiration) { try value.memcachedPayload() }
-    }
-
-    /// Stores a `Codable` value only if the key is missing.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The value.
-    ///   - expiration: When the item expires.
-    /// - Returns: `true` when stored, `false` when the key already held a value.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func add<Value: Encodable>(
-        _ key: String,
-        _ value: Value,
-        expiration: MemcachedExpiration = .never
-    ) throws -> Bool {
-        let coder = configuration.objectCoder
-        return try store(.add, key, expiration) { try coder.payload(for: value) }
+        try store(.add, key, expiration) { try value.memcachedPayload(context: codingContext) }
     }
 
     /// Stores a value only if the key already holds one, as python-memcached's `replace`.
@@ -93,26 +54,7 @@ extension MemcachedConnection {
         _ value: Value,
         expiration: MemcachedExpiration = .never
     ) throws -> Bool {
-        try store(.replace, key, expiration) { try value.memcachedPayload() }
-    }
-
-    /// Stores a `Codable` value only if the key already holds one.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The value.
-    ///   - expiration: When the item expires.
-    /// - Returns: `true` when stored, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func replace<Value: Encodable>(
-        _ key: String,
-        _ value: Value,
-        expiration: MemcachedExpiration = .never
-    ) throws -> Bool {
-        let coder = configuration.objectCoder
-        return try store(.replace, key, expiration) { try coder.payload(for: value) }
+        try store(.replace, key, expiration) { try value.memcachedPayload(context: codingContext) }
     }
 
     /// Stores a value only if nobody changed the item since ``gets(_:as:)`` returned `token`.
@@ -135,28 +77,7 @@ extension MemcachedConnection {
         token: MemcachedCASToken,
         expiration: MemcachedExpiration = .never
     ) throws -> Bool {
-        try store(.cas(token.rawValue), key, expiration) { try value.memcachedPayload() }
-    }
-
-    /// Stores a `Codable` value only if nobody changed the item since `token` was read.
-    ///
-    /// - Parameters:
-    ///   - key: The key.
-    ///   - value: The new value.
-    ///   - token: The token ``gets(_:as:)`` returned.
-    ///   - expiration: When the item expires.
-    /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
-    @discardableResult
-    @_disfavoredOverload
-    public func cas<Value: Encodable>(
-        _ key: String,
-        _ value: Value,
-        token: MemcachedCASToken,
-        expiration: MemcachedExpiration = .never
-    ) throws -> Bool {
-        let coder = configuration.objectCoder
-        return try store(.cas(token.rawValue), key, expiration) { try coder.payload(for: value) }
+        try store(.cas(token.rawValue), key, expiration) { try value.memcachedPayload(context: codingContext) }
     }
 
     // MARK: - append / prepend
@@ -184,7 +105,7 @@ extension MemcachedConnection {
     ///   The corresponding C functions are `memcached_mget` (the flags) and `memcached_append`.
     @discardableResult
     public func append<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
-        try store(.append, key, .never, compressible: false) { try value.memcachedPayload() }
+        try store(.append, key, .never, compressible: false) { try value.memcachedPayload(context: codingContext) }
     }
 
     /// Adds bytes before an existing value, as python-memcached's `prepend`.
@@ -199,7 +120,7 @@ extension MemcachedConnection {
     ///   The corresponding C functions are `memcached_mget` (the flags) and `memcached_prepend`.
     @discardableResult
     public func prepend<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
-        try store(.prepend, key, .never, compressible: false) { try value.memcachedPayload() }
+        try store(.prepend, key, .never, compressible: false) { try value.memcachedPayload(context: codingContext) }
     }
 
     private func store(
@@ -277,26 +198,9 @@ extension MemcachedConnection {
         expiration: MemcachedExpiration = .never,
         keyPrefix: String = ""
     ) throws -> [String] {
-        try storeMulti(items, expiration: expiration, keyPrefix: keyPrefix) { try $0.memcachedPayload() }
-    }
-
-    /// Stores many `Codable` values with the configuration's ``MemcachedConfiguration/objectCoder``.
-    ///
-    /// - Parameters:
-    ///   - items: The keys and values.
-    ///   - expiration: When the items expire.
-    ///   - keyPrefix: A prefix for every key on the server.
-    /// - Returns: The caller's keys that were not stored.
-    /// - Throws: ``MemcachedError`` for an invalid key or value, before anything is sent.
-    @discardableResult
-    @_disfavoredOverload
-    public func setMulti<Value: Encodable>(
-        _ items: [String: Value],
-        expiration: MemcachedExpiration = .never,
-        keyPrefix: String = ""
-    ) throws -> [String] {
-        let coder = configuration.objectCoder
-        return try storeMulti(items, expiration: expiration, keyPrefix: keyPrefix) { try coder.payload(for: $0) }
+        try storeMulti(items, expiration: expiration, keyPrefix: keyPrefix) {
+            try $0.memcachedPayload(context: codingContext)
+        }
     }
 
     private func storeMulti<Value>(

@@ -60,6 +60,10 @@ public final class MemcachedConnection {
     /// The configuration the connection was created with.
     public let configuration: MemcachedConfiguration
 
+    /// The configuration's coding choices, built once for every value this connection codes.
+    @usableFromInline
+    let codingContext: MemcachedCodingContext
+
     /// Creates a connection; sockets open lazily, on each server's first command.
     ///
     /// - Parameter configuration: Servers, protocol, timeouts and coding choices.
@@ -67,12 +71,14 @@ public final class MemcachedConnection {
     ///   ``MemcachedError/Code/invalidServerSpecification`` when libmemcached refuses a setting.
     public init(configuration: MemcachedConfiguration) throws {
         self.configuration = configuration
+        self.codingContext = MemcachedCodingContext(objectCoder: configuration.objectCoder)
         self.handle = try Handle(configuration: configuration)
     }
 
     /// Wraps a handle, such as a clone made for a pool.
     init(handle: Handle) {
         self.configuration = handle.configuration
+        self.codingContext = MemcachedCodingContext(objectCoder: handle.configuration.objectCoder)
         self.handle = handle
     }
 
