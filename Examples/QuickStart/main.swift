@@ -38,11 +38,11 @@ do {
 
     show(
         "setMulti([\"a\": \"1\", \"b\": \"2\"], keyPrefix: \"users:\")",
-        try memc.setMulti(["a": "1", "b": "2"], keyPrefix: "users:")
+        try memc.setMulti(["a": "1", "b": "2"], keyPrefix: "users:").sorted { $0.key < $1.key }
     )
     show(
         "getMulti([\"a\", \"b\", \"c\"], keyPrefix: \"users:\")",
-        try memc.getMulti(["a", "b", "c"], keyPrefix: "users:", as: String.self).sorted { $0.key < $1.key }
+        try memc.getMulti(["a", "b", "c"], keyPrefix: "users:", as: String.self).hits.sorted { $0.key < $1.key }
     )
 
     show("add(\"greeting\", \"again\")", try memc.add("greeting", "again"))

@@ -108,6 +108,14 @@ struct CallDeadlineTests {
         return keys
     }
 
+    /// A multi-key command reports failures per key: when every key failed, the call failed, with
+    /// the first key's error, as a single-key command throws it.
+    static func throwIfEveryKeyFailed(_ failures: [String: MemcachedError], _ keys: [String]) throws {
+        if failures.count == keys.count, let error = failures.values.first {
+            throw error
+        }
+    }
+
     /// Runs `operation` on keys of the faulty server; returns whether it reported a failure.
     static func run(_ operation: Operation, _ connection: MemcachedConnection, keys: [String]) throws -> Bool {
         switch operation {
@@ -116,15 +124,14 @@ struct CallDeadlineTests {
         case .gets:
             _ = try connection.gets(keys[0], as: String.self)
         case .getMulti:
-            _ = try connection.getMulti(keys, as: String.self)
+            try throwIfEveryKeyFailed(try connection.getMulti(keys, as: String.self).failures, keys)
         case .set:
             return try !connection.set(keys[0], "value")
         case .setMulti:
-            let notStored = try connection.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "value") }))
-            return notStored.count == keys.count
+            let items = Dictionary(uniqueKeysWithValues: keys.map { ($0, "value") })
+            try throwIfEveryKeyFailed(try connection.setMulti(items).failures, keys)
         case .deleteMulti:
-            let outcomes = try connection.deleteMulti(keys)
-            return outcomes.count == keys.count && outcomes.values.allSatisfy { (try? $0.get()) == nil }
+            try throwIfEveryKeyFailed(try connection.deleteMulti(keys).failures, keys)
         case .increment:
             _ = try connection.increment(keys[0])
         case .touch:
@@ -232,7 +239,9 @@ struct CallDeadlineTests {
             let filler = try MemcachedConnection(
                 configuration: Self.configuration([frozen.address], .ascii, timeout: .seconds(60))
             )
-            #expect(try filler.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).isEmpty)
+            #expect(
+                try filler.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).keysNotApplied.isEmpty
+            )
             filler.close()
             #expect(try connection.set(keys[0], "v"), "the connection under test is open")
             frozen.pause()
@@ -240,6 +249,7 @@ struct CallDeadlineTests {
             var notStored: [String] = []
             let (setElapsed, setError) = timed {
                 notStored = try connection.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "w") }))
+                    .keysNotApplied
             }
             #expect(setError == nil)
             #expect(notStored.count == keys.count)
@@ -247,15 +257,10 @@ struct CallDeadlineTests {
 
             // A fresh connection: libmemcached may skip a server that timed out for a while.
             let second = try MemcachedConnection(configuration: Self.configuration([frozen.address], .ascii))
-            var outcomes: [String: Result<Bool, MemcachedError>] = [:]
+            var outcomes: [String: MemcachedKeyOutcome] = [:]
             let (deleteElapsed, deleteError) = timed { outcomes = try second.deleteMulti(keys) }
             #expect(deleteError == nil)
-            let codes = Set(
-                outcomes.values.compactMap { outcome -> MemcachedError.Code? in
-                    guard case .failure(let error) = outcome else { return nil }
-                    return error.code
-                }
-            )
+            let codes = Set(outcomes.values.compactMap { $0.error?.code })
             #expect(outcomes.count == keys.count)
             #expect(codes == [.timeout], "\(codes)")
             #expect(deleteElapsed < Self.limit, "deleteMulti took \(deleteElapsed)")

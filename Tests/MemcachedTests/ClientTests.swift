@@ -59,14 +59,14 @@ struct ClientTests {
                 #expect(try await client.get("poster", as: Poster.self) == poster)
 
                 let items = Dictionary(uniqueKeysWithValues: (0..<40).map { ("multi-\($0)", "value-\($0)") })
-                #expect(try await client.setMulti(items, keyPrefix: "p:").isEmpty)
+                #expect(try await client.setMulti(items, keyPrefix: "p:").keysNotApplied.isEmpty)
                 #expect(
-                    try await client.getMulti(Array(items.keys) + ["multi-none"], keyPrefix: "p:", as: String.self)
+                    try await client.getMulti(Array(items.keys) + ["multi-none"], keyPrefix: "p:", as: String.self).hits
                         == items
                 )
                 let posters = ["a": poster, "b": Poster(title: "Mirror", year: 1975)]
-                #expect(try await client.setMulti(posters).isEmpty)
-                #expect(try await client.getMulti(["a", "b", "c"], as: Poster.self) == posters)
+                #expect(try await client.setMulti(posters).keysNotApplied.isEmpty)
+                #expect(try await client.getMulti(["a", "b", "c"], as: Poster.self).hits == posters)
 
                 #expect(try await client.set("counter", 10))
                 #expect(try await client.increment("counter", by: 5) == 15)
@@ -79,8 +79,8 @@ struct ClientTests {
                 #expect(try await client.delete("counter"))
                 #expect(try await client.delete("counter") == false)
                 let deletions = try await client.deleteMulti(["multi-1", "multi-2", "nothing"], keyPrefix: "p:")
-                #expect(try deletions["multi-1"]?.get() == true)
-                #expect(try deletions["nothing"]?.get() == false)
+                #expect(deletions["multi-1"] == .applied)
+                #expect(deletions["nothing"] == .declined)
                 #expect(try await client.get("multi-1", as: String.self) == nil)
 
                 let owner = try await client.server(forKey: "text")

@@ -45,14 +45,17 @@ struct CommandTests {
             }.map(\.element)
             #expect(
                 try memc.setMulti(Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") }), keyPrefix: "x:")
-                    .isEmpty
+                    .keysNotApplied.isEmpty
             )
             let expected = Dictionary(uniqueKeysWithValues: stored.map { ($0, "v:\($0)") })
-            #expect(try memc.getMulti(keys, keyPrefix: "x:", as: String.self) == expected)
-            #expect(try memc.getMulti(keys.reversed(), keyPrefix: "x:", as: String.self) == expected)
+            #expect(try memc.getMulti(keys, keyPrefix: "x:", as: String.self).hits == expected)
+            #expect(try memc.getMulti(keys.reversed(), keyPrefix: "x:", as: String.self).hits == expected)
             let repeated = ["m2", "m3", "m2", "m0", "m3", "m3"]
-            #expect(try memc.getMulti(repeated, keyPrefix: "x:", as: String.self) == ["m2": "v:m2", "m3": "v:m3"])
-            #expect(try memc.getMulti(keys, as: String.self).isEmpty, "without the prefix nothing matches")
+            #expect(try memc.getMulti(repeated, keyPrefix: "x:", as: String.self).hits == ["m2": "v:m2", "m3": "v:m3"])
+            #expect(
+                try memc.getMulti(keys, as: String.self) == MemcachedGetMultiResult(),
+                "without the prefix nothing matches"
+            )
         }
     }
 
@@ -85,7 +88,9 @@ struct CommandTests {
             _ = try cluster.servers[0].rawCommand("append c 0 0 4\r\ntail\r\n", until: "\r\n")
             let read = try #require(throws: MemcachedError.self) { _ = try memc.get("c", as: String.self) }
             #expect(read.code == .decompressionFailed, "\(read)")
-            #expect(throws: MemcachedError.self) { _ = try memc.getMulti(["c"], as: String.self) }
+            let multi = try memc.getMulti(["c"], as: String.self)
+            #expect(multi.hits.isEmpty)
+            #expect(multi.failures["c"]?.code == .decompressionFailed)
         }
     }
 
@@ -95,7 +100,7 @@ struct CommandTests {
         try withMemcached { cluster in
             let memc = try connect(cluster) { $0.compressionThreshold = 64 }
             let long = String(repeating: "compressible ", count: 40)
-            #expect(try memc.setMulti(["a": "1", "b": long], keyPrefix: "f:").isEmpty)
+            #expect(try memc.setMulti(["a": "1", "b": long], keyPrefix: "f:").keysNotApplied.isEmpty)
             #expect(try memc.set("f:n", 42))
             var seen: [String: (String, MemcachedFlags)] = [:]
             try memc.getMulti(["a", "missing", "b", "n"], keyPrefix: "f:") { key, bytes, flags in
@@ -125,7 +130,7 @@ struct CommandTests {
         try withMemcached { cluster in
             let memc = try connect(cluster, wireProtocol: wireProtocol)
             let items = ["a": "AAAA", "b": "BBBB", "c": "CCCC", "other": String(repeating: "Z", count: 100_000)]
-            #expect(try memc.setMulti(items).isEmpty)
+            #expect(try memc.setMulti(items).keysNotApplied.isEmpty)
             var seen: [String: String] = [:]
             var nestedErrors: [MemcachedError.Code] = []
             try memc.getMulti(["a", "b", "c"]) { key, bytes, _ in
@@ -219,10 +224,10 @@ struct CommandTests {
             try memc.setMulti(["a": 1, "b": 2], keyPrefix: "p:")
             let outcomes = try memc.deleteMulti(["a", "b", "c"], keyPrefix: "p:")
             #expect(outcomes.count == 3)
-            #expect(try outcomes["a"]?.get() == true)
-            #expect(try outcomes["b"]?.get() == true)
-            #expect(try outcomes["c"]?.get() == false)
-            #expect(try memc.getMulti(["a", "b"], keyPrefix: "p:", as: Int.self).isEmpty)
+            #expect(outcomes["a"] == .applied)
+            #expect(outcomes["b"] == .applied)
+            #expect(outcomes["c"] == .declined)
+            #expect(try memc.getMulti(["a", "b"], keyPrefix: "p:", as: Int.self) == MemcachedGetMultiResult())
         }
     }
 
@@ -292,7 +297,7 @@ struct CommandTests {
             let memc = try connect(cluster)
             try memc.setMulti(Dictionary(uniqueKeysWithValues: (0..<20).map { ("k\($0)", $0) }))
             try memc.flush()
-            #expect(try memc.getMulti((0..<20).map { "k\($0)" }, as: Int.self).isEmpty)
+            #expect(try memc.getMulti((0..<20).map { "k\($0)" }, as: Int.self).hits.isEmpty)
             try memc.set("delayed", "v")
             try memc.flush(delay: .seconds(2))
             #expect(try memc.get("delayed", as: String.self) == "v", "a delayed flush leaves items until it runs")
@@ -360,11 +365,11 @@ struct CommandTests {
         try withMemcached { cluster in
             let memc = try connect(cluster) { $0.noReply = true }
             #expect(try memc.set("k", "v"))
-            #expect(try memc.setMulti(["a": "1", "b": "2"]).isEmpty)
+            #expect(try memc.setMulti(["a": "1", "b": "2"]).keysNotApplied.isEmpty)
             // Commands whose result is the point still wait for their reply.
             #expect(try memc.add("k", "other") == false)
             #expect(try memc.get("k", as: String.self) == "v")
-            #expect(try memc.getMulti(["a", "b"], as: String.self) == ["a": "1", "b": "2"])
+            #expect(try memc.getMulti(["a", "b"], as: String.self).hits == ["a": "1", "b": "2"])
             #expect(try memc.delete("a"))
             #expect(try memc.increment("missing") == nil)
             #expect(try memc.get("a", as: String.self) == nil)
@@ -377,9 +382,9 @@ struct CommandTests {
             let memc = try connect(cluster) { $0.noReply = true }
             let items = Dictionary(uniqueKeysWithValues: (0..<500).map { ("batch-\($0)", "value-\($0)") })
             let setsBefore = try cluster.servers.map { try statistic("cmd_set", of: $0) }
-            #expect(try memc.setMulti(items, keyPrefix: "nr:").isEmpty)
+            #expect(try memc.setMulti(items, keyPrefix: "nr:").keysNotApplied.isEmpty)
             // The read follows the writes on the same sockets, so the servers have run them all.
-            #expect(try memc.getMulti(Array(items.keys), keyPrefix: "nr:", as: String.self) == items)
+            #expect(try memc.getMulti(Array(items.keys), keyPrefix: "nr:", as: String.self).hits == items)
             let setsAfter = try cluster.servers.map { try statistic("cmd_set", of: $0) }
             #expect(
                 zip(setsBefore, setsAfter).map { $1 - $0 }.reduce(0, +) == items.count,
@@ -389,8 +394,10 @@ struct CommandTests {
             try memc.set("single", "now")
             #expect(try memc.get("single", as: String.self) == "now")
             let outcomes = try memc.deleteMulti(Array(items.keys), keyPrefix: "nr:")
-            #expect(outcomes.values.allSatisfy { (try? $0.get()) == true })
-            #expect(try memc.getMulti(Array(items.keys), keyPrefix: "nr:", as: String.self).isEmpty)
+            #expect(outcomes.values.allSatisfy { $0 == .applied })
+            #expect(
+                try memc.getMulti(Array(items.keys), keyPrefix: "nr:", as: String.self) == MemcachedGetMultiResult()
+            )
             #expect(try memc.add("single", "other") == false, "commands with results still read their reply")
         }
     }
@@ -403,7 +410,7 @@ struct CommandTests {
             #expect(try memc.delete("k"))
             #expect(try memc.delete("k") == false, "delete reports a missing key: replies are read")
             #expect(throws: MemcachedError.self) { try memc.set("big", [UInt8](repeating: 1, count: 1_048_576)) }
-            #expect(try memc.setMulti(["a": "1"]).isEmpty)
+            #expect(try memc.setMulti(["a": "1"]).keysNotApplied.isEmpty)
             #expect(try memc.get("a", as: String.self) == "1")
         }
     }
@@ -415,7 +422,7 @@ struct CommandTests {
         configuration.connectTimeout = .milliseconds(300)
         let memc = try MemcachedConnection(configuration: configuration)
         #expect(throws: MemcachedError.self) { try memc.set("k", "v") }
-        #expect(try memc.setMulti(["a": "1", "b": "2"]).sorted() == ["a", "b"])
+        #expect(try memc.setMulti(["a": "1", "b": "2"]).keysNotApplied.sorted() == ["a", "b"])
     }
 }
 

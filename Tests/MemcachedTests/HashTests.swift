@@ -218,7 +218,7 @@ struct HashTests {
                     "\(key) is on \(owner.address)"
                 )
             }
-            #expect(try memc.getMulti(keys, as: String.self).count == keys.count)
+            #expect(try memc.getMulti(keys, as: String.self).hits.count == keys.count)
             #expect(calls.count.withLock { $0 } >= 2 * keys.count, "the closure ran for every set and lookup")
         }
     }

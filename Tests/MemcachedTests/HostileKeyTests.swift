@@ -72,7 +72,7 @@ struct HostileKeyTests {
             let memc = try connect(cluster, wireProtocol: wireProtocol)
             let server = cluster.servers[0]
             let sentinels = Dictionary(uniqueKeysWithValues: (0..<10).map { ("sentinel-\($0)", "guarded-\($0)") })
-            #expect(try memc.setMulti(sentinels).isEmpty)
+            #expect(try memc.setMulti(sentinels).keysNotApplied.isEmpty)
 
             var generator = SplitMix64(state: wireProtocol == .ascii ? 1 : 2)
             var invalidKeys: [(String, MemcachedError.Code)] = []
@@ -124,14 +124,14 @@ struct HostileKeyTests {
                     let rest = String(decoding: bytes[split...], as: UTF8.self)
                     // Splitting inside a multi-byte scalar changes the bytes; keep only exact splits.
                     guard Array(prefix.utf8) + Array(rest.utf8) == bytes else { continue }
-                    #expect(try memc.setMulti([rest: value], keyPrefix: prefix).isEmpty)
-                    #expect(try memc.getMulti([rest], keyPrefix: prefix, as: String.self) == [rest: value])
+                    #expect(try memc.setMulti([rest: value], keyPrefix: prefix).keysNotApplied.isEmpty)
+                    #expect(try memc.getMulti([rest], keyPrefix: prefix, as: String.self).hits == [rest: value])
                     #expect(try memc.get(key, as: String.self) == value)
-                    #expect(try memc.deleteMulti([rest], keyPrefix: prefix)[rest]?.get() == true)
+                    #expect(try memc.deleteMulti([rest], keyPrefix: prefix)[rest] == .applied)
                 }
             }
 
-            #expect(try memc.getMulti(Array(sentinels.keys), as: String.self) == sentinels, "sentinels unchanged")
+            #expect(try memc.getMulti(Array(sentinels.keys), as: String.self).hits == sentinels, "sentinels unchanged")
             #expect(try statistic("cmd_flush", of: server) == 0)
         }
     }
@@ -154,8 +154,10 @@ struct HostileKeyTests {
                 #expect(throws: MemcachedError.self) { try memc.getMulti(keys) { _, _, _ in } }
             }
             // The same bytes twice, and different keys, are fine.
-            #expect(try memc.getMulti([precomposed, precomposed], as: String.self) == [precomposed: "precomposed"])
-            #expect(try memc.getMulti([precomposed, "x"], as: String.self) == [precomposed: "precomposed"])
+            #expect(
+                try memc.getMulti([precomposed, precomposed], as: String.self).hits == [precomposed: "precomposed"]
+            )
+            #expect(try memc.getMulti([precomposed, "x"], as: String.self).hits == [precomposed: "precomposed"])
         }
     }
 }

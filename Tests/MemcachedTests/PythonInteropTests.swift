@@ -73,7 +73,7 @@ struct PythonInteropTests {
 
             // The same keys through one multi-get with a key prefix, which is hashed with the key.
             let unprefixed = written.map { String($0.key.dropFirst(3)) }
-            #expect(try memc.getMulti(unprefixed, keyPrefix: "py:", as: [UInt8].self).count == Self.count)
+            #expect(try memc.getMulti(unprefixed, keyPrefix: "py:", as: [UInt8].self).hits.count == Self.count)
 
             // Python really stored each kind with its own flags, compression and JSON included.
             for entry in written.prefix(100) {

@@ -258,18 +258,29 @@ struct ReplyFuzzReproductionTests {
             )
             #expect(elapsed < ReplyFuzzTests.slowCallLimit, "the call took \(elapsed)")
             if testCase.name == "slowDrip" {
-                // The call deadline ends it, however the server paces its bytes: timeout + 50%.
-                #expect(elapsed < ReplyFuzzTests.timeout * 1.5, "a drip held the call for \(elapsed)")
+                // The call deadline ends it, however the server paces its bytes: well before the
+                // drip would (3 s), with room for a loaded machine; CallDeadlineTests hold the
+                // deadline itself to tighter bounds.
+                #expect(elapsed < configuration.maximumDripDuration / 2, "a drip held the call for \(elapsed)")
             }
             if error == nil, [.get, .getMultiForEachHit].contains(testCase.command) {
                 #expect(!outcome.contains("initial-k") || outcome.contains(Self.storedValue), "wrong value \(outcome)")
             }
-            // The known-good check on the same connection.
+            // The known-good check on the same connection: one error is the fault's, and timeouts
+            // are a loaded machine's (see `StepRecorder.judge`).
             try direct.set("fuzzcheck-x", "fresh")
             var check: String?
+            let checkBegan = ContinuousClock.now
             let checkError = timed { check = try connection.get("fuzzcheck-x", as: String.self) }.1
             if checkError != nil {
-                check = try connection.get("fuzzcheck-x", as: String.self)
+                while true {
+                    do {
+                        check = try connection.get("fuzzcheck-x", as: String.self)
+                        break
+                    } catch  where StepRecorder.mayRetryTimeout(error, checkBegan: checkBegan) {
+                        continue
+                    }
+                }
             }
             print(
                 "Reproduction \(testCase.name): the next get of fuzzcheck-x "

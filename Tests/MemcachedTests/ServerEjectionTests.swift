@@ -301,15 +301,17 @@ struct ServerEjectionTests {
             let (setTime, setError) = timed { _ = try memc.set(victim, "x") }
             #expect((setError as? MemcachedError)?.code == .serverMarkedDead)
             #expect(
-                try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).sorted()
+                try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).keysNotApplied.sorted()
                     == silentKeys.sorted()
             )
-            let (multiTime, hits) = try {
-                var hits: [String: String] = [:]
-                let elapsed = try ContinuousClock().measure { hits = try memc.getMulti(keys, as: String.self) }
-                return (elapsed, hits)
+            let (multiTime, read) = try {
+                var read = MemcachedGetMultiResult<String>()
+                let elapsed = try ContinuousClock().measure { read = try memc.getMulti(keys, as: String.self) }
+                return (elapsed, read)
             }()
-            #expect(Set(hits.keys) == Set(liveKeys), "the down server's keys are misses, the others hits")
+            #expect(Set(read.hits.keys) == Set(liveKeys), "the others' keys are hits")
+            #expect(Set(read.failures.keys) == Set(silentKeys), "the down server's keys are failures")
+            #expect(read.failures.values.allSatisfy { $0.code == .serverMarkedDead })
             let median = Self.percentile(durations, 0.5)
             #expect(median < .milliseconds(10) && setTime < .milliseconds(100) && multiTime < .milliseconds(100))
             // After retryTimeout one call probes it, within its own deadline: the probe's wait or
@@ -361,7 +363,7 @@ struct ServerEjectionTests {
         await client.close()
     }
 
-    @Test("getMulti alone marks a hung server down: after the failure limit its keys are misses, at once")
+    @Test("getMulti alone marks a hung server down: after the failure limit its keys fail, at once")
     func getMultiMarksDown() throws {
         let cluster = try MemcachedCluster.start(count: 3)
         defer { cluster.stop() }
@@ -373,20 +375,25 @@ struct ServerEjectionTests {
             $0.retryTimeout = .seconds(60)
         }
         let keys = (0..<30).map { "gm-\($0)" }
-        #expect(try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).isEmpty)
+        #expect(try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v") })).keysNotApplied.isEmpty)
         let victim = cluster.servers[1]
         let others = Set(try keys.filter { try memc.server(forKey: $0) != victim.address })
         victim.pause()
         defer { victim.resume() }
         for round in 0..<2 {
-            #expect(throws: MemcachedError.self, "round \(round) waits for the hung server") {
-                _ = try memc.getMulti(keys, as: String.self)
-            }
+            let read = try memc.getMulti(keys, as: String.self)
+            #expect(
+                Set(read.failures.keys).isSuperset(of: Set(keys).subtracting(others))
+                    && read.failures.values.allSatisfy { $0.code == .timeout },
+                "round \(round) waits for the hung server"
+            )
         }
         for _ in 0..<3 {
-            var hits: [String: String] = [:]
-            let elapsed = try ContinuousClock().measure { hits = try memc.getMulti(keys, as: String.self) }
-            #expect(Set(hits.keys) == others)
+            var read = MemcachedGetMultiResult<String>()
+            let elapsed = try ContinuousClock().measure { read = try memc.getMulti(keys, as: String.self) }
+            #expect(Set(read.hits.keys) == others)
+            #expect(Set(read.failures.keys) == Set(keys).subtracting(others))
+            #expect(read.failures.values.allSatisfy { $0.code == .serverMarkedDead })
             #expect(elapsed < .milliseconds(150), "no wait for the hung server: \(elapsed)")
         }
     }
@@ -438,7 +445,7 @@ struct ServerEjectionTests {
         for key in keys {
             #expect(try memc.set(key, "v-\(key)"))
         }
-        #expect(try memc.getMulti(keys, as: String.self).count == keys.count)
+        #expect(try memc.getMulti(keys, as: String.self).hits.count == keys.count)
         let used = Set(try keys.map { try memc.server(forKey: $0) })
         #expect(used == Set(cluster.addresses), "keys on \(used)")
     }

@@ -314,7 +314,7 @@ final class Suite {
                 Variant(name: "ours sync", kind: .sync, baseline: "raw C") { count in
                     var hits = 0
                     for index in 0..<count {
-                        hits += try sync.getMulti(batches[index % batches.count], as: [UInt8].self).count
+                        hits += try sync.getMulti(batches[index % batches.count], as: [UInt8].self).hits.count
                     }
                     try expect(hits == count * batch, "\(id) sync: \(hits) hits of \(count * batch)")
                 },
@@ -335,7 +335,8 @@ final class Suite {
                     let hits = try await Task.detached {
                         var hits = 0
                         for index in 0..<count {
-                            hits += try await client.getMulti(batches[index % batches.count], as: [UInt8].self).count
+                            hits += try await client.getMulti(batches[index % batches.count], as: [UInt8].self).hits
+                                .count
                         }
                         return hits
                     }.value
@@ -483,7 +484,7 @@ final class Suite {
         func syncVariant(_ name: String, _ connection: MemcachedConnection, baseline: String) -> Variant {
             Variant(name: name, kind: .sync, baseline: baseline) { count in
                 for index in 0..<count {
-                    let notStored = try connection.setMulti(batches[index % batches.count])
+                    let notStored = try connection.setMulti(batches[index % batches.count]).keysNotApplied
                     try expect(notStored.isEmpty, "W7 \(name): \(notStored.count) keys not stored")
                 }
                 _ = try connection.get(syncKey, as: [UInt8].self)
@@ -493,7 +494,7 @@ final class Suite {
             Variant(name: name, kind: .async, baseline: baseline) { count in
                 try await Task.detached {
                     for index in 0..<count {
-                        let notStored = try await client.setMulti(batches[index % batches.count])
+                        let notStored = try await client.setMulti(batches[index % batches.count]).keysNotApplied
                         try expect(notStored.isEmpty, "W7 \(name): \(notStored.count) keys not stored")
                     }
                     _ = try await client.get(syncKey, as: [UInt8].self)

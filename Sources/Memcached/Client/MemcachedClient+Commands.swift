@@ -30,7 +30,8 @@ extension MemcachedClient {
     ///   - keys: The keys. Each is checked, with the prefix, before anything is sent.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
     ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The hits only, keyed by the caller's keys.
+    /// - Returns: The hits and the keys that could not be read, as
+    ///   ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` describes.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` does, or
     ///   as ``get(_:as:)`` does when no connection could be leased.
     @inlinable
@@ -38,7 +39,7 @@ extension MemcachedClient {
         _ keys: some Collection<String>,
         keyPrefix: String = "",
         as type: Value.Type = Value.self
-    ) async throws -> [String: Value] {
+    ) async throws -> MemcachedGetMultiResult<Value> {
         let keys = Array(keys)
         return try await withConnection { try $0.getMulti(keys, keyPrefix: keyPrefix, as: type) }
     }
@@ -87,7 +88,8 @@ extension MemcachedClient {
     ///   - items: The keys and values.
     ///   - expiration: When the items expire. The default is ``MemcachedExpiration/never``.
     ///   - keyPrefix: A prefix for every key on the server.
-    /// - Returns: The caller's keys that were not stored, including keys whose server failed.
+    /// - Returns: Each key's outcome, as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)``
+    ///   describes.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)``
     ///   does, or as ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
@@ -95,7 +97,7 @@ extension MemcachedClient {
         _ items: [String: Value],
         expiration: MemcachedExpiration = .never,
         keyPrefix: String = ""
-    ) async throws -> [String] {
+    ) async throws -> [String: MemcachedKeyOutcome] {
         try await withConnection { try $0.setMulti(items, expiration: expiration, keyPrefix: keyPrefix) }
     }
 
@@ -213,15 +215,15 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - keys: The keys.
     ///   - keyPrefix: A prefix for every key on the server.
-    /// - Returns: For each caller's key: `.success(true)` when deleted, `.success(false)` when
-    ///   missing, `.failure` when its server failed.
-    /// - Throws: ``MemcachedError`` for an invalid key, before anything is sent, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
+    /// - Returns: Each key's outcome, as ``MemcachedConnection/deleteMulti(_:keyPrefix:)``
+    ///   describes.
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/deleteMulti(_:keyPrefix:)`` does, or
+    ///   as ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func deleteMulti(
         _ keys: some Collection<String>,
         keyPrefix: String = ""
-    ) async throws -> [String: Result<Bool, MemcachedError>] {
+    ) async throws -> [String: MemcachedKeyOutcome] {
         let keys = Array(keys)
         return try await withConnection { try $0.deleteMulti(keys, keyPrefix: keyPrefix) }
     }

@@ -28,55 +28,22 @@ extension MemcachedConnection {
     /// - Parameters:
     ///   - keys: The keys.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
-    /// - Returns: For each caller's key (without the prefix): `.success(true)` when deleted,
-    ///   `.success(false)` when missing, `.failure` when its server failed.
-    /// - Throws: ``MemcachedError`` for an invalid key, before anything is sent.
+    /// - Returns: For each caller's key (without the prefix): ``MemcachedKeyOutcome/applied`` when
+    ///   deleted, ``MemcachedKeyOutcome/declined`` when missing, ``MemcachedKeyOutcome/failed(_:)``
+    ///   as ``setMulti(_:expiration:keyPrefix:)`` describes.
+    /// - Throws: ``MemcachedError`` for an invalid key, or two keys that are equal as Swift strings
+    ///   but differ in bytes (``MemcachedError/Code/invalidArguments``), before anything is sent.
     @discardableResult
     public func deleteMulti(
         _ keys: some Collection<String>,
         keyPrefix: String = ""
-    ) throws -> [String: Result<Bool, MemcachedError>] {
+    ) throws -> [String: MemcachedKeyOutcome] {
         trace("delete_multi", keys: keys.count)
         let keys = Array(keys)
         let batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
-        return try handle.withDeadline { try deleteEach(keys, batch) }
-    }
-
-    /// Deletes each key under one deadline; once it has passed, the remaining keys fail with
-    /// ``MemcachedError/Code/timeout`` and nothing more is sent.
-    private func deleteEach(_ keys: [String], _ batch: KeyBatch) throws -> [String: Result<Bool, MemcachedError>] {
-        var outcomes: [String: Result<Bool, MemcachedError>] = [:]
-        outcomes.reserveCapacity(keys.count)
-        for index in keys.indices {
-            if handle.isPastDeadline {
-                if handle.deadline.isCancelled {
-                    throw CancellationError()
-                }
-                let error = handle.deadlineError()
-                for key in keys[index...] where outcomes[key] == nil {
-                    outcomes[key] = .failure(error)
-                }
-                break
-            }
-            outcomes[keys[index]] = batch.withKey(at: index) { keyBytes in
-                Result {
-                    try handle.delete(
-                        key: PreparedKey(bytes: keyBytes, key: keys[index]),
-                        noReply: handle.noReply
-                    )
-                }
-                .mapError { $0 as! MemcachedError }
-            }
+        return try handle.withDeadline {
+            try eachKey(keys, batch) { key in try handle.delete(key: key.prepared, noReply: handle.noReply) }
         }
-        do {
-            try handle.flushWrites()
-        } catch let error as MemcachedError {
-            // Which server's batch failed is not known: report the failure for every key.
-            for key in keys {
-                outcomes[key] = .failure(error)
-            }
-        }
-        return outcomes
     }
 
     // MARK: - increment / decrement

@@ -73,30 +73,42 @@ extension MemcachedConnection {
     /// Reads many keys in one round trip per server, as python-memcached's `get_multi`.
     ///
     /// Keys are sent with libmemcached's batched `memcached_mget`, so the time grows with the
-    /// number of servers, not keys. Keys whose server cannot be reached count as misses, as in
-    /// python-memcached.
+    /// number of servers, not keys. One key or server failing costs only its own keys: a value that
+    /// does not decode, and the keys of a server that is down, unreachable or fails mid-reply, are
+    /// in the result's ``MemcachedGetMultiResult/failures``; every other key is a hit or a miss.
+    ///
+    /// ```swift
+    /// let result = try connection.getMulti(["film:1", "film:2"], as: Film.self)
+    /// let films = result.hits                  // [String: Film]
+    /// ```
     ///
     /// - Parameters:
     ///   - keys: The keys. Each is checked, with the prefix, before anything is sent.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`; it
-    ///     counts toward the 250-byte limit. The returned dictionary uses the keys without it.
+    ///     counts toward the 250-byte limit. The result uses the keys without it.
     ///   - type: The type to decode; inferred from context when omitted.
-    /// - Returns: The hits only, keyed by the caller's keys.
-    /// - Throws: ``MemcachedError``: an invalid key, a value that does not decode, a failure in the
-    ///   middle of a reply, or no server reachable at all.
+    /// - Returns: The hits and the failures, keyed by the caller's keys.
+    /// - Throws: ``MemcachedError`` only for the call as a whole: an invalid key, two keys that are
+    ///   equal as Swift strings but differ in bytes (``MemcachedError/Code/invalidArguments``),
+    ///   or a connection that is closed or in use.
     @inlinable
     public func getMulti<Value: MemcachedValue>(
         _ keys: some Collection<String>,
         keyPrefix: String = "",
         as type: Value.Type = Value.self
-    ) throws -> [String: Value] {
+    ) throws -> MemcachedGetMultiResult<Value> {
         let keys = Array(keys)
-        var hits: [String: Value] = [:]
-        hits.reserveCapacity(keys.count)
-        try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
-            hits[keys[index]] = try Value(memcachedBytes: bytes, flags: flags, context: codingContext)
+        var result = MemcachedGetMultiResult<Value>()
+        result.hits.reserveCapacity(keys.count)
+        result.failures = try fetchMulti(keys, keyPrefix: keyPrefix, stopOnHitError: false) { index, bytes, flags in
+            result.hits[keys[index]] = try Value(memcachedBytes: bytes, flags: flags, context: codingContext)
         }
-        return hits
+        if !result.failures.isEmpty {
+            for key in result.failures.keys {
+                result.hits[key] = nil
+            }
+        }
+        return result
     }
 
     /// Reads many keys in one round trip per server and hands each hit to `body` as it arrives,
@@ -124,73 +136,134 @@ extension MemcachedConnection {
     ///     must not use this connection: a command it starts throws
     ///     ``MemcachedError/Code/connectionInUse``, and a ``close()`` or ``disconnect()`` it calls
     ///     happens once the read is over.
+    /// - Returns: The keys that could not be read, as ``MemcachedGetMultiResult/failures``
+    ///   describes; a value that does not decompress is one of them.
     /// - Throws: What `body` throws, or ``MemcachedError`` as ``getMulti(_:keyPrefix:as:)`` does.
+    @discardableResult
     public func getMulti(
         _ keys: some Collection<String>,
         keyPrefix: String = "",
         forEachHit body: (_ key: String, _ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags) throws -> Void
-    ) throws {
+    ) throws -> [String: MemcachedError] {
         let keys = Array(keys)
-        var bodyError: (any Error)?
-        do {
-            try fetchMulti(keys, keyPrefix: keyPrefix) { index, bytes, flags in
-                do {
-                    try body(keys[index], bytes, flags)
-                } catch {
-                    bodyError = error
-                    throw error
-                }
-            }
-        } catch let error as MemcachedError where Handle.mayLeaveReplyUnread(error.code) {
-            // The rest of the reply failed after the caller's error: the connection's failure wins.
-            throw error
-        } catch {
-            // `fetchMulti` reports a decoding error with the key; the caller's own error goes back
-            // as it was thrown.
-            throw bodyError ?? error
+        return try fetchMulti(keys, keyPrefix: keyPrefix, stopOnHitError: true) { index, bytes, flags in
+            try body(keys[index], bytes, flags)
         }
     }
 
     /// The non-generic part of every multi-get: checks and sends the keys, matches each reply to
     /// its request and decompresses it, then calls `hit` with the key's index in `keys`, the
-    /// value's bytes (valid during the call) and its flags.
+    /// value's bytes (valid during the call) and its flags. Returns the keys that could not be
+    /// read, with their errors; a caller that keeps hits drops those of failed keys.
     ///
-    /// An error `hit` throws is reported with the key, as ``undecodableValue`` unless it is a
-    /// ``MemcachedError``; the rest of the reply is still read so nothing lingers.
+    /// With `stopOnHitError`, an error `hit` throws is the call's: `hit` is not called again, the
+    /// rest of the reply is still read so nothing lingers, and the error is rethrown as it was
+    /// thrown, unless that read then failed, whose error is thrown instead. Without it, the error
+    /// fails only that key (as ``undecodableValue`` unless it is a ``MemcachedError``). A value
+    /// that does not decompress fails its key either way.
+    ///
+    /// A read that ends early fails every key not yet handed over with its error; a failure
+    /// found after the whole reply was read (bytes after its end) fails every key, since the
+    /// reply is then not trusted.
     @usableFromInline
     func fetchMulti(
         _ keys: [String],
         keyPrefix: String,
+        stopOnHitError: Bool,
         _ hit: (Int, UnsafeRawBufferPointer, MemcachedFlags) throws -> Void
-    ) throws {
+    ) throws -> [String: MemcachedError] {
         trace("get_multi", keys: keys.count)
-        guard !keys.isEmpty else { return }
+        guard !keys.isEmpty else { return [:] }
         let prefix = try KeyPrefix(keyPrefix)
         var batch = try KeyBatch(keys: keys, prefix: prefix)
-        try handle.withDeadline {
-            // Keys of servers that are down (ServerHealth) are misses, not a wait for a timeout.
-            var asked = keys
-            var positions: [Int]?
-            if let health = handle.health, _slowPath(!health.allHealthy) {
-                let down = handle.serversToLeaveOut(health)
-                if !down.isEmpty {
-                    let kept = keys.indices.filter { index in
-                        !batch.withKey(at: index) { handle.isOnDownServer($0, down: down) }
-                    }
-                    if kept.count < keys.count {
-                        trace("get_multi: keys of servers that are down left out", keys: keys.count - kept.count)
-                        guard !kept.isEmpty else { return }
-                        positions = kept
-                        asked = kept.map { keys[$0] }
-                        batch = try KeyBatch(keys: asked, prefix: prefix)
+        var failures: [String: MemcachedError] = [:]
+        // Keys handed to `hit` or failed so far; the rest fail with a failure that ends the read.
+        var settled = [Bool](repeating: false, count: keys.count)
+        var readToTheEnd = false
+        var hitError: (any Error)?
+        do {
+            try handle.withDeadline {
+                // The keys of servers that are down (ServerHealth) fail at once, not after a timeout.
+                var positions: [Int]?
+                if let health = handle.health, _slowPath(!health.allHealthy) {
+                    let down = handle.serversToLeaveOut(health)
+                    if !down.isEmpty {
+                        var kept: [Int] = []
+                        for index in keys.indices {
+                            if let server = batch.withKey(at: index, { handle.server(ofKey: $0, amongst: down) }) {
+                                failures[keys[index]] = handle.serverDownError(server, key: keys[index], health)
+                                settled[index] = true
+                            } else {
+                                kept.append(index)
+                            }
+                        }
+                        if kept.count < keys.count {
+                            trace("get_multi: keys of servers that are down left out", keys: keys.count - kept.count)
+                            guard !kept.isEmpty else { return }
+                            positions = kept
+                            batch = try KeyBatch(keys: kept.map { keys[$0] }, prefix: prefix)
+                        }
                     }
                 }
-            }
-            try handle.fetchMany(&batch, command: "get_multi") { index, item in
-                try decode(item, key: asked[index]) { bytes, flags in
-                    try hit(positions?[index] ?? index, bytes, flags)
+                let unreachable = try handle.fetchMany(&batch, command: "get_multi") { asked, item in
+                    let index = positions?[asked] ?? asked
+                    settled[index] = true
+                    do {
+                        try decode(item, key: keys[index]) { bytes, flags in
+                            do {
+                                try hit(index, bytes, flags)
+                            } catch  where stopOnHitError {
+                                hitError = error
+                                throw error
+                            }
+                        }
+                    } catch let error as MemcachedError where hitError == nil {
+                        failures[keys[index]] = error
+                    }
                 }
+                if !unreachable.isEmpty {
+                    failKeys(of: unreachable, keys, batch, positions, &settled, &failures)
+                }
+                readToTheEnd = true
             }
+        } catch let stopped as Handle.HandOverFailed {
+            throw hitError ?? stopped.error
+        } catch {
+            // After the caller's error, the read's own failure is the call's: what was handed over
+            // may be all the caller learns, and the rest of the reply could not be read.
+            guard hitError == nil, let error = error as? MemcachedError, !error.code.failsTheWholeCall else {
+                throw error
+            }
+            for index in keys.indices where readToTheEnd || !settled[index] {
+                var failure = error
+                failure.key = keys[index]
+                failures[keys[index]] = failure
+            }
+        }
+        return failures
+    }
+
+    /// Fails the unanswered keys whose server the request never reached.
+    private func failKeys(
+        of unreachable: Set<String>,
+        _ keys: [String],
+        _ batch: KeyBatch,
+        _ positions: [Int]?,
+        _ settled: inout [Bool],
+        _ failures: inout [String: MemcachedError]
+    ) {
+        for asked in 0..<batch.count {
+            let index = positions?[asked] ?? asked
+            guard !settled[index],
+                let server = batch.withKey(at: asked, { handle.server(ofKey: $0, amongst: unreachable) })
+            else { continue }
+            settled[index] = true
+            failures[keys[index]] = MemcachedError(
+                code: .connectionFailure,
+                message: "the server could not be reached; the key was not read",
+                key: keys[index],
+                server: server
+            )
         }
     }
 

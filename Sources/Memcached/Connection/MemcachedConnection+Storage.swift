@@ -178,39 +178,30 @@ extension MemcachedConnection {
 
     // MARK: - setMulti
 
-    /// Stores many values, as python-memcached's `set_multi`.
+    /// Stores many values, as python-memcached's `set_multi`, and reports each key's outcome.
     ///
     /// Every key and value is checked and encoded before anything is sent, so an invalid key or an
-    /// oversized value throws and stores nothing. After that, each item is stored on its server;
-    /// items the server declined or whose server failed are returned, not thrown.
+    /// oversized value throws and stores nothing. After that, each item is stored on its server
+    /// under one deadline; a server failure for one key does not stop the others.
     ///
     /// - Parameters:
     ///   - items: The keys and values.
     ///   - expiration: When the items expire. The default is ``MemcachedExpiration/never``.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`; it
     ///     counts toward the 250-byte limit.
-    /// - Returns: The caller's keys (without the prefix) that were not stored, including keys
-    ///   whose server failed. Empty when everything was stored.
+    /// - Returns: For each caller's key (without the prefix): ``MemcachedKeyOutcome/applied`` when
+    ///   stored, ``MemcachedKeyOutcome/declined`` when the server did not store it, and
+    ///   ``MemcachedKeyOutcome/failed(_:)`` when its server failed or was down, or the deadline
+    ///   passed before its turn. With ``MemcachedConfiguration/noReply`` on, sent keys are applied.
     /// - Throws: ``MemcachedError`` for an invalid key or value, before anything is sent.
     @discardableResult
     public func setMulti<Value: MemcachedValue>(
         _ items: [String: Value],
         expiration: MemcachedExpiration = .never,
         keyPrefix: String = ""
-    ) throws -> [String] {
-        try storeMulti(items, expiration: expiration, keyPrefix: keyPrefix) {
-            try $0.memcachedPayload(context: codingContext)
-        }
-    }
-
-    private func storeMulti<Value>(
-        _ items: [String: Value],
-        expiration: MemcachedExpiration,
-        keyPrefix: String,
-        _ encode: (Value) throws -> MemcachedPayload
-    ) throws -> [String] {
+    ) throws -> [String: MemcachedKeyOutcome] {
         trace("set_multi", keys: items.count)
-        guard !items.isEmpty else { return [] }
+        guard !items.isEmpty else { return [:] }
         let prefix = try KeyPrefix(keyPrefix)
         var keys: [String] = []
         var payloads: [MemcachedPayload] = []
@@ -218,59 +209,66 @@ extension MemcachedConnection {
         payloads.reserveCapacity(items.count)
         for (key, value) in items {
             keys.append(key)
-            payloads.append(try payload(key: key, compressible: true) { try encode(value) })
+            payloads.append(
+                try payload(key: key, compressible: true) { try value.memcachedPayload(context: codingContext) }
+            )
         }
         let batch = try KeyBatch(keys: keys, prefix: prefix)
         let wireExpiration = try expiration.wireValue()
         return try handle.withDeadline {
-            try storeEach(keys, payloads, batch, wireExpiration)
+            try eachKey(keys, batch) { key in
+                try payloads[key.index].bytes.withUnsafeBytes { bytes in
+                    try handle.store(
+                        .set,
+                        key: key.prepared,
+                        value: bytes,
+                        flags: payloads[key.index].flags.rawValue,
+                        expiration: wireExpiration,
+                        noReply: handle.noReply
+                    )
+                }
+            }
         }
     }
 
-    /// Stores each item under one deadline; once it has passed, the remaining keys are not
-    /// stored and nothing more is sent.
-    private func storeEach(
+    /// Runs one single-key command per key under the call's deadline and collects the outcomes:
+    /// the one loop of every multi-key write and delete. Once the deadline has passed, the
+    /// remaining keys fail with its error and nothing more is sent.
+    func eachKey(
         _ keys: [String],
-        _ payloads: [MemcachedPayload],
         _ batch: KeyBatch,
-        _ wireExpiration: Int64
-    ) throws -> [String] {
-        var notStored: [String] = []
+        _ command: (_ key: (index: Int, prepared: PreparedKey)) throws -> Bool
+    ) throws -> [String: MemcachedKeyOutcome] {
+        var outcomes: [String: MemcachedKeyOutcome] = [:]
+        outcomes.reserveCapacity(keys.count)
         for index in keys.indices {
             if handle.isPastDeadline {
                 if handle.deadline.isCancelled {
                     throw CancellationError()
                 }
-                notStored.append(contentsOf: keys[index...])
+                let error = handle.deadlineError()
+                for late in keys[index...] {
+                    outcomes[late] = .failed(error.with(key: late))
+                }
                 break
             }
-            let stored: Bool
             do {
-                stored = try batch.withKey(at: index) { keyBytes in
-                    try payloads[index].bytes.withUnsafeBytes { bytes in
-                        try handle.store(
-                            .set,
-                            key: PreparedKey(bytes: keyBytes, key: keys[index]),
-                            value: bytes,
-                            flags: payloads[index].flags.rawValue,
-                            expiration: wireExpiration,
-                            noReply: handle.noReply
-                        )
-                    }
+                let applied = try batch.withKey(at: index) { keyBytes in
+                    try command((index, PreparedKey(bytes: keyBytes, key: keys[index])))
                 }
-            } catch let error as MemcachedError where error.code.isLibmemcachedCode {
-                stored = false
-            }
-            if !stored {
-                notStored.append(keys[index])
+                outcomes[keys[index]] = applied ? .applied : .declined
+            } catch let error as MemcachedError where !error.code.failsTheWholeCall {
+                outcomes[keys[index]] = .failed(error.with(key: keys[index]))
             }
         }
         do {
             try handle.flushWrites()
-        } catch {
-            // Which server's batch failed is not known: report every key as not stored.
-            return keys
+        } catch let error as MemcachedError {
+            // Which server's batch failed is not known: every key shares the failure.
+            for key in keys {
+                outcomes[key] = .failed(error.with(key: key))
+            }
         }
-        return notStored
+        return outcomes
     }
 }

@@ -76,6 +76,19 @@ extension MemcachedError {
             self.rawValue = rawValue
         }
 
+        /// Whether an error with this code is about the call as a whole (the caller's input, the
+        /// connection's state) rather than about one key or server, so that a multi-key command
+        /// throws it instead of reporting it for the keys it concerns.
+        var failsTheWholeCall: Bool {
+            switch self {
+            case .connectionInUse, .connectionClosed, .noServers, .invalidArguments, .emptyKey, .keyTooLong,
+                .invalidKeyCharacters, .badKeyProvided, .keyTooBig, .valueTooLarge, .unencodableValue:
+                true
+            default:
+                false
+            }
+        }
+
         /// Whether this code comes from libmemcached (rather than from this library's own checks).
         public var isLibmemcachedCode: Bool {
             rawValue >= 0 && rawValue < Int(MEMCACHED_MAXIMUM_RETURN.rawValue)

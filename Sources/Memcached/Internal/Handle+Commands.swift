@@ -536,18 +536,19 @@ extension Handle {
     /// between the handle's two result buffers, so the value waiting to be handed over stays in
     /// place, uncopied, while the next one is read.
     ///
-    /// Keys whose server cannot be reached are misses, as in python-memcached; the failure is
-    /// logged. When no server answered at all, or a server failed mid-reply, the call throws, and
-    /// the hit read just before the failure is not handed over.
+    /// Servers that cannot be reached are skipped and returned, so that the caller can report
+    /// their keys. When no server answered at all, or a server failed mid-reply, the call throws,
+    /// and the hit read just before the failure is not handed over.
     ///
     /// Each reply's key is matched to the request (``KeyBatch/match(_:)``) as soon as it is read,
     /// before the hit read just before it is handed over: a key nobody asked for, or asked for
     /// once and answered twice, fails the call with that hit kept back.
+    @discardableResult
     func fetchMany(
         _ batch: inout KeyBatch,
         command: StaticString,
         _ body: (_ index: Int, FetchedItem) throws -> Void
-    ) throws {
+    ) throws -> Set<String> {
         let pointer = try commandHandle()
         defer { finishRead() }
         var reading = try liveResult()
@@ -560,12 +561,15 @@ extension Handle {
         if health != nil {
             noteAskedServers()
         }
-        if !memcached_success(rc) {
-            if rc == MEMCACHED_SOME_ERRORS {
-                logger.debug("memcached multi-get: some servers are unavailable", metadata: ["command": "\(command)"])
-            } else {
-                throw failure(rc, command: command)
-            }
+        if !memcached_success(rc) && rc != MEMCACHED_SOME_ERRORS {
+            throw failure(rc, command: command)
+        }
+        // A server that refused the connection leaves the call's code at success (only a failed
+        // write makes it SOME_ERRORS) but its error on the handle, which every command clears first.
+        var unreachable: Set<String> = []
+        if _slowPath(rc == MEMCACHED_SOME_ERRORS || memcached_last_error(pointer) != MEMCACHED_SUCCESS) {
+            logger.debug("memcached multi-get: some servers are unavailable", metadata: ["command": "\(command)"])
+            unreachable = serversNotAsked(pointer)
         }
         var fetchRC = MEMCACHED_SUCCESS
         var bodyError: (any Error)?
@@ -630,8 +634,31 @@ extension Handle {
             handOver(pending)
         }
         if let bodyError {
-            throw bodyError
+            throw HandOverFailed(error: bodyError)
         }
+        return unreachable
+    }
+
+    /// What ``fetchMany(_:command:_:)`` throws when its `body` threw and the rest of the reply
+    /// was then read in full: the body's own error, told apart from a failure of the read.
+    struct HandOverFailed: Error {
+        var error: any Error
+    }
+
+    /// The servers a multi-get's request did not reach, right after `memcached_mget`: no reply
+    /// owed. Servers none of the keys map to are among them, which is harmless to a caller that
+    /// asks about the servers of its unanswered keys.
+    @inline(never)
+    private func serversNotAsked(_ pointer: UnsafeMutablePointer<memcached_st>) -> Set<String> {
+        var servers: Set<String> = []
+        for position in 0..<memcached_server_count(pointer) {
+            if let instance = memcached_server_instance_by_position(pointer, position),
+                memcached_server_response_count(instance) == 0
+            {
+                servers.insert(Self.describe(instance))
+            }
+        }
+        return servers
     }
 
     // MARK: - Deletion, arithmetic, touch

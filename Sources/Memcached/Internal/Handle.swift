@@ -402,14 +402,19 @@ final class Handle {
         }
         if admission == .refuse {
             callServer = nil
-            throw MemcachedError(
-                code: .serverMarkedDead,
-                message: "the server failed \(health.failureLimit) calls in a row and is left alone until its "
-                    + "retry timeout (\(configuration.retryTimeout)) has passed",
-                key: key.key,
-                server: server
-            )
+            throw serverDownError(server, key: key.key, health)
         }
+    }
+
+    /// The error of a command, or of a multi-key read's key, for a server that is down.
+    func serverDownError(_ server: String, key: String, _ health: ServerHealth) -> MemcachedError {
+        MemcachedError(
+            code: .serverMarkedDead,
+            message: "the server failed \(health.failureLimit) calls in a row and is left alone until its "
+                + "retry timeout (\(configuration.retryTimeout)) has passed",
+            key: key,
+            server: server
+        )
     }
 
     /// Asks a server that was down for a key nobody stores, through a short-lived handle of its
@@ -485,10 +490,11 @@ final class Handle {
         return down
     }
 
-    /// Whether a key's server is down: a multi-key read leaves such keys out (they are misses).
-    func isOnDownServer(_ keyBytes: UnsafeBufferPointer<UInt8>, down: Set<String>) -> Bool {
-        guard let server = serverDescription(forKey: keyBytes) else { return false }
-        return down.contains(server)
+    /// The key's server when it is one of `servers`: a multi-key read leaves the keys of servers
+    /// that are down out, and reports them.
+    func server(ofKey keyBytes: UnsafeBufferPointer<UInt8>, amongst servers: Set<String>) -> String? {
+        guard let server = serverDescription(forKey: keyBytes), servers.contains(server) else { return nil }
+        return server
     }
 
     /// Rebuilds the server list without the servers that are down, so their keys map to the
