@@ -11,8 +11,9 @@ extension Array: MemcachedValue where Element: Codable {
     /// `bytes`; any other array with the context's object coder, as python-memcached pickles a list.
     @inlinable
     public func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload {
-        if let bytes = self as? [UInt8] {
-            return MemcachedPayload(bytes: bytes, flags: .bytes)
+        // A type comparison and a bit cast, not `as?`: a dynamic array cast copies the array.
+        if Element.self == UInt8.self {
+            return MemcachedPayload(bytes: unsafeBitCast(self, to: [UInt8].self), flags: .bytes)
         }
         return try context.objectCoder.payload(for: self)
     }
@@ -26,7 +27,7 @@ extension Array: MemcachedValue where Element: Codable {
         context: MemcachedCodingContext
     ) throws {
         if Element.self == UInt8.self {
-            self = [UInt8](bytes) as! [Element]
+            self = unsafeBitCast([UInt8](bytes), to: [Element].self)
         } else {
             self = try context.objectCoder.value(Self.self, bytes: bytes, flags: flags)
         }
