@@ -127,6 +127,16 @@ enum InteropValue: Equatable, Decodable {
     }
 
     /// Reads `key` with the Swift type this value has.
+    /// The value a stored value of unknown type holds; an object is a record.
+    init(stored: MemcachedStoredValue) throws {
+        switch stored {
+        case .text(let text): self = .text(text)
+        case .integer(let integer): self = .integer(integer)
+        case .bytes(let bytes): self = .bytes(bytes)
+        case .object(let object): self = .record(try object.decode(InteropRecord.self))
+        }
+    }
+
     func read(_ key: String, with connection: MemcachedConnection) throws -> InteropValue? {
         switch self {
         case .text: try connection.get(key, as: String.self).map(InteropValue.text)

@@ -40,6 +40,19 @@ struct PythonInteropTests {
     /// The flags python-memcached stores for each kind of value.
     static let pythonFlags: [String: UInt32] = ["str": 16, "int": 2, "bytes": 0, "compressed": 24, "json": 1]
 
+    /// Reads every written key in one multi-get as ``MemcachedStoredValue``; returns how many equal
+    /// what python wrote (a failure counts as different).
+    static func readMixed(_ written: [PythonWrite], with memc: MemcachedConnection) throws -> Int {
+        let mixed = try memc.getMulti(written.map(\.key), as: MemcachedStoredValue.self)
+        var equal = 0
+        for entry in written {
+            if let stored = mixed[entry.key], try InteropValue(stored: stored) == entry.value {
+                equal += 1
+            }
+        }
+        return equal
+    }
+
     @Test(
         "python writes 2,000 keys of every kind over 3 servers; we read all of them, equal",
         arguments: PythonHashChoice.all
@@ -74,6 +87,10 @@ struct PythonInteropTests {
             // The same keys through one multi-get with a key prefix, which is hashed with the key.
             let unprefixed = written.map { String($0.key.dropFirst(3)) }
             #expect(try memc.getMulti(unprefixed, keyPrefix: "py:", as: [UInt8].self).hits.count == Self.count)
+
+            // Every kind at once, as python's get_multi reads mixed types: each by its flags.
+            let mixedEqual = try Self.readMixed(written, with: memc)
+            #expect(mixedEqual == Self.count, "read as stored values in one multi-get: \(mixedEqual) equal")
 
             // Python really stored each kind with its own flags, compression and JSON included.
             for entry in written.prefix(100) {

@@ -45,7 +45,7 @@ extension MemcachedClient {
     }
 
     /// Reads a key together with its compare-and-swap token, for a later
-    /// ``cas(_:_:token:expiration:)``.
+    /// ``cas(_:_:token:expiration:compression:)``.
     ///
     /// The token may be used on any connection: it is the item's version on the server.
     ///
@@ -70,16 +70,23 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The value, stored with python-memcached's flags for its type.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value. The default follows
+    ///     ``MemcachedConfiguration/compressionThreshold``.
+    ///   - noReply: Whether to send without waiting for the reply, as the connection's method says.
     /// - Returns: `true` when stored; `false` when the server declined.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/set(_:_:expiration:)`` does, or as
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/set(_:_:expiration:compression:noReply:)`` does, or as
     ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func set<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured,
+        noReply: Bool = false
     ) async throws -> Bool {
-        try await withConnection { try $0.set(key, value, expiration: expiration) }
+        try await withConnection {
+            try $0.set(key, value, expiration: expiration, compression: compression, noReply: noReply)
+        }
     }
 
     /// Stores many values, as python-memcached's `set_multi`.
@@ -88,17 +95,30 @@ extension MemcachedClient {
     ///   - items: The keys and values.
     ///   - expiration: When the items expire. The default is ``MemcachedExpiration/never``.
     ///   - keyPrefix: A prefix for every key on the server.
-    /// - Returns: Each key's outcome, as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)``
+    ///   - compression: Whether to compress the value. The default follows
+    ///     ``MemcachedConfiguration/compressionThreshold``.
+    ///   - noReply: Whether to send without waiting for the reply, as the connection's method says.
+    /// - Returns: Each key's outcome, as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:compression:noReply:)``
     ///   describes.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)``
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:compression:noReply:)``
     ///   does, or as ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func setMulti<Value: MemcachedValue & Sendable>(
         _ items: [String: Value],
         expiration: MemcachedExpiration = .never,
-        keyPrefix: String = ""
+        keyPrefix: String = "",
+        compression: MemcachedCompression = .configured,
+        noReply: Bool = false
     ) async throws -> [String: MemcachedKeyOutcome] {
-        try await withConnection { try $0.setMulti(items, expiration: expiration, keyPrefix: keyPrefix) }
+        try await withConnection {
+            try $0.setMulti(
+                items,
+                expiration: expiration,
+                keyPrefix: keyPrefix,
+                compression: compression,
+                noReply: noReply
+            )
+        }
     }
 
     /// Stores a value only if the key is missing, as python-memcached's `add`.
@@ -107,15 +127,18 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The value.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value. The default follows
+    ///     ``MemcachedConfiguration/compressionThreshold``.
     /// - Returns: `true` when stored, `false` when the key already held a value.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     @discardableResult
     public func add<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured
     ) async throws -> Bool {
-        try await withConnection { try $0.add(key, value, expiration: expiration) }
+        try await withConnection { try $0.add(key, value, expiration: expiration, compression: compression) }
     }
 
     /// Stores a value only if the key already holds one, as python-memcached's `replace`.
@@ -124,15 +147,18 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The value.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value. The default follows
+    ///     ``MemcachedConfiguration/compressionThreshold``.
     /// - Returns: `true` when stored, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     @discardableResult
     public func replace<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured
     ) async throws -> Bool {
-        try await withConnection { try $0.replace(key, value, expiration: expiration) }
+        try await withConnection { try $0.replace(key, value, expiration: expiration, compression: compression) }
     }
 
     /// Stores a value only if nobody changed the item since ``gets(_:as:)`` returned `token`.
@@ -142,16 +168,21 @@ extension MemcachedClient {
     ///   - value: The new value.
     ///   - token: The token ``gets(_:as:)`` returned with the value being replaced.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value. The default follows
+    ///     ``MemcachedConfiguration/compressionThreshold``.
     /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     @discardableResult
     public func cas<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
         token: MemcachedCASToken,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured
     ) async throws -> Bool {
-        try await withConnection { try $0.cas(key, value, token: token, expiration: expiration) }
+        try await withConnection {
+            try $0.cas(key, value, token: token, expiration: expiration, compression: compression)
+        }
     }
 
     /// Adds bytes after an existing value, as python-memcached's `append`.
@@ -164,7 +195,7 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The bytes to add, encoded as their type's stored form.
     /// - Returns: `true` when appended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     @discardableResult
     public func append<Value: MemcachedValue & Sendable>(_ key: String, _ value: Value) async throws -> Bool {
         try await withConnection { try $0.append(key, value) }
@@ -178,7 +209,7 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - value: The bytes to add.
     /// - Returns: `true` when prepended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     @discardableResult
     public func prepend<Value: MemcachedValue & Sendable>(_ key: String, _ value: Value) async throws -> Bool {
         try await withConnection { try $0.prepend(key, value) }
@@ -188,12 +219,13 @@ extension MemcachedClient {
     ///
     /// - Parameters:
     ///   - key: The key.
-    ///   - expiration: The new expiration.
+    ///   - expiration: The new expiration. The default, ``MemcachedExpiration/never``, is
+    ///     python-memcached's `time=0`.
     /// - Returns: `true` when the item exists, `false` when it is missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/touch(_:expiration:)`` does, or as
     ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
-    public func touch(_ key: String, expiration: MemcachedExpiration) async throws -> Bool {
+    public func touch(_ key: String, expiration: MemcachedExpiration = .never) async throws -> Bool {
         try await withConnection { try $0.touch(key, expiration: expiration) }
     }
 
@@ -201,13 +233,15 @@ extension MemcachedClient {
 
     /// Deletes a key, as python-memcached's `delete`.
     ///
-    /// - Parameter key: The key.
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - noReply: Whether to send without waiting for the reply, as the connection's method says.
     /// - Returns: `true` when the key was deleted, `false` when it was missing.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/delete(_:)`` does, or as
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/delete(_:noReply:)`` does, or as
     ///   ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
-    public func delete(_ key: String) async throws -> Bool {
-        try await withConnection { try $0.delete(key) }
+    public func delete(_ key: String, noReply: Bool = false) async throws -> Bool {
+        try await withConnection { try $0.delete(key, noReply: noReply) }
     }
 
     /// Deletes many keys, as python-memcached's `delete_multi`, and reports each key's outcome.
@@ -215,17 +249,19 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - keys: The keys.
     ///   - keyPrefix: A prefix for every key on the server.
-    /// - Returns: Each key's outcome, as ``MemcachedConnection/deleteMulti(_:keyPrefix:)``
+    ///   - noReply: Whether to send without waiting for the replies, as the connection's method says.
+    /// - Returns: Each key's outcome, as ``MemcachedConnection/deleteMulti(_:keyPrefix:noReply:)``
     ///   describes.
-    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/deleteMulti(_:keyPrefix:)`` does, or
-    ///   as ``get(_:as:)`` does when no connection could be leased.
+    /// - Throws: ``MemcachedError`` as ``MemcachedConnection/deleteMulti(_:keyPrefix:noReply:)``
+    ///   does, or as ``get(_:as:)`` does when no connection could be leased.
     @discardableResult
     public func deleteMulti(
         _ keys: some Collection<String>,
-        keyPrefix: String = ""
+        keyPrefix: String = "",
+        noReply: Bool = false
     ) async throws -> [String: MemcachedKeyOutcome] {
         let keys = Array(keys)
-        return try await withConnection { try $0.deleteMulti(keys, keyPrefix: keyPrefix) }
+        return try await withConnection { try $0.deleteMulti(keys, keyPrefix: keyPrefix, noReply: noReply) }
     }
 
     /// Adds to a counter, as python-memcached's `incr`.

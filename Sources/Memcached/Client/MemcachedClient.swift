@@ -56,18 +56,18 @@
 /// - ``gets(_:as:)``
 ///
 /// ### Writing
-/// - ``set(_:_:expiration:)``
-/// - ``setMulti(_:expiration:keyPrefix:)``
-/// - ``add(_:_:expiration:)``
-/// - ``replace(_:_:expiration:)``
+/// - ``set(_:_:expiration:compression:noReply:)``
+/// - ``setMulti(_:expiration:keyPrefix:compression:noReply:)``
+/// - ``add(_:_:expiration:compression:)``
+/// - ``replace(_:_:expiration:compression:)``
 /// - ``append(_:_:)``
 /// - ``prepend(_:_:)``
-/// - ``cas(_:_:token:expiration:)``
+/// - ``cas(_:_:token:expiration:compression:)``
 /// - ``touch(_:expiration:)``
 ///
 /// ### Deleting and counting
-/// - ``delete(_:)``
-/// - ``deleteMulti(_:keyPrefix:)``
+/// - ``delete(_:noReply:)``
+/// - ``deleteMulti(_:keyPrefix:noReply:)``
 /// - ``increment(_:by:)``
 /// - ``decrement(_:by:)``
 ///

@@ -104,7 +104,10 @@ public struct MemcachedConfiguration: Sendable {
     /// (`MEMCACHED_BEHAVIOR_BUFFER_REQUESTS`): `setMulti` and `deleteMulti` send one write per
     /// server and the batch is flushed before they return. The binary protocol ignores this
     /// setting, because its quiet commands still answer errors, which a later command would read.
-    /// The default is `false`. The corresponding C behaviour is `MEMCACHED_BEHAVIOR_NOREPLY`.
+    /// The default is `false`; with it off, `set`, `setMulti`, `delete` and `deleteMulti` can skip
+    /// their replies one call at a time with their `noReply:` parameter (without the batching,
+    /// which is set up per connection). The corresponding C behaviour is
+    /// `MEMCACHED_BEHAVIOR_NOREPLY`.
     public var noReply = false
 
     /// The largest encoded (and compressed) value this client sends, in bytes.
@@ -136,11 +139,9 @@ public struct MemcachedConfiguration: Sendable {
     /// that `increment` keeps working. Compressed values are always decompressed on reads,
     /// whatever this setting. The default is `nil`.
     ///
-    /// Do not `append` or `prepend` to a value that may be stored compressed: memcached joins the
-    /// bytes and keeps the compressed flag, and the next read of the key throws
-    /// ``MemcachedError/Code/decompressionFailed`` (bytes after or before the compressed data),
-    /// rather than return the value without them. The append itself cannot tell: it would take
-    /// a read of the whole value first.
+    /// Each write can choose otherwise with its `compression:` parameter (``MemcachedCompression``).
+    /// A compressed value cannot be extended: `append` and `prepend` throw
+    /// ``MemcachedError/Code/compressedValue`` for one.
     public var compressionThreshold: Int? = nil
 
     /// The coder for `Codable` values that use ``MemcachedValue``'s default coding, stored with

@@ -3,17 +3,22 @@ extension MemcachedConnection {
 
     /// Deletes a key, as python-memcached's `delete`.
     ///
-    /// - Parameter key: The key.
-    /// - Returns: `true` when the key was deleted, `false` when it was missing. With
-    ///   ``MemcachedConfiguration/noReply`` on, always `true`.
+    /// - Parameters:
+    ///   - key: The key.
+    ///   - noReply: Whether to send the command without waiting for its reply, python-memcached's
+    ///     `noreply`. With ``MemcachedConfiguration/noReply`` on, every such call skips its reply
+    ///     whatever this says. The binary protocol always waits.
+    /// - Returns: `true` when the key was deleted, `false` when it was missing. Without waiting for
+    ///   the reply, always `true`.
     /// - Throws: ``MemcachedError`` for an invalid key or a server failure.
     ///   The corresponding C function is `memcached_delete`.
     @discardableResult
-    public func delete(_ key: String) throws -> Bool {
+    public func delete(_ key: String, noReply: Bool = false) throws -> Bool {
         trace("delete")
+        let noReply = skipsReply(noReply)
         return try withKey(key) { prepared in
             try handle.withDeadline {
-                let deleted = try handle.delete(key: prepared, noReply: handle.noReply)
+                let deleted = try handle.delete(key: prepared, noReply: noReply)
                 try handle.flushWrites()
                 return deleted
             }
@@ -28,21 +33,25 @@ extension MemcachedConnection {
     /// - Parameters:
     ///   - keys: The keys.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
+    ///   - noReply: Whether to send the commands without waiting for their replies. With
+    ///     ``MemcachedConfiguration/noReply`` on, they always skip them. The binary protocol always waits.
     /// - Returns: For each caller's key (without the prefix): ``MemcachedKeyOutcome/applied`` when
     ///   deleted, ``MemcachedKeyOutcome/declined`` when missing, ``MemcachedKeyOutcome/failed(_:)``
-    ///   as ``setMulti(_:expiration:keyPrefix:)`` describes.
+    ///   as ``setMulti(_:expiration:keyPrefix:compression:noReply:)`` describes.
     /// - Throws: ``MemcachedError`` for an invalid key, or two keys that are equal as Swift strings
     ///   but differ in bytes (``MemcachedError/Code/invalidArguments``), before anything is sent.
     @discardableResult
     public func deleteMulti(
         _ keys: some Collection<String>,
-        keyPrefix: String = ""
+        keyPrefix: String = "",
+        noReply: Bool = false
     ) throws -> [String: MemcachedKeyOutcome] {
         trace("delete_multi", keys: keys.count)
         let keys = Array(keys)
         let batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
+        let noReply = skipsReply(noReply)
         return try handle.withDeadline {
-            try eachKey(keys, batch) { key in try handle.delete(key: key.prepared, noReply: handle.noReply) }
+            try eachKey(keys, batch) { key in try handle.delete(key: key.prepared, noReply: noReply) }
         }
     }
 
@@ -89,12 +98,13 @@ extension MemcachedConnection {
     ///
     /// - Parameters:
     ///   - key: The key.
-    ///   - expiration: The new expiration.
+    ///   - expiration: The new expiration. The default, ``MemcachedExpiration/never``, is
+    ///     python-memcached's `time=0`: the item no longer expires.
     /// - Returns: `true` when the item exists, `false` when it is missing.
     /// - Throws: ``MemcachedError`` for an invalid key or a server failure.
     ///   The corresponding C function is `memcached_touch`.
     @discardableResult
-    public func touch(_ key: String, expiration: MemcachedExpiration) throws -> Bool {
+    public func touch(_ key: String, expiration: MemcachedExpiration = .never) throws -> Bool {
         trace("touch")
         return try withKey(key) { prepared in
             try handle.withDeadline { try handle.touch(key: prepared, expiration: try expiration.wireValue()) }

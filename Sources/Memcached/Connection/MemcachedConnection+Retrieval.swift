@@ -26,7 +26,7 @@ extension MemcachedConnection {
     // MARK: - gets
 
     /// Reads a key together with its compare-and-swap token, for a later
-    /// ``cas(_:_:token:expiration:)``.
+    /// ``cas(_:_:token:expiration:compression:)``.
     ///
     /// - Parameters:
     ///   - key: The key.

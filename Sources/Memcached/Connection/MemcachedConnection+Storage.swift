@@ -7,8 +7,13 @@ extension MemcachedConnection {
     ///   - key: The key: 1 to 250 bytes of UTF-8 without spaces or control characters.
     ///   - value: The value, stored with python-memcached's flags for its type.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value, python-memcached's `min_compress_len`. The
+    ///     default follows ``MemcachedConfiguration/compressionThreshold``.
+    ///   - noReply: Whether to send the command without waiting for its reply, python-memcached's
+    ///     `noreply`. With ``MemcachedConfiguration/noReply`` on, every such call skips its reply
+    ///     whatever this says. The binary protocol always waits.
     /// - Returns: `true` when stored; `false` when the server declined (rare for `set`).
-    ///   With ``MemcachedConfiguration/noReply`` on, always `true`.
+    ///   Without waiting for the reply, always `true`.
     /// - Throws: ``MemcachedError``: an invalid key or a value over
     ///   ``MemcachedConfiguration/maximumValueLength`` (both before anything is sent), or a server
     ///   failure. The corresponding C function is `memcached_set`.
@@ -16,9 +21,11 @@ extension MemcachedConnection {
     public func set<Value: MemcachedValue>(
         _ key: String,
         _ value: Value,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured,
+        noReply: Bool = false
     ) throws -> Bool {
-        try store(.set, key, expiration, noReply: handle.noReply) { try value.memcachedPayload(context: codingContext) }
+        try store(.set, key, value, expiration, compression: compression, noReply: skipsReply(noReply))
     }
 
     /// Stores a value only if the key is missing, as python-memcached's `add`.
@@ -27,16 +34,19 @@ extension MemcachedConnection {
     ///   - key: The key.
     ///   - value: The value.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value, python-memcached's `min_compress_len`. The
+    ///     default follows ``MemcachedConfiguration/compressionThreshold``.
     /// - Returns: `true` when stored, `false` when the key already held a value.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     ///   The corresponding C function is `memcached_add`.
     @discardableResult
     public func add<Value: MemcachedValue>(
         _ key: String,
         _ value: Value,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured
     ) throws -> Bool {
-        try store(.add, key, expiration) { try value.memcachedPayload(context: codingContext) }
+        try store(.add, key, value, expiration, compression: compression)
     }
 
     /// Stores a value only if the key already holds one, as python-memcached's `replace`.
@@ -45,16 +55,19 @@ extension MemcachedConnection {
     ///   - key: The key.
     ///   - value: The value.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value, python-memcached's `min_compress_len`. The
+    ///     default follows ``MemcachedConfiguration/compressionThreshold``.
     /// - Returns: `true` when stored, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     ///   The corresponding C function is `memcached_replace`.
     @discardableResult
     public func replace<Value: MemcachedValue>(
         _ key: String,
         _ value: Value,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured
     ) throws -> Bool {
-        try store(.replace, key, expiration) { try value.memcachedPayload(context: codingContext) }
+        try store(.replace, key, value, expiration, compression: compression)
     }
 
     /// Stores a value only if nobody changed the item since ``gets(_:as:)`` returned `token`.
@@ -67,17 +80,20 @@ extension MemcachedConnection {
     ///   - value: The new value.
     ///   - token: The token ``gets(_:as:)`` returned with the value being replaced.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
+    ///   - compression: Whether to compress the value, python-memcached's `min_compress_len`. The
+    ///     default follows ``MemcachedConfiguration/compressionThreshold``.
     /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
     ///   The corresponding C function is `memcached_cas`.
     @discardableResult
     public func cas<Value: MemcachedValue>(
         _ key: String,
         _ value: Value,
         token: MemcachedCASToken,
-        expiration: MemcachedExpiration = .never
+        expiration: MemcachedExpiration = .never,
+        compression: MemcachedCompression = .configured
     ) throws -> Bool {
-        try store(.cas(token.rawValue), key, expiration) { try value.memcachedPayload(context: codingContext) }
+        try store(.cas(token.rawValue), key, value, expiration, compression: compression)
     }
 
     // MARK: - append / prepend
@@ -100,12 +116,12 @@ extension MemcachedConnection {
     ///   - key: The key.
     ///   - value: The bytes to add, encoded as their type's stored form.
     /// - Returns: `true` when appended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:)`` does, and
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does, and
     ///   ``MemcachedError/Code/compressedValue`` for a compressed value.
     ///   The corresponding C functions are `memcached_mget` (the flags) and `memcached_append`.
     @discardableResult
     public func append<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
-        try store(.append, key, .never, compressible: false) { try value.memcachedPayload(context: codingContext) }
+        try store(.append, key, value, .never, compression: .never)
     }
 
     /// Adds bytes before an existing value, as python-memcached's `prepend`.
@@ -120,19 +136,31 @@ extension MemcachedConnection {
     ///   The corresponding C functions are `memcached_mget` (the flags) and `memcached_prepend`.
     @discardableResult
     public func prepend<Value: MemcachedValue>(_ key: String, _ value: Value) throws -> Bool {
-        try store(.prepend, key, .never, compressible: false) { try value.memcachedPayload(context: codingContext) }
+        try store(.prepend, key, value, .never, compression: .never)
     }
 
-    private func store(
+    /// Whether a write skips its reply: when the call or the configuration asks, and never over
+    /// the binary protocol, whose quiet commands still answer errors that a later command would
+    /// read. A call cannot opt out of the configuration's choice: that connection buffers its
+    /// writes (`MEMCACHED_BEHAVIOR_BUFFER_REQUESTS`, which libmemcached cannot turn off without
+    /// closing every socket), and a buffered write whose reply was asked for would leave that
+    /// reply for the next command to read.
+    func skipsReply(_ choice: Bool) -> Bool {
+        handle.noReply || (choice && configuration.wireProtocol == .ascii)
+    }
+
+    private func store<Value: MemcachedValue>(
         _ operation: StoreOperation,
         _ key: String,
+        _ value: Value,
         _ expiration: MemcachedExpiration,
-        compressible: Bool = true,
-        noReply: Bool = false,
-        _ encode: () throws -> MemcachedPayload
+        compression: MemcachedCompression,
+        noReply: Bool = false
     ) throws -> Bool {
         try withKey(key) { prepared in
-            let payload = try payload(key: key, compressible: compressible, encode)
+            let payload = try payload(key: key, compression: compression) {
+                try value.memcachedPayload(context: codingContext)
+            }
             trace(operation.name, bytes: payload.bytes.count)
             return try handle.withDeadline {
                 if operation.extendsStoredValue {
@@ -189,16 +217,22 @@ extension MemcachedConnection {
     ///   - expiration: When the items expire. The default is ``MemcachedExpiration/never``.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`; it
     ///     counts toward the 250-byte limit.
+    ///   - compression: Whether to compress each value, python-memcached's `min_compress_len`. The
+    ///     default follows ``MemcachedConfiguration/compressionThreshold``.
+    ///   - noReply: Whether to send the commands without waiting for their replies. With
+    ///     ``MemcachedConfiguration/noReply`` on, they always skip them. The binary protocol always waits.
     /// - Returns: For each caller's key (without the prefix): ``MemcachedKeyOutcome/applied`` when
     ///   stored, ``MemcachedKeyOutcome/declined`` when the server did not store it, and
     ///   ``MemcachedKeyOutcome/failed(_:)`` when its server failed or was down, or the deadline
-    ///   passed before its turn. With ``MemcachedConfiguration/noReply`` on, sent keys are applied.
+    ///   passed before its turn. Without waiting for replies, sent keys are applied.
     /// - Throws: ``MemcachedError`` for an invalid key or value, before anything is sent.
     @discardableResult
     public func setMulti<Value: MemcachedValue>(
         _ items: [String: Value],
         expiration: MemcachedExpiration = .never,
-        keyPrefix: String = ""
+        keyPrefix: String = "",
+        compression: MemcachedCompression = .configured,
+        noReply: Bool = false
     ) throws -> [String: MemcachedKeyOutcome] {
         trace("set_multi", keys: items.count)
         guard !items.isEmpty else { return [:] }
@@ -210,11 +244,12 @@ extension MemcachedConnection {
         for (key, value) in items {
             keys.append(key)
             payloads.append(
-                try payload(key: key, compressible: true) { try value.memcachedPayload(context: codingContext) }
+                try payload(key: key, compression: compression) { try value.memcachedPayload(context: codingContext) }
             )
         }
         let batch = try KeyBatch(keys: keys, prefix: prefix)
         let wireExpiration = try expiration.wireValue()
+        let noReply = skipsReply(noReply)
         return try handle.withDeadline {
             try eachKey(keys, batch) { key in
                 try payloads[key.index].bytes.withUnsafeBytes { bytes in
@@ -224,7 +259,7 @@ extension MemcachedConnection {
                         value: bytes,
                         flags: payloads[key.index].flags.rawValue,
                         expiration: wireExpiration,
-                        noReply: handle.noReply
+                        noReply: noReply
                     )
                 }
             }

@@ -34,18 +34,18 @@ import Logging
 /// - ``gets(_:as:)``
 ///
 /// ### Writing
-/// - ``set(_:_:expiration:)``
-/// - ``setMulti(_:expiration:keyPrefix:)``
-/// - ``add(_:_:expiration:)``
-/// - ``replace(_:_:expiration:)``
+/// - ``set(_:_:expiration:compression:noReply:)``
+/// - ``setMulti(_:expiration:keyPrefix:compression:noReply:)``
+/// - ``add(_:_:expiration:compression:)``
+/// - ``replace(_:_:expiration:compression:)``
 /// - ``append(_:_:)``
 /// - ``prepend(_:_:)``
-/// - ``cas(_:_:token:expiration:)``
+/// - ``cas(_:_:token:expiration:compression:)``
 /// - ``touch(_:expiration:)``
 ///
 /// ### Deleting and counting
-/// - ``delete(_:)``
-/// - ``deleteMulti(_:keyPrefix:)``
+/// - ``delete(_:noReply:)``
+/// - ``deleteMulti(_:keyPrefix:noReply:)``
 /// - ``increment(_:by:)``
 /// - ``decrement(_:by:)``
 ///
@@ -120,13 +120,14 @@ public final class MemcachedConnection {
 
     // MARK: - Values
 
-    /// Encodes a value, compresses it when configured and allowed, and checks the size limit.
+    /// Encodes a value, compresses it as `compression` says, and checks the size limits.
     @inline(__always)
     func payload(
         key: String,
-        compressible: Bool,
+        compression: MemcachedCompression,
         _ encode: () throws -> MemcachedPayload
     ) throws -> MemcachedPayload {
+        let threshold = try compression.threshold(configuration, key: key)
         var payload: MemcachedPayload
         do {
             payload = try encode()
@@ -145,7 +146,7 @@ public final class MemcachedConnection {
                 key: key
             )
         }
-        if compressible, let threshold = configuration.compressionThreshold, payload.bytes.count > threshold,
+        if let threshold, payload.bytes.count > threshold,
             payload.flags.isDisjoint(with: [.integer, .long, .compressed]),
             let compressed = Compression.compress(payload.bytes)
         {

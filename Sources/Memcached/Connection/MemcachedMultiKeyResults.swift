@@ -1,6 +1,6 @@
 /// What a multi-key write or delete did with one key: the one result shape of
-/// ``MemcachedConnection/setMulti(_:expiration:keyPrefix:)`` and
-/// ``MemcachedConnection/deleteMulti(_:keyPrefix:)`` (and the client's).
+/// ``MemcachedConnection/setMulti(_:expiration:keyPrefix:compression:noReply:)`` and
+/// ``MemcachedConnection/deleteMulti(_:keyPrefix:noReply:)`` (and the client's).
 ///
 /// ```swift
 /// let outcomes = try connection.setMulti(["a": 1, "b": 2])

@@ -18,7 +18,7 @@ public struct MemcachedServerResult<Value: Sendable>: Sendable {
 
 /// A compare-and-swap token: the version of an item as ``MemcachedConnection/gets(_:as:)`` read it.
 ///
-/// Pass it to ``MemcachedConnection/cas(_:_:token:expiration:)`` to store only if nobody changed
+/// Pass it to ``MemcachedConnection/cas(_:_:token:expiration:compression:)`` to store only if nobody changed
 /// the item since.
 public struct MemcachedCASToken: Sendable, Hashable, CustomStringConvertible {
     /// The server's 64-bit CAS unique value.
