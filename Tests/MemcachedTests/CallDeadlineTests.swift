@@ -18,9 +18,9 @@ import Testing
 @Suite("Call deadlines", .offCooperativePool, .timeLimit(.minutes(5)))
 struct CallDeadlineTests {
     static let timeout = Duration.milliseconds(500)
-    static let limit = timeout * 1.5
+    static let limit = (timeout * 1.5).scaledForTests
     static let commandTimeout = Duration.seconds(1)
-    static let commandLimit = commandTimeout * 1.5
+    static let commandLimit = (commandTimeout * 1.5).scaledForTests
 
     /// How the faulty server misbehaves.
     enum Fault: String, CaseIterable, CustomTestStringConvertible, Sendable {
@@ -344,7 +344,7 @@ struct CallDeadlineTests {
             print("deadline report: cancellation latency \(latency.milliseconds) ms")
             #expect(throws: CancellationError.self) { try result.get() }
             // 50 ms is the promise; the rest is room for a loaded machine.
-            #expect(latency < .milliseconds(250), "ended \(latency) after the cancellation")
+            #expect(latency < Duration.milliseconds(250).scaledForTests, "ended \(latency) after the cancellation")
             // Discarded, not reused: a new clone answers the next call.
             #expect(try await client.get(healthyKey, as: String.self) == "healthy")
             #expect(client.pool.liveHandleCount == 2, "the template and one connection")

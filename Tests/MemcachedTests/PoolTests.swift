@@ -112,7 +112,7 @@ struct PoolTests {
             #expect(silent.acceptedConnectionCount == stuckCalls, "every call had a connection of its own")
             for (elapsed, error) in outcomes {
                 #expect((error as? MemcachedError)?.code == .timeout, "got \(String(describing: error))")
-                #expect(elapsed < timeout * 1.5, "took \(elapsed)")
+                #expect(elapsed < (timeout * 1.5).scaledForTests, "took \(elapsed)")
                 #expect(elapsed >= timeout * 0.9, "failed early, after \(elapsed)")
             }
             let inWindow = ticks.value.filter { $0 >= windowStart && $0 <= windowEnd }
@@ -120,7 +120,7 @@ struct PoolTests {
             let longestGap = zip(marks, marks.dropFirst()).map { $0.duration(to: $1) }.max()!
             // About 60 ticks fit in the window; a blocked thread would give next to none.
             #expect(inWindow.count >= 20, "only \(inWindow.count) ticks in \(windowStart.duration(to: windowEnd))")
-            #expect(longestGap < .milliseconds(200), "the ticker stalled for \(longestGap)")
+            #expect(longestGap < Duration.milliseconds(200).scaledForTests, "the ticker stalled for \(longestGap)")
         }
     }
 
@@ -143,7 +143,7 @@ struct PoolTests {
                 #expect(elapsed >= waitTimeout, "gave up after \(elapsed)")
                 // Generous: the wait's timer is a Task.sleep, which fires on Swift's shared pool, and
                 // other tests block that pool for up to a second while they stop servers.
-                #expect(elapsed < waitTimeout + .seconds(2), "gave up after \(elapsed)")
+                #expect(elapsed < (waitTimeout + .seconds(2)).scaledForTests, "gave up after \(elapsed)")
                 #expect(client.pool.waiterCount == 0)
 
                 // The held connection comes back, and the pool serves again.
@@ -186,7 +186,7 @@ struct PoolTests {
                 let result = await waiter.result
                 let elapsed = start.duration(to: clock.now)
                 #expect(throws: CancellationError.self) { try result.get() }
-                #expect(elapsed < .milliseconds(200), "the cancelled wait lasted \(elapsed)")
+                #expect(elapsed < Duration.milliseconds(200).scaledForTests, "the cancelled wait lasted \(elapsed)")
                 #expect(client.pool.waiterCount == 0)
 
                 // A task cancelled before it asks never leases at all.
@@ -309,7 +309,10 @@ struct PoolTests {
                     #expect(code == .poolTimeout, "waiter \(index): \(String(describing: error))")
                     #expect(elapsed >= waitTimeout, "waiter \(index) gave up after \(elapsed)")
                     // Generous: see waitTimesOut().
-                    #expect(elapsed < waitTimeout + .seconds(2), "waiter \(index) gave up after \(elapsed)")
+                    #expect(
+                        elapsed < (waitTimeout + .seconds(2)).scaledForTests,
+                        "waiter \(index) gave up after \(elapsed)"
+                    )
                 }
                 #expect(failures.value == [0, 1, 2])
                 #expect(client.pool.waiterCount == 0)
@@ -319,7 +322,7 @@ struct PoolTests {
                 let late = await Task(executorPreference: executor) { await timedWait(3) }.value
                 #expect((late.error as? MemcachedError)?.code == .poolTimeout, "\(String(describing: late.error))")
                 #expect(late.elapsed >= waitTimeout, "gave up after \(late.elapsed)")
-                #expect(late.elapsed < waitTimeout + .seconds(2), "gave up after \(late.elapsed)")
+                #expect(late.elapsed < (waitTimeout + .seconds(2)).scaledForTests, "gave up after \(late.elapsed)")
 
                 try await holder.release()
                 #expect(try await client.set("k", "v"))
@@ -367,7 +370,7 @@ struct PoolTests {
                 #expect((error as? MemcachedError)?.code == .poolTimeout, "got \(String(describing: error))")
                 #expect(elapsed >= waitTimeout, "gave up after \(elapsed)")
                 // Generous (see waitTimesOut()), and well before the hung calls end.
-                #expect(elapsed < waitTimeout + .seconds(2), "gave up after \(elapsed)")
+                #expect(elapsed < (waitTimeout + .seconds(2)).scaledForTests, "gave up after \(elapsed)")
             }
             #expect(client.pool.waiterCount == 0)
 
@@ -409,7 +412,7 @@ struct PoolTests {
                 let result = await waiters[1].result
                 let elapsed = start.duration(to: clock.now)
                 #expect(throws: CancellationError.self) { try result.get() }
-                #expect(elapsed < .milliseconds(200), "the cancelled wait lasted \(elapsed)")
+                #expect(elapsed < Duration.milliseconds(200).scaledForTests, "the cancelled wait lasted \(elapsed)")
                 #expect(client.pool.waiterCount == 2)
 
                 for holder in holders {
@@ -531,7 +534,10 @@ struct PoolTests {
                 }
                 let waiterError = await #expect(throws: MemcachedError.self) { try await waiter.value }
                 #expect(waiterError?.code == .poolClosed)
-                #expect(closeStart.duration(to: clock.now) < .milliseconds(200), "the waiter was failed late")
+                #expect(
+                    closeStart.duration(to: clock.now) < Duration.milliseconds(200).scaledForTests,
+                    "the waiter was failed late"
+                )
                 let lateCall = await #expect(throws: MemcachedError.self) { try await client.set("k", "v") }
                 #expect(lateCall?.code == .poolClosed)
 
@@ -637,7 +643,10 @@ struct PoolTests {
                         let error = await #expect(throws: MemcachedError.self) { try await waiter.value }
                         #expect(error?.code == .poolClosed)
                     }
-                    #expect(closeStart.duration(to: clock.now) < .milliseconds(200), "the waiters were failed late")
+                    #expect(
+                        closeStart.duration(to: clock.now) < Duration.milliseconds(200).scaledForTests,
+                        "the waiters were failed late"
+                    )
                     #expect(client.pool.waiterCount == 0)
                     #expect(!client.pool.isSweeping)
                     #expect(client.pool.liveHandleCount == 2, "the two leased connections")

@@ -148,3 +148,14 @@ final class ThreadPerJobExecutor: TaskExecutor {
         thread.start()
     }
 }
+
+/// How many times slower than a plain debug build this run executes: `MEMCACHED_TEST_TIME_SCALE`,
+/// which `.ci/run` sets for its ThreadSanitizer and AddressSanitizer runs (their instrumentation
+/// slows every call several times, and a 1.5 × timeout bound was missed by 30 ms there on a busy
+/// machine), else 1. Only bounds on elapsed time scale, never the timeouts under test.
+let testTimeScale: Double = ProcessInfo.processInfo.environment["MEMCACHED_TEST_TIME_SCALE"].flatMap(Double.init) ?? 1
+
+extension Duration {
+    /// This bound on elapsed time, stretched by ``testTimeScale``.
+    var scaledForTests: Duration { self * testTimeScale }
+}

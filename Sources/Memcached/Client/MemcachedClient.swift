@@ -52,6 +52,7 @@
 ///
 /// ### Reading
 /// - ``get(_:as:)``
+/// - ``get(_:as:orSet:loadTimeout:load:)``
 /// - ``getMulti(_:keyPrefix:as:)``
 /// - ``gets(_:as:)``
 ///
@@ -109,6 +110,9 @@ public final class MemcachedClient: Sendable {
     public let options: Options
 
     let pool: ConnectionPool
+
+    /// The cache-aside loads in progress, so that tasks missing the same key share one load.
+    let loadFlights = LoadFlights()
 
     /// Creates a client; no connection or socket is opened until the first command.
     ///

@@ -1,0 +1,173 @@
+import Foundation
+import Memcached
+import MemcachedTestSupport
+import Synchronization
+import Testing
+
+/// `get(_:as:orSet:loadTimeout:load:)`: the seed's cache-aside example in one call, and its
+/// stampede protection, against real memcached servers.
+@Suite("Cache-aside", .offCooperativePool, .timeLimit(.minutes(3)))
+struct CacheAsideTests {
+    static func client(_ cluster: MemcachedCluster, connections: Int = 8) throws -> MemcachedClient {
+        var configuration = try MemcachedConfiguration(servers: cluster.addresses)
+        configuration.timeout = .seconds(2)
+        var options = MemcachedClient.Options()
+        options.maximumConnections = connections
+        return try MemcachedClient(configuration: configuration, options: options)
+    }
+
+    @Test("a miss loads, stores with the expiration and returns; a hit does not load")
+    func missThenHit() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster)
+            let loads = LoadCounter()
+            let top = [
+                Film(filmID: 1, title: "ACADEMY DINOSAUR", rentalRate: 0.99, tags: ["Deleted Scenes"], sequel: nil)
+            ]
+            for _ in 0..<3 {
+                let films = try await client.get("top5films", as: [Film].self, orSet: .seconds(60)) {
+                    _ = loads.next()
+                    return top
+                }
+                #expect(films == top)
+            }
+            #expect(loads.count == 1)
+            #expect(try await client.get("top5films", as: [Film].self) == top)
+            // A value of another type under the key is replaced, not an error.
+            try await client.set("changed", "not films")
+            let replaced = try await client.get("changed", as: [Film].self, orSet: .seconds(60)) { [] }
+            #expect(replaced == [])
+            #expect(try await client.get("changed", as: [Film].self) == [])
+            await client.close()
+        }
+    }
+
+    @Test(
+        "50 tasks of one client and 3 other clients miss one key at once: the loader runs once, everyone gets its value"
+    )
+    func stampede() async throws {
+        try await withMemcached { cluster in
+            let clients = try (0..<4).map { _ in try Self.client(cluster) }
+            let loads = LoadCounter()
+            let values = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<53 {
+                    // 50 tasks on the first client; one each on the others, which share only the
+                    // lock in memcached, as separate processes do.
+                    let client = clients[index < 50 ? 0 : index - 49]
+                    group.addTask {
+                        try await client.get("stampede", as: Int.self, orSet: .seconds(60)) {
+                            let load = loads.next()
+                            try await Task.sleep(for: .milliseconds(300))  // a slow query
+                            return 1_000 + load
+                        }
+                    }
+                }
+                var values: [Int] = []
+                for try await value in group {
+                    values.append(value)
+                }
+                return values
+            }
+            #expect(loads.count == 1, "the loader ran \(loads.count) times")
+            #expect(values.count == 53 && Set(values) == [1_001])
+            let lock = try await clients[0].get("stampede.cache-aside-lock", as: String.self)
+            #expect(lock == nil, "the lock was released")
+            for client in clients {
+                await client.close()
+            }
+        }
+    }
+
+    @Test("a loader that throws: every waiter gets the error or loads itself, nobody hangs, and the lock is released")
+    func loaderThrows() async throws {
+        struct DatabaseDown: Error {}
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster)
+            let other = try Self.client(cluster)
+            let loads = LoadCounter()
+            let started = ContinuousClock.now
+            let outcomes = await withTaskGroup(of: Result<Int, any Error>.self) { group in
+                for index in 0..<21 {
+                    let client = index < 20 ? client : other
+                    group.addTask {
+                        do {
+                            return .success(
+                                try await client.get(
+                                    "failing",
+                                    as: Int.self,
+                                    orSet: .seconds(60),
+                                    loadTimeout: .seconds(5)
+                                ) {
+                                    let load = loads.next()
+                                    try await Task.sleep(for: .milliseconds(200))
+                                    if load == 1 { throw DatabaseDown() }
+                                    return 7
+                                }
+                            )
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                }
+                var outcomes: [Result<Int, any Error>] = []
+                for await outcome in group {
+                    outcomes.append(outcome)
+                }
+                return outcomes
+            }
+            let elapsed = ContinuousClock.now - started
+            let failures = outcomes.filter { if case .failure(let error) = $0 { error is DatabaseDown } else { false } }
+            let values = outcomes.compactMap { try? $0.get() }
+            #expect(failures.count + values.count == 21, "every caller got the error or a value: \(outcomes)")
+            #expect(!failures.isEmpty && Set(values).isSubset(of: [7]))
+            #expect(elapsed < .seconds(5), "nobody waited for the load timeout: \(elapsed)")
+            #expect(try await client.get("failing.cache-aside-lock", as: String.self) == nil, "the lock was released")
+            // What a later caller loaded after the failure was cached; with none, the next call loads.
+            #expect(
+                try await client.get("failing", as: Int.self, orSet: .seconds(60)) { 8 } == (values.isEmpty ? 8 : 7)
+            )
+            await client.close()
+            await other.close()
+        }
+    }
+
+    @Test("a lock whose holder died: the waiter loads itself after loadTimeout; a cache that is down is a miss")
+    func deadHolderAndDeadCache() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster)
+            // A lock left by a process that died while loading.
+            #expect(try await client.add("orphan.cache-aside-lock", "someone-else", expiration: .seconds(30)))
+            let started = ContinuousClock.now
+            let value = try await client.get(
+                "orphan",
+                as: String.self,
+                orSet: .seconds(60),
+                loadTimeout: .milliseconds(400)
+            ) {
+                "loaded"
+            }
+            let waited = ContinuousClock.now - started
+            #expect(value == "loaded")
+            #expect(waited >= .milliseconds(400), "it waited for the holder first: \(waited)")
+            #expect(waited < .seconds(5), "then loaded itself: \(waited)")
+            await client.close()
+        }
+        // No server at all: the call still returns the loaded value.
+        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
+        configuration.connectTimeout = .milliseconds(300)
+        let client = try MemcachedClient(configuration: configuration)
+        let value = try await client.get("anything", as: Int.self, orSet: .seconds(60)) { 42 }
+        #expect(value == 42)
+        await client.close()
+    }
+}
+
+/// How many times a loader ran, shared by the tasks that may run it.
+final class LoadCounter: Sendable {
+    private let value = Atomic(0)
+
+    /// Counts a run; returns its number, from 1.
+    func next() -> Int { value.add(1, ordering: .relaxed).newValue }
+
+    var count: Int { value.load(ordering: .relaxed) }
+}
