@@ -4,11 +4,11 @@ import MemcachedTestSupport
 import Testing
 
 /// The one rule for multi-key commands when some of their servers fail, each case against real
-/// servers: a server that is down (refuses connections) is skipped, and its keys are misses for
-/// `getMulti` and failures for `setMulti` and `deleteMulti`; a server that does not answer in time
-/// fails the whole `getMulti` (with `timeout`, every time, never an empty success), and the keys
-/// `setMulti` and `deleteMulti` could not finish in time are reported per key. ErrorHandling.md
-/// states the rule.
+/// servers: a server that is down (refuses connections) or hangs up mid-reply is skipped, and its
+/// keys are failures of `getMulti`, `setMulti` and `deleteMulti`; a server that does not answer in
+/// time ends `getMulti`'s read, failing every key not read yet with `timeout` (every time, never
+/// an empty success), and the keys `setMulti` and `deleteMulti` could not finish in time are
+/// reported per key. ErrorHandling.md states the rule.
 @Suite("Multi-key commands when some servers fail", .offCooperativePool)
 struct MultiServerFailureTests {
     static let timeout = Duration.milliseconds(300)
@@ -35,7 +35,45 @@ struct MultiServerFailureTests {
         return try MemcachedConnection(configuration: configuration)
     }
 
-    @Test("a server that refuses connections: its keys are misses, not stored, not deleted; the others work")
+    @Test(
+        "a server that hangs up in the middle of its reply while another answers: its unread keys are failures, never misses"
+    )
+    func serverHangsUpMidReply() throws {
+        try withMemcached(servers: 2) { cluster in
+            // The second server is reached through a proxy that cuts every reply short and hangs up.
+            var proxyConfiguration = MutatingProxy.Configuration(seed: 7)
+            proxyConfiguration.enabledMutations = [.truncateThenHangUp]
+            proxyConfiguration.mutationProbability = 1
+            proxyConfiguration.controlKeyPrefix = "never-mutated-"
+            let proxy = try MutatingProxy(backendPort: cluster.servers[1].port, configuration: proxyConfiguration)
+            defer { proxy.stop() }
+            let memc = try Self.connect([cluster.addresses[0], proxy.address], timeout: .seconds(5))
+            let direct = try Self.connect([cluster.addresses[0], cluster.addresses[1]], timeout: .seconds(5))
+            let (keys, owners) = try Self.keysByServer(memc)
+            let proxiedKeys = Set(keys.filter { owners[$0] == proxy.address })
+            #expect(!proxiedKeys.isEmpty && proxiedKeys.count < keys.count)
+            // Stored straight on the servers, under the same mapping (same positions, same hash).
+            #expect(
+                try direct.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, "v-\($0)") })).keysNotApplied
+                    .isEmpty
+            )
+            for round in 0..<5 {
+                let read = try memc.getMulti(keys, as: String.self)
+                #expect(read.hits.allSatisfy { $0.value == "v-\($0.key)" }, "round \(round)")
+                #expect(
+                    Set(read.hits.keys).union(read.failures.keys) == Set(keys),
+                    "round \(round): every stored key is a hit or a failure, none a miss"
+                )
+                #expect(
+                    Set(read.failures.keys).isSubset(of: proxiedKeys),
+                    "round \(round): \(read.failures.keys.sorted())"
+                )
+                #expect(!read.failures.isEmpty, "round \(round): the cut reply shows")
+            }
+        }
+    }
+
+    @Test("a server that refuses connections: its keys fail, are not stored, not deleted; the others work")
     func serverDown() throws {
         try withMemcached { cluster in
             let down = "127.0.0.1:\(try unusedLoopbackPort())"

@@ -46,35 +46,61 @@ extension MemcachedClient {
         if let cached = try await cachedValue(key, as: type) {
             return cached
         }
+        var role = loadFlights.join(key)
         while true {
-            switch loadFlights.join(key) {
+            switch role {
             case .follower(let flight):
                 switch await flight.outcome(waitingAtMost: loadTimeout) {
                 case .value(let value as Value):
                     return value
-                case .failure(let error) where !(error is CancellationError):
+                case .failure(let error):
                     throw error
-                case .value, .failure:
-                    // Another type under the same key, or a load that was cancelled: read again.
+                case .value, .abandoned:
+                    // Another type under the same key, or a load given up by its cancelled task.
                     try Task.checkCancellation()
                     if let cached = try await cachedValue(key, as: type) {
                         return cached
                     }
-                    continue
+                    role = loadFlights.join(key)
                 case .timedOut:
+                    // The load outlived loadTimeout: one of its waiters loads instead, for all.
                     try Task.checkCancellation()
-                    return try await loadAndStore(key, expiration: expiration, load: load)
+                    if let cached = try await cachedValue(key, as: type) {
+                        return cached
+                    }
+                    switch loadFlights.takeOver(key, from: flight) {
+                    case .leader(let replacement):
+                        return try await lead(replacement, key, expiration) {
+                            try await loadAndStore(key, expiration: expiration, load: load, loaded: $0)
+                        }
+                    case let other:
+                        role = other
+                    }
                 }
             case .leader(let flight):
-                do {
-                    let value = try await loadHoldingTheLock(key, as: type, expiration, loadTimeout, load)
-                    loadFlights.finish(key, flight, with: .value(value))
-                    return value
-                } catch {
-                    loadFlights.finish(key, flight, with: .failure(error))
-                    throw error
+                return try await lead(flight, key, expiration) { loaded in
+                    try await loadHoldingTheLock(key, as: type, expiration, loadTimeout, load, loaded: loaded)
                 }
             }
+        }
+    }
+
+    /// Runs a leader's load and ends its flight: with the value as soon as it is loaded (its
+    /// store and the lock's release come after), with the error, or abandoned when the leader's
+    /// task was cancelled, so that a waiter loads instead.
+    private func lead<Value: MemcachedValue & Sendable>(
+        _ flight: LoadFlights.Flight,
+        _ key: String,
+        _ expiration: MemcachedExpiration,
+        _ run: (_ loaded: (Value) -> Void) async throws -> Value
+    ) async throws -> Value {
+        do {
+            let value = try await run { loadFlights.finish(key, flight, with: .value($0)) }
+            loadFlights.finish(key, flight, with: .value(value))
+            return value
+        } catch {
+            loadFlights.finish(key, flight, with: Task.isCancelled ? .abandoned : .failure(error))
+            throw error
         }
     }
 
@@ -101,7 +127,8 @@ extension MemcachedClient {
         as type: Value.Type,
         _ expiration: MemcachedExpiration,
         _ loadTimeout: Duration,
-        _ load: () async throws -> Value
+        _ load: () async throws -> Value,
+        loaded: (Value) -> Void
     ) async throws -> Value {
         let lock = CacheAsideLock(key: key, lifetime: loadTimeout)
         let clock = ContinuousClock()
@@ -110,7 +137,7 @@ extension MemcachedClient {
         while !(try await lock.acquire(with: self)) {
             // Another process loads: its value, or the end of its lock, is what to wait for.
             guard clock.now < deadline else {
-                return try await loadAndStore(key, expiration: expiration, load: load)
+                return try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
             }
             try await Task.sleep(for: pause)
             pause = min(pause * 2, .milliseconds(100))
@@ -124,7 +151,7 @@ extension MemcachedClient {
             if let cached = try await cachedValue(key, as: type) {
                 value = cached
             } else {
-                value = try await loadAndStore(key, expiration: expiration, load: load)
+                value = try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
             }
             await lock.release(with: self)
             return value
@@ -134,21 +161,24 @@ extension MemcachedClient {
         }
     }
 
-    /// Loads and stores; a store that fails is logged, not thrown.
+    /// Loads, hands the value to `loaded`, and stores it: a store that fails (any error,
+    /// cancellation included, since the value is already loaded) is logged, not thrown.
     private func loadAndStore<Value: MemcachedValue & Sendable>(
         _ key: String,
         expiration: MemcachedExpiration,
-        load: () async throws -> Value
+        load: () async throws -> Value,
+        loaded: (Value) -> Void
     ) async throws -> Value {
         let value = try await load()
+        loaded(value)
         do {
             if try await !set(key, value, expiration: expiration) {
                 configuration.logger.warning("memcached cache-aside: the server did not store the loaded value")
             }
-        } catch let error as MemcachedError where !error.code.failsTheWholeCall || error.code == .valueTooLarge {
+        } catch {
             configuration.logger.warning(
                 "memcached cache-aside: cannot store the loaded value",
-                metadata: ["code": "\(error.code)"]
+                metadata: ["error": "\(error)"]
             )
         }
         return value
@@ -211,6 +241,9 @@ final class LoadFlights: Sendable {
     enum Outcome: Sendable {
         case value(any Sendable)
         case failure(any Error)
+        /// The leader's task was cancelled: nobody loaded.
+        case abandoned
+        /// The wait reached its limit.
         case timedOut
     }
 
@@ -222,69 +255,99 @@ final class LoadFlights: Sendable {
 
     /// One load and the tasks waiting for it.
     final class Flight: Sendable {
+        private struct Waiting {
+            var continuations: [UInt64: CheckedContinuation<Outcome, Never>] = [:]
+            var timers: [UInt64: Task<Void, Never>] = [:]
+            /// Waiters whose task was cancelled before their continuation was stored.
+            var cancelledEarly: Set<UInt64> = []
+            var nextWaiter: UInt64 = 0
+        }
+
         private enum State {
-            case running(waiters: [UInt64: CheckedContinuation<Outcome, Never>], nextWaiter: UInt64)
+            case running(Waiting)
             case finished(Outcome)
         }
 
-        private let state = Mutex(State.running(waiters: [:], nextWaiter: 0))
+        private let state = Mutex(State.running(Waiting()))
 
         /// Waits for the load, at most `limit`; a cancelled waiter stops waiting at once.
         func outcome(waitingAtMost limit: Duration) async -> Outcome {
-            let waiter = Atomic<UInt64>(UInt64.max)
+            let id: UInt64? = state.withLock { state in
+                guard case .running(var waiting) = state else { return nil }
+                defer { state = .running(waiting) }
+                waiting.nextWaiter += 1
+                return waiting.nextWaiter
+            }
+            guard let id else {
+                return state.withLock { state in
+                    if case .finished(let outcome) = state { outcome } else { .abandoned }
+                }
+            }
             return await withTaskCancellationHandler {
                 await withCheckedContinuation { continuation in
-                    let id: UInt64? = state.withLock { state in
+                    let immediate: Outcome? = state.withLock { state in
                         switch state {
                         case .finished(let outcome):
-                            continuation.resume(returning: outcome)
+                            return outcome
+                        case .running(var waiting):
+                            if waiting.cancelledEarly.remove(id) != nil {
+                                state = .running(waiting)
+                                return .failure(CancellationError())
+                            }
+                            waiting.continuations[id] = continuation
+                            waiting.timers[id] = Task { [self] in
+                                try? await Task.sleep(for: limit)
+                                if !Task.isCancelled {
+                                    resume(id, with: .timedOut)
+                                }
+                            }
+                            state = .running(waiting)
                             return nil
-                        case .running(var waiters, let next):
-                            waiters[next] = continuation
-                            state = .running(waiters: waiters, nextWaiter: next + 1)
-                            return next
                         }
                     }
-                    guard let id else { return }
-                    waiter.store(id, ordering: .releasing)
-                    // Cancelled before the handler could see the waiter: stop now.
-                    if Task.isCancelled {
-                        stopWaiting(id, with: .failure(CancellationError()))
-                        return
-                    }
-                    Task { [self] in
-                        try? await Task.sleep(for: limit)
-                        stopWaiting(id, with: .timedOut)
+                    if let immediate {
+                        continuation.resume(returning: immediate)
                     }
                 }
             } onCancel: {
-                let id = waiter.load(ordering: .acquiring)
-                if id != UInt64.max {
-                    stopWaiting(id, with: .failure(CancellationError()))
+                let resumed = state.withLock { state -> Bool in
+                    guard case .running(var waiting) = state else { return true }
+                    defer { state = .running(waiting) }
+                    if waiting.continuations[id] != nil { return false }
+                    waiting.cancelledEarly.insert(id)
+                    return true
+                }
+                if !resumed {
+                    resume(id, with: .failure(CancellationError()))
                 }
             }
         }
 
-        /// Resumes one waiter, if it still waits.
-        private func stopWaiting(_ id: UInt64, with outcome: Outcome) {
-            let continuation: CheckedContinuation<Outcome, Never>? = state.withLock { state in
-                guard case .running(var waiters, let next) = state, let continuation = waiters.removeValue(forKey: id)
-                else { return nil }
-                state = .running(waiters: waiters, nextWaiter: next)
-                return continuation
+        /// Resumes one waiter, if it still waits, and stops its timer.
+        private func resume(_ id: UInt64, with outcome: Outcome) {
+            let (continuation, timer): (CheckedContinuation<Outcome, Never>?, Task<Void, Never>?) = state.withLock {
+                state in
+                guard case .running(var waiting) = state else { return (nil, nil) }
+                defer { state = .running(waiting) }
+                return (waiting.continuations.removeValue(forKey: id), waiting.timers.removeValue(forKey: id))
             }
+            timer?.cancel()
             continuation?.resume(returning: outcome)
         }
 
-        /// Ends the load and resumes every waiter with its outcome.
+        /// Ends the load and resumes every waiter with its outcome. Only the first call counts.
         func finish(_ outcome: Outcome) {
-            let waiters: [CheckedContinuation<Outcome, Never>] = state.withLock { state in
-                guard case .running(let waiters, _) = state else { return [] }
+            let waiting: Waiting? = state.withLock { state in
+                guard case .running(let waiting) = state else { return nil }
                 state = .finished(outcome)
-                return Array(waiters.values)
+                return waiting
             }
-            for waiter in waiters {
-                waiter.resume(returning: outcome)
+            guard let waiting else { return }
+            for timer in waiting.timers.values {
+                timer.cancel()
+            }
+            for continuation in waiting.continuations.values {
+                continuation.resume(returning: outcome)
             }
         }
     }
@@ -303,7 +366,21 @@ final class LoadFlights: Sendable {
         }
     }
 
-    /// Ends a leader's load: later callers start a new one.
+    /// A waiter of `stale`, whose load outlived its wait: leads a new flight if `stale` is still
+    /// the key's, else joins whatever runs now.
+    func takeOver(_ key: String, from stale: Flight) -> Role {
+        flights.withLock { flights in
+            if let running = flights[key], running !== stale {
+                return .follower(running)
+            }
+            let flight = Flight()
+            flights[key] = flight
+            return .leader(flight)
+        }
+    }
+
+    /// Ends a leader's load: later callers start a new one. A second call for the same flight
+    /// does nothing.
     func finish(_ key: String, _ flight: Flight, with outcome: Outcome) {
         flights.withLock { flights in
             if flights[key] === flight {

@@ -205,7 +205,7 @@ extension MemcachedConnection {
                         }
                     }
                 }
-                let unreachable = try handle.fetchMany(&batch, command: "get_multi") { asked, item in
+                let failedServers = try handle.fetchMany(&batch, command: "get_multi") { asked, item in
                     let index = positions?[asked] ?? asked
                     settled[index] = true
                     do {
@@ -221,8 +221,8 @@ extension MemcachedConnection {
                         failures[keys[index]] = error
                     }
                 }
-                if !unreachable.isEmpty {
-                    failKeys(of: unreachable, keys, batch, positions, &settled, &failures)
+                if !failedServers.isEmpty {
+                    failKeys(of: failedServers, keys, batch, positions, &settled, &failures)
                 }
                 readToTheEnd = true
             }
@@ -234,6 +234,10 @@ extension MemcachedConnection {
             guard hitError == nil, let error = error as? MemcachedError, !error.code.failsTheWholeCall else {
                 throw error
             }
+            // Stopped by the cancellation of its task (through a client): not a result to return.
+            if handle.deadline.isCancelled {
+                throw CancellationError()
+            }
             for index in keys.indices where readToTheEnd || !settled[index] {
                 var failure = error
                 failure.key = keys[index]
@@ -243,9 +247,9 @@ extension MemcachedConnection {
         return failures
     }
 
-    /// Fails the unanswered keys whose server the request never reached.
+    /// Fails the unanswered keys of servers the request never reached or that hung up mid-reply.
     private func failKeys(
-        of unreachable: Set<String>,
+        of failedServers: Set<String>,
         _ keys: [String],
         _ batch: KeyBatch,
         _ positions: [Int]?,
@@ -255,12 +259,13 @@ extension MemcachedConnection {
         for asked in 0..<batch.count {
             let index = positions?[asked] ?? asked
             guard !settled[index],
-                let server = batch.withKey(at: asked, { handle.server(ofKey: $0, amongst: unreachable) })
+                let server = batch.withKey(at: asked, { handle.server(ofKey: $0, amongst: failedServers) })
             else { continue }
             settled[index] = true
             failures[keys[index]] = MemcachedError(
                 code: .connectionFailure,
-                message: "the server could not be reached; the key was not read",
+                message: "the server could not be reached, or hung up before its reply was complete; "
+                    + "the key was not read",
                 key: keys[index],
                 server: server
             )

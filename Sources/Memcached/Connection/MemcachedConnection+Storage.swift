@@ -304,6 +304,10 @@ extension MemcachedConnection {
                 outcomes[key] = .failed(error.with(key: key))
             }
         }
+        // Stopped by the cancellation of its task (through a client): not a result to return.
+        if handle.deadline.isCancelled {
+            throw CancellationError()
+        }
         return outcomes
     }
 }

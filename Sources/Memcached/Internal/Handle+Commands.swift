@@ -346,6 +346,17 @@ extension Handle {
         var fetchRC = MEMCACHED_SUCCESS
         guard try fetch(pointer, into: result, itemsSoFar: 0, command: command, &fetchRC) else {
             try checkReplyEnded(pointer, fetchRC, command: command, key: key)
+            // libmemcached reports some replies it cannot parse (a length past 2⁶⁴) as a miss,
+            // after closing the socket the request went out on: that is not an answer.
+            if serverHungUp(pointer, key: key) {
+                throw failure(
+                    MEMCACHED_CONNECTION_FAILURE,
+                    command: command,
+                    key: key.key,
+                    keyBytes: key.bytes,
+                    reset: true
+                )
+            }
             return nil
         }
         let item = try fetchedItem(result, command: command, key: key)
@@ -404,7 +415,8 @@ extension Handle {
         _ rc: memcached_return_t,
         command: StaticString,
         key: PreparedKey? = nil,
-        toleratingLostServers: Bool = false
+        toleratingLostServers: Bool = false,
+        serversFailed: Bool = false
     ) throws {
         guard rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND || rc == MEMCACHED_SUCCESS else {
             throw failure(rc, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
@@ -414,13 +426,23 @@ extension Handle {
         // failure that leaves nothing of a reply unread: it refused the connection or hung up
         // (libmemcached closed that socket itself), or libmemcached has it disabled or marked
         // dead after earlier failures; it reports each of these as the handle's last error.
-        let lost = toleratingLostServers && !Self.mayLeaveReplyUnread(hidden)
+        // With `serversFailed`, the caller reports the keys of servers that failed to take or
+        // finish the request: the error they left (a refused or broken socket) is theirs.
+        let lost =
+            toleratingLostServers
+            && (!Self.mayLeaveReplyUnread(hidden) || (serversFailed && Self.isBrokenConnection(hidden)))
         if !Self.isCleanEndOfReply(hidden) && !lost {
             throw failure(hidden, command: command, key: key?.key, keyBytes: key?.bytes, reset: true)
         }
         if hasUnreadReplies(pointer, key: key) {
             throw malformedReply("a reply that did not end with END", command: command, key: key)
         }
+    }
+
+    /// A failure of a server's socket, after which libmemcached closed it.
+    private static func isBrokenConnection(_ rc: memcached_return_t) -> Bool {
+        rc == MEMCACHED_CONNECTION_FAILURE || rc == MEMCACHED_ERRNO || rc == MEMCACHED_WRITE_FAILURE
+            || rc == MEMCACHED_READ_FAILURE
     }
 
     private static func isCleanEndOfReply(_ rc: memcached_return_t) -> Bool {
@@ -536,8 +558,8 @@ extension Handle {
     /// between the handle's two result buffers, so the value waiting to be handed over stays in
     /// place, uncopied, while the next one is read.
     ///
-    /// Servers that cannot be reached are skipped and returned, so that the caller can report
-    /// their keys. When no server answered at all, or a server failed mid-reply, the call throws,
+    /// Servers that cannot be reached, or hang up before their reply is complete while others
+    /// answer on, are skipped and returned, so that the caller can report their keys. When no server answered at all, or a server failed mid-reply, the call throws,
     /// and the hit read just before the failure is not handed over.
     ///
     /// Each reply's key is matched to the request (``KeyBatch/match(_:)``) as soon as it is read,
@@ -558,7 +580,10 @@ extension Handle {
                 memcached_mget(pointer, keys, lengths, count)
             }
         )
-        if health != nil {
+        // Which servers owe replies: a server that hangs up mid-reply while another answers on
+        // ends the read without an error, and only its closed socket tells its keys apart.
+        let tracksServers = health != nil || ServerConnectionState.isAvailable
+        if tracksServers {
             noteAskedServers()
         }
         if !memcached_success(rc) && rc != MEMCACHED_SOME_ERRORS {
@@ -616,18 +641,30 @@ extension Handle {
             resetConnections()
             throw deadlineError()
         }
+        let lost = tracksServers ? serversThatHungUp() : []
+        let failedServers = unreachable.union(lost)
         switch fetchRC {
         case MEMCACHED_END, MEMCACHED_NOTFOUND, MEMCACHED_SUCCESS:
-            try checkReplyEnded(pointer, fetchRC, command: command, toleratingLostServers: true)
-        case MEMCACHED_CONNECTION_FAILURE where rc == MEMCACHED_SOME_ERRORS:
-            break
+            try checkReplyEnded(
+                pointer,
+                fetchRC,
+                command: command,
+                toleratingLostServers: true,
+                serversFailed: !failedServers.isEmpty
+            )
+        case MEMCACHED_CONNECTION_FAILURE where rc == MEMCACHED_SOME_ERRORS || !failedServers.isEmpty:
+            if hasUnreadReplies(pointer) {
+                throw malformedReply("a reply that did not end with END", command: command)
+            }
         default:
             throw failure(fetchRC, command: command)
         }
         if let health {
-            if _slowPath(!health.allHealthy) {
-                creditAskedServers(health)
+            if _slowPath(!health.allHealthy || !lost.isEmpty) {
+                creditAskedServers(health, except: lost)
             }
+        }
+        if tracksServers {
             forgetAskedServers()
         }
         if let pending {
@@ -636,7 +673,31 @@ extension Handle {
         if let bodyError {
             throw HandOverFailed(error: bodyError)
         }
-        return unreachable
+        return failedServers
+    }
+
+    /// Whether libmemcached closed the socket of `key`'s server during the call: a request went
+    /// out on it, so it was open.
+    private func serverHungUp(_ pointer: UnsafeMutablePointer<memcached_st>, key: PreparedKey) -> Bool {
+        guard ServerConnectionState.isAvailable else { return false }
+        var rc = MEMCACHED_SUCCESS
+        guard let instance = memcached_server_by_key(pointer, key.cString, key.bytes.count, &rc) else { return false }
+        return ServerConnectionState.descriptor(of: instance) == nil
+    }
+
+    /// The servers asked in this multi-get whose socket libmemcached has closed since: each hung
+    /// up, or failed, before its reply was complete.
+    private func serversThatHungUp() -> Set<String> {
+        guard ServerConnectionState.isAvailable, let pointer else { return [] }
+        var servers: Set<String> = []
+        for position in askedServers.indices where askedServers[position] {
+            if let instance = memcached_server_instance_by_position(pointer, UInt32(position)),
+                ServerConnectionState.descriptor(of: instance) == nil
+            {
+                servers.insert(Self.describe(instance))
+            }
+        }
+        return servers
     }
 
     /// What ``fetchMany(_:command:_:)`` throws when its `body` threw and the rest of the reply

@@ -983,7 +983,7 @@ final class Handle {
 
     /// Which servers the multi-key read in flight sent requests to, by position (see
     /// ``noteAskedServers()``); empty outside one.
-    private var askedServers: [Bool] = []
+    private(set) var askedServers: [Bool] = []
 
     /// Notes which servers a multi-key read just sent requests to: those with replies pending.
     func noteAskedServers() {
@@ -1017,12 +1017,18 @@ final class Handle {
         askedServers.withUnsafeMutableBufferPointer { $0.update(repeating: false) }
     }
 
-    /// Clears the failure counts of the servers a multi-key read asked, once it read every reply.
-    func creditAskedServers(_ health: ServerHealth) {
+    /// Clears the failure counts of the servers a multi-key read asked, once it read every reply,
+    /// and counts a failure against those of `lost`, which hung up before their reply was whole.
+    func creditAskedServers(_ health: ServerHealth, except lost: Set<String> = []) {
         guard let pointer else { return }
         for position in askedServers.indices where askedServers[position] {
             if let instance = memcached_server_instance_by_position(pointer, UInt32(position)) {
-                health.recordSuccess(Self.describe(instance))
+                let server = Self.describe(instance)
+                if lost.contains(server) {
+                    health.recordFailure(server, quick: failedQuickly)
+                } else {
+                    health.recordSuccess(server)
+                }
             }
         }
     }
