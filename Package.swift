@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Only for `swift package generate-documentation`: a plugin, never linked into a product.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(
@@ -49,10 +51,17 @@ let package = Package(
             dependencies: ["Memcached"],
             path: "Examples/QuickStart"
         ),
+        // A separate process for the cross-process stampede test; the test target depends on it
+        // so that `swift test` builds it next to the test bundle.
+        .executableTarget(
+            name: "CacheAsideProbe",
+            dependencies: ["Memcached"],
+            path: "Tests/CacheAsideProbe"
+        ),
         .testTarget(
             name: "MemcachedTests",
             dependencies: [
-                "Memcached", "MemcachedTestSupport", "CLibMemcached",
+                "Memcached", "MemcachedTestSupport", "CLibMemcached", "CacheAsideProbe",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -78,6 +78,58 @@ struct CacheAsideTests {
         }
     }
 
+    @Test("3 processes of 10 tasks each miss one key at once: the loader runs once in all, everyone gets its value")
+    func stampedeAcrossProcesses() async throws {
+        // The probe is built next to this test bundle (the test target depends on it).
+        let probe = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("CacheAsideProbe")
+        guard FileManager.default.isExecutableFile(atPath: probe.path) else {
+            Issue.record("\(probe.path) is missing: build the package's targets first (swift build --build-tests)")
+            return
+        }
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster)
+            let key = "cross-process"
+            // The loaders count themselves here (an increment of a missing key does nothing).
+            try await client.set("\(key).loads", 0)
+            let outputs = (0..<3).map { _ in
+                let output = FileManager.default.temporaryDirectory
+                    .appendingPathComponent("cache-aside-probe-\(UUID().uuidString)")
+                _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+                return output
+            }
+            defer { outputs.forEach { try? FileManager.default.removeItem(at: $0) } }
+            let processes = try outputs.map { output in
+                let process = Process()
+                process.executableURL = probe
+                process.arguments = [cluster.addresses[0], key, "10"]
+                process.standardOutput = try FileHandle(forWritingTo: output)
+                process.standardError = FileHandle.standardError
+                try process.run()
+                return process
+            }
+            defer { processes.filter(\.isRunning).forEach { $0.terminate() } }
+            // Every process ready, then go: they miss the key together.
+            let waitStarted = ContinuousClock.now
+            while (try await client.get("\(key).ready", as: Int.self) ?? 0) < 3 {
+                #expect(ContinuousClock.now - waitStarted < .seconds(60), "the probes did not start")
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            try await client.set("\(key).go", 1)
+            for process in processes {
+                while process.isRunning {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                #expect(process.terminationStatus == 0)
+            }
+            let values = try outputs.flatMap { try JSONDecoder().decode([Int].self, from: Data(contentsOf: $0)) }
+            let loads = try await client.get("\(key).loads", as: Int.self)
+            #expect(loads == 1, "the loader ran \(loads ?? 0) times across 3 processes")
+            #expect(values.count == 30 && Set(values) == [42])
+            await client.close()
+        }
+    }
+
     @Test("a loader that throws: every waiter gets the error or loads itself, nobody hangs, and the lock is released")
     func loaderThrows() async throws {
         struct DatabaseDown: Error {}

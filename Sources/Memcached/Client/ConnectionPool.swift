@@ -31,15 +31,12 @@ final class PooledConnection: @unchecked Sendable {
         _ body: (MemcachedConnection) throws -> R,
         cancellation: LeaseCancellation
     ) -> (result: Result<R, any Error>, reusable: Bool) {
-        let handle = connection.handle
-        let resetsBefore = handle.connectionResets
-        cancellation.attach(handle.deadline)
+        let mark = connection.stepMark
+        cancellation.attach(connection.callDeadline)
         var result = Result { try body(connection) }
         let cancelled = cancellation.detach()
-        var reusable = handle.pointer != nil && handle.connectionResets == resetsBefore
-        if case .failure(let error as MemcachedError) = result, Handle.mayLeaveReplyUnread(error.code) {
-            reusable = false
-        }
+        let failure: (any Error)? = if case .failure(let error) = result { error } else { nil }
+        let reusable = connection.isInStep(since: mark, after: failure)
         if cancelled, case .failure = result {
             result = .failure(CancellationError())
         }

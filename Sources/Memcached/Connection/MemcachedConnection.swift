@@ -106,6 +106,27 @@ public final class MemcachedConnection {
         handle.disconnect()
     }
 
+    // MARK: - State, for the pool
+
+    /// What ``isInStep(since:after:)`` compares: how often the connection has reset its sockets.
+    var stepMark: Int { handle.connectionResets }
+
+    /// The deadline of the connection's calls, which a lease's cancellation interrupts.
+    var callDeadline: CallDeadline { handle.deadline }
+
+    /// Whether the connection can carry another caller's commands after some ran on it: it is
+    /// open, reset no socket since `mark` (an error a caller caught, a per-server failure
+    /// reported as a value, a call its deadline or cancellation stopped), and `failure`, when
+    /// there is one, cannot have left a reply half read (a timeout, a read or write failure, a
+    /// protocol error, a reply for another key can).
+    func isInStep(since mark: Int, after failure: (any Error)?) -> Bool {
+        guard handle.pointer != nil, handle.connectionResets == mark else { return false }
+        if let error = failure as? MemcachedError, Handle.mayLeaveReplyUnread(error.code) {
+            return false
+        }
+        return true
+    }
+
     // MARK: - Keys
 
     /// Validates a key and calls `body` with its bytes, without copying a native string.

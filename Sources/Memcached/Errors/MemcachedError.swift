@@ -1,5 +1,3 @@
-internal import CLibMemcached
-
 /// An error thrown by a memcached command or by the checks this library runs before one.
 ///
 /// Every `memcached_return_t` that libmemcached can report has a ``Code``, and so do the failures
@@ -23,19 +21,20 @@ internal import CLibMemcached
 /// you need it.
 public struct MemcachedError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What went wrong, as libmemcached's return code or one of this library's own codes.
-    public var code: Code
+    public internal(set) var code: Code
 
     /// A human-readable message: libmemcached's last error message for the handle, or the
     /// reason this library refused the call.
-    public var message: String
+    public internal(set) var message: String
 
     /// The key the failing command was about, where one is known.
-    public var key: String?
+    public internal(set) var key: String?
 
     /// The server the failing command went to, as `host:port` or a socket path, where known.
-    public var server: String?
+    public internal(set) var server: String?
 
-    /// Creates an error.
+    /// Creates an error: for a ``MemcachedValue`` or ``MemcachedObjectCoder`` of your own that
+    /// reports a value it cannot decode (``Code/undecodableValue``), or for tests.
     ///
     /// - Parameters:
     ///   - code: What went wrong.
@@ -91,14 +90,14 @@ extension MemcachedError {
 
         /// Whether this code comes from libmemcached (rather than from this library's own checks).
         public var isLibmemcachedCode: Bool {
-            rawValue >= 0 && rawValue < Int(MEMCACHED_MAXIMUM_RETURN.rawValue)
+            rawValue >= 0 && rawValue < LibmemcachedReturnCodes.count
         }
 
         /// libmemcached's own text for the code (`memcached_strerror`), or this library's
         /// explanation for a client-side code.
         public var explanation: String {
-            if isLibmemcachedCode, let text = memcached_strerror(nil, memcached_return_t(UInt32(rawValue))) {
-                return String(cString: text)
+            if isLibmemcachedCode, let text = LibmemcachedReturnCodes.explanation(rawValue) {
+                return text
             }
             return Self.names[rawValue].map { "client-side error: \($0.swift)" } ?? "unknown code \(rawValue)"
         }

@@ -437,8 +437,8 @@ final class Handle {
             single.connectTimeout = min(configuration.connectTimeout, single.timeout)
         }
         let inherited = inCall ? deadline.current : nil
-        let started = ContinuousClock.now
         let answered: Bool
+        var quick = false
         do {
             let handle = try Handle(configuration: single, parentDeadline: deadline)
             defer { handle.close() }
@@ -450,12 +450,13 @@ final class Handle {
             }
         } catch {
             answered = false
+            quick = (error as? MemcachedError)?.code != .timeout
         }
         logger.debug("memcached server probed", metadata: ["server": "\(server)", "answered": "\(answered)"])
         if answered {
             health.recordSuccess(server)
         } else {
-            health.recordFailure(server, quick: ContinuousClock.now - started < single.timeout / 4)
+            health.recordFailure(server, quick: quick)
         }
         return answered
     }
@@ -948,7 +949,7 @@ final class Handle {
         }
         // A cancelled call says nothing of the server: it was stopped from this side.
         if let health, !deadline.isCancelled, ServerHealth.countsAgainstServer(error.code) {
-            recordFailure(server: server, health)
+            recordFailure(server: server, health, quick: error.code != .timeout)
         }
         if reset || pastDeadline || Self.mayLeaveReplyUnread(rc) {
             resetConnections()
@@ -965,20 +966,19 @@ final class Handle {
 
     /// Counts a failure against the server of the command's key, or, for a command of several
     /// keys, against every server that still owed a reply.
-    private func recordFailure(server: String?, _ health: ServerHealth) {
+    ///
+    /// `quick` says the server failed without keeping the call waiting (a refused, reset or
+    /// closed connection, not a timeout): such a server costs nothing to try again soon (see
+    /// ``ServerHealth``). It is the kind of failure, not the time it took, because on a loaded
+    /// machine a refused connection can take as long as a quarter of the timeout to come back,
+    /// which kept a restarted server out for the whole retry timeout.
+    private func recordFailure(server: String?, _ health: ServerHealth, quick: Bool) {
         callServer = nil
         if let server {
-            health.recordFailure(server, quick: failedQuickly)
+            health.recordFailure(server, quick: quick)
         } else {
-            chargeServersThatOweReplies(health)
+            chargeServersThatOweReplies(health, quick: quick)
         }
-    }
-
-    /// Whether the call in flight failed within a quarter of its timeout: a refused or reset
-    /// connection rather than a server that kept it waiting (see ``ServerHealth``).
-    private var failedQuickly: Bool {
-        let started = deadline.current &- deadline.timeout
-        return DeadlineClock.coarse() &- started < deadline.timeout / 4
     }
 
     /// Which servers the multi-key read in flight sent requests to, by position (see
@@ -1001,13 +1001,13 @@ final class Handle {
     /// Counts a failed multi-key read against each server it asked that has not answered in
     /// full: one still owing replies (a timeout leaves the count) or whose socket libmemcached
     /// closed on an error (which zeroes it). Servers that finished keep their sockets.
-    func chargeServersThatOweReplies(_ health: ServerHealth) {
+    func chargeServersThatOweReplies(_ health: ServerHealth, quick: Bool = false) {
         guard let pointer, !deadline.isCancelled else { return }
         for position in askedServers.indices where askedServers[position] {
             guard let instance = memcached_server_instance_by_position(pointer, UInt32(position)) else { continue }
             let closed = ServerConnectionState.isAvailable && ServerConnectionState.descriptor(of: instance) == nil
             if memcached_server_response_count(instance) > 0 || closed {
-                health.recordFailure(Self.describe(instance), quick: failedQuickly)
+                health.recordFailure(Self.describe(instance), quick: quick)
             }
         }
         forgetAskedServers()
@@ -1025,7 +1025,7 @@ final class Handle {
             if let instance = memcached_server_instance_by_position(pointer, UInt32(position)) {
                 let server = Self.describe(instance)
                 if lost.contains(server) {
-                    health.recordFailure(server, quick: failedQuickly)
+                    health.recordFailure(server, quick: true)
                 } else {
                     health.recordSuccess(server)
                 }
