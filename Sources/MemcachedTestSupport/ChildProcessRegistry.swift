@@ -138,7 +138,10 @@ func describeWaitStatus(_ status: Int32) -> String {
 /// lines from a socket whose other end only this process holds (close-on-exec, so no other child
 /// inherits it). When this process dies, by any cause, the kernel closes that end, the
 /// watchdog's `read` sees end-of-file, and it sends `SIGKILL` to every pid still listed. A
-/// child reaped normally is removed first, so a reused pid is never signalled.
+/// child reaped normally is removed first, so a reused pid is never signalled. The watchdog
+/// ignores the signals that end a test run (`swift test` passes a SIGINT or SIGTERM on to its
+/// whole process group, which killed the watchdog before its parent and left the servers running):
+/// only end-of-file, or `SIGKILL`, ends it.
 public final class OrphanWatchdog: Sendable {
     /// The watchdog's pid.
     public let pid: pid_t
@@ -146,6 +149,7 @@ public final class OrphanWatchdog: Sendable {
 
     /// What the watchdog runs: collect pids until end-of-file, then kill the ones left.
     static let script = """
+        trap '' HUP INT TERM QUIT PIPE
         live=' '
         while read -r line; do
           case "$line" in
