@@ -216,6 +216,93 @@ struct CacheAsideTests {
         #expect(value == 42)
         await client.close()
     }
+
+    @Test("cacheAside reports the source of its value, the read that failed and the store's outcome")
+    func reportsWhatHappened() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster)
+            let loaded = try await client.cacheAside("report", expiration: .seconds(60)) { "from the loader" }
+            #expect(loaded.value == "from the loader" && loaded.source == .loaded)
+            #expect(loaded.store == .applied && loaded.readError == nil)
+            let hit = try await client.cacheAside("report", expiration: .seconds(60)) { "loaded again" }
+            #expect(hit.value == "from the loader" && hit.source == .cache)
+            #expect(hit.store == nil && hit.readError == nil)
+
+            // A value the server refuses (over its 1 MiB item limit, compression off): returned,
+            // and the store reported failed.
+            let large = String(repeating: "x", count: 2 << 20)
+            let refused = try await client.cacheAside("large", expiration: .seconds(60)) {
+                MemcachedStoredValue.text(large)
+            }
+            #expect(refused.source == .loaded && refused.value == .text(large))
+            #expect(refused.store?.isApplied == false, "\(String(describing: refused.store))")
+
+            // Two tasks miss at once: one loads, the other gets its value.
+            let gate = AsyncGate()
+            async let first = client.cacheAside("shared", as: Int.self, expiration: .seconds(60)) {
+                await gate.wait()
+                return 7
+            }
+            async let second = client.cacheAside("shared", as: Int.self, expiration: .seconds(60)) {
+                await gate.wait()
+                return 7
+            }
+            // Opened only once the second task has joined the first's load, or found the value.
+            try await Task.sleep(for: .milliseconds(200))
+            gate.open()
+            let sources = try await [first.source, second.source]
+            #expect(Set(sources).isSubset(of: [.loaded, .loadedByAnotherTask, .loadedByAnotherProcess, .cache]))
+            #expect(sources.filter { $0 == .loaded }.count == 1, "\(sources)")
+
+            // Another process holds the lock and stores the value: this call reports its load.
+            #expect(try await client.add("other.cache-aside-lock", "another process", expiration: .seconds(60)))
+            let storer = Task {
+                try await Task.sleep(for: .milliseconds(300))
+                try await client.set("other", "stored by the other process")
+            }
+            let waited = try await client.cacheAside("other", as: String.self, expiration: .seconds(60)) {
+                "loaded here"
+            }
+            _ = try await storer.value
+            #expect(waited.value == "stored by the other process" && waited.source == .loadedByAnotherProcess)
+            #expect(waited.store == nil)
+            await client.close()
+        }
+        // No server: every read fails and the store fails; the loaded value is still returned.
+        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
+        configuration.connectTimeout = .milliseconds(300)
+        let client = try MemcachedClient(configuration: configuration)
+        let result = try await client.cacheAside("anything", as: Int.self, expiration: .seconds(60)) { 42 }
+        #expect(result.value == 42 && result.source == .loaded)
+        #expect(result.readError != nil, "the failed read is reported")
+        #expect(result.store?.error != nil, "the failed store is reported: \(String(describing: result.store))")
+        await client.close()
+    }
+}
+
+/// A gate tasks wait at until it opens; waiting after it opened returns at once.
+final class AsyncGate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let resumeNow = state.withLock { state in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
 }
 
 /// How many times a loader ran, shared by the tasks that may run it.

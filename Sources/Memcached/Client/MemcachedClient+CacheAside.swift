@@ -43,8 +43,42 @@ extension MemcachedClient {
         loadTimeout: Duration = .seconds(10),
         load: () async throws -> Value
     ) async throws -> Value {
-        if let cached = try await cachedValue(key, as: type) {
-            return cached
+        try await cacheAside(key, as: type, expiration: expiration, loadTimeout: loadTimeout, load: load).value
+    }
+
+    /// ``get(_:as:orSet:loadTimeout:load:)``, reporting where the value came from and what the
+    /// cache said on the way: for a program that tells its users whether memcached answered
+    /// (the FilmCache example prints "Loaded data from memcached" or "memcached was not updated").
+    ///
+    /// ```swift
+    /// let result = try await client.cacheAside("top5films", as: [Film].self, expiration: .seconds(60)) {
+    ///     try await loadTopFilmsFromDatabase()
+    /// }
+    /// if case .failed(let error) = result.store {
+    ///     logger.warning("films not cached", metadata: ["error": "\(error)"])
+    /// }
+    /// ```
+    ///
+    /// - Parameters: As ``get(_:as:orSet:loadTimeout:load:)``; `expiration` is its `orSet`.
+    /// - Returns: The value, its source, the error of a read taken for a miss, and the outcome of
+    ///   the store when this call loaded.
+    /// - Throws: As ``get(_:as:orSet:loadTimeout:load:)``.
+    public func cacheAside<Value: MemcachedValue & Sendable>(
+        _ key: String,
+        as type: Value.Type = Value.self,
+        expiration: MemcachedExpiration,
+        loadTimeout: Duration = .seconds(10),
+        load: () async throws -> Value
+    ) async throws -> MemcachedCacheAsideResult<Value> {
+        var readError: MemcachedError?
+        func result(
+            _ value: Value,
+            _ source: MemcachedCacheAsideResult<Value>.Source
+        ) -> MemcachedCacheAsideResult<Value> {
+            MemcachedCacheAsideResult(value: value, source: source, readError: readError, store: nil)
+        }
+        if let cached = try await cachedValue(key, as: type, readError: &readError) {
+            return result(cached, .cache)
         }
         var role = loadFlights.join(key)
         while true {
@@ -52,35 +86,47 @@ extension MemcachedClient {
             case .follower(let flight):
                 switch await flight.outcome(waitingAtMost: loadTimeout) {
                 case .value(let value as Value):
-                    return value
+                    return result(value, .loadedByAnotherTask)
                 case .failure(let error):
                     throw error
                 case .value, .abandoned:
                     // Another type under the same key, or a load given up by its cancelled task.
                     try Task.checkCancellation()
-                    if let cached = try await cachedValue(key, as: type) {
-                        return cached
+                    if let cached = try await cachedValue(key, as: type, readError: &readError) {
+                        return result(cached, .cache)
                     }
                     role = loadFlights.join(key)
                 case .timedOut:
                     // The load outlived loadTimeout: one of its waiters loads instead, for all.
                     try Task.checkCancellation()
-                    if let cached = try await cachedValue(key, as: type) {
-                        return cached
+                    if let cached = try await cachedValue(key, as: type, readError: &readError) {
+                        return result(cached, .cache)
                     }
                     switch loadFlights.takeOver(key, from: flight) {
                     case .leader(let replacement):
-                        return try await lead(replacement, key, expiration) {
+                        var loaded = try await lead(replacement, key) {
                             try await loadAndStore(key, expiration: expiration, load: load, loaded: $0)
                         }
+                        loaded.readError = readError
+                        return loaded
                     case let other:
                         role = other
                     }
                 }
             case .leader(let flight):
-                return try await lead(flight, key, expiration) { loaded in
-                    try await loadHoldingTheLock(key, as: type, expiration, loadTimeout, load, loaded: loaded)
+                var loaded = try await lead(flight, key) { loaded in
+                    try await loadHoldingTheLock(
+                        key,
+                        as: type,
+                        expiration,
+                        loadTimeout,
+                        load,
+                        readError: &readError,
+                        loaded: loaded
+                    )
                 }
+                loaded.readError = readError
+                return loaded
             }
         }
     }
@@ -91,23 +137,24 @@ extension MemcachedClient {
     private func lead<Value: MemcachedValue & Sendable>(
         _ flight: LoadFlights.Flight,
         _ key: String,
-        _ expiration: MemcachedExpiration,
-        _ run: (_ loaded: (Value) -> Void) async throws -> Value
-    ) async throws -> Value {
+        _ run: (_ loaded: (Value) -> Void) async throws -> MemcachedCacheAsideResult<Value>
+    ) async throws -> MemcachedCacheAsideResult<Value> {
         do {
-            let value = try await run { loadFlights.finish(key, flight, with: .value($0)) }
-            loadFlights.finish(key, flight, with: .value(value))
-            return value
+            let result = try await run { loadFlights.finish(key, flight, with: .value($0)) }
+            loadFlights.finish(key, flight, with: .value(result.value))
+            return result
         } catch {
             loadFlights.finish(key, flight, with: Task.isCancelled ? .abandoned : .failure(error))
             throw error
         }
     }
 
-    /// A hit, or `nil` for a miss, an undecodable value, or a read that failed (logged).
+    /// A hit, or `nil` for a miss, an undecodable value, or a read that failed (its error kept in
+    /// `readError` and logged).
     private func cachedValue<Value: MemcachedValue & Sendable>(
         _ key: String,
-        as type: Value.Type
+        as type: Value.Type,
+        readError: inout MemcachedError?
     ) async throws -> Value? {
         do {
             return try await get(key, as: type)
@@ -116,6 +163,7 @@ extension MemcachedClient {
                 "memcached cache-aside read failed; loading instead",
                 metadata: ["code": "\(error.code)"]
             )
+            readError = error
             return nil
         }
     }
@@ -128,8 +176,9 @@ extension MemcachedClient {
         _ expiration: MemcachedExpiration,
         _ loadTimeout: Duration,
         _ load: () async throws -> Value,
+        readError: inout MemcachedError?,
         loaded: (Value) -> Void
-    ) async throws -> Value {
+    ) async throws -> MemcachedCacheAsideResult<Value> {
         let lock = CacheAsideLock(key: key, lifetime: loadTimeout)
         let clock = ContinuousClock()
         let deadline = clock.now + loadTimeout
@@ -141,20 +190,20 @@ extension MemcachedClient {
             }
             try await Task.sleep(for: pause)
             pause = min(pause * 2, .milliseconds(100))
-            if let cached = try await cachedValue(key, as: type) {
-                return cached
+            if let cached = try await cachedValue(key, as: type, readError: &readError) {
+                return MemcachedCacheAsideResult(value: cached, source: .loadedByAnotherProcess)
             }
         }
         do {
             // The value may have been stored between the miss and the lock.
-            let value: Value
-            if let cached = try await cachedValue(key, as: type) {
-                value = cached
+            let result: MemcachedCacheAsideResult<Value>
+            if let cached = try await cachedValue(key, as: type, readError: &readError) {
+                result = MemcachedCacheAsideResult(value: cached, source: .cache)
             } else {
-                value = try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
+                result = try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
             }
             await lock.release(with: self)
-            return value
+            return result
         } catch {
             await lock.release(with: self)
             throw error
@@ -162,26 +211,67 @@ extension MemcachedClient {
     }
 
     /// Loads, hands the value to `loaded`, and stores it: a store that fails (any error,
-    /// cancellation included, since the value is already loaded) is logged, not thrown.
+    /// cancellation included, since the value is already loaded) is reported and logged, not
+    /// thrown.
     private func loadAndStore<Value: MemcachedValue & Sendable>(
         _ key: String,
         expiration: MemcachedExpiration,
         load: () async throws -> Value,
         loaded: (Value) -> Void
-    ) async throws -> Value {
+    ) async throws -> MemcachedCacheAsideResult<Value> {
         let value = try await load()
         loaded(value)
+        let store: MemcachedKeyOutcome
         do {
-            if try await !set(key, value, expiration: expiration) {
-                configuration.logger.warning("memcached cache-aside: the server did not store the loaded value")
-            }
+            store = try await set(key, value, expiration: expiration) ? .applied : .declined
         } catch {
-            configuration.logger.warning(
-                "memcached cache-aside: cannot store the loaded value",
-                metadata: ["error": "\(error)"]
+            store = .failed(
+                error as? MemcachedError
+                    ?? MemcachedError(code: .timeout, message: "the store was cancelled: \(error)", key: key)
             )
         }
-        return value
+        if store != .applied {
+            configuration.logger.warning(
+                "memcached cache-aside: the loaded value was not stored",
+                metadata: ["outcome": "\(store)"]
+            )
+        }
+        return MemcachedCacheAsideResult(value: value, source: .loaded, store: store)
+    }
+}
+
+/// What a cache-aside call did (``MemcachedClient/cacheAside(_:as:expiration:loadTimeout:load:)``):
+/// where its value came from, and what memcached said on the way.
+public struct MemcachedCacheAsideResult<Value: Sendable>: Sendable {
+    /// Where a cache-aside value came from.
+    public enum Source: Sendable, Hashable {
+        /// memcached held it.
+        case cache
+        /// This call ran the load.
+        case loaded
+        /// Another task of the same client loaded it while this call waited.
+        case loadedByAnotherTask
+        /// Another process (or client) loaded it while this call waited for its lock in memcached.
+        case loadedByAnotherProcess
+    }
+
+    /// The cached or loaded value.
+    public var value: Value
+    /// Where ``value`` came from.
+    public var source: Source
+    /// The error of a read of the key that failed and was taken for a miss; `nil` when every
+    /// read answered (a hit or a plain miss).
+    public var readError: MemcachedError?
+    /// When this call ran the load (``Source/loaded``): whether memcached stored the value
+    /// (`.applied`), declined it (`.declined`), or the store failed. `nil` otherwise.
+    public var store: MemcachedKeyOutcome?
+
+    /// Creates a result; the library returns them, tests may build them.
+    public init(value: Value, source: Source, readError: MemcachedError? = nil, store: MemcachedKeyOutcome? = nil) {
+        self.value = value
+        self.source = source
+        self.readError = readError
+        self.store = store
     }
 }
 

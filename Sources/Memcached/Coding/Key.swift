@@ -15,7 +15,7 @@ let maximumKeyLength = 250
 /// - Throws: ``MemcachedError`` with code `emptyKey`, `keyTooLong` or `invalidKeyCharacters`.
 @inline(__always)
 @discardableResult
-func validateKey(_ bytes: UnsafeBufferPointer<UInt8>, key: @autoclosure () -> String) throws -> Bool {
+func validateKey(_ bytes: UnsafeBufferPointer<UInt8>, key: @autoclosure () -> String) throws(MemcachedError) -> Bool {
     guard !bytes.isEmpty else { throw MemcachedError.emptyKey() }
     guard bytes.count <= maximumKeyLength else { throw MemcachedError.keyTooLong(key(), byteCount: bytes.count) }
     // One pass without branches, which the compiler vectorizes; the offset is looked for only

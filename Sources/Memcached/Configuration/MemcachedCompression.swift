@@ -21,7 +21,7 @@ public enum MemcachedCompression: Sendable, Hashable {
 
 extension MemcachedCompression {
     /// The threshold this choice stands for under `configuration`; `nil` for none.
-    func threshold(_ configuration: MemcachedConfiguration, key: String) throws -> Int? {
+    func threshold(_ configuration: MemcachedConfiguration, key: String) throws(MemcachedError) -> Int? {
         switch self {
         case .configured:
             return configuration.compressionThreshold

@@ -82,7 +82,7 @@ public struct MemcachedExpiration: Sendable, Hashable, CustomStringConvertible {
     ///
     /// - Parameter now: The current Unix time, used for relative expirations over 30 days.
     /// - Throws: ``MemcachedError/Code/invalidArguments`` for an expiration memcached cannot hold.
-    func wireValue(now: () -> Int64 = { Int64(Date().timeIntervalSince1970) }) throws -> Int64 {
+    func wireValue(now: () -> Int64 = { Int64(Date().timeIntervalSince1970) }) throws(MemcachedError) -> Int64 {
         switch storage {
         case .never:
             return 0

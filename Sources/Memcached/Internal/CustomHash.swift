@@ -77,7 +77,7 @@ extension Handle {
     /// Must follow every `MEMCACHED_BEHAVIOR_HASH` (which would replace it) and precede the
     /// servers, so a consistent continuum is built with it. The caller keeps `function` alive for
     /// as long as the handle and its clones live.
-    func installCustomHash(_ function: CustomHashFunction) throws {
+    func installCustomHash(_ function: CustomHashFunction) throws(MemcachedError) {
         guard let hashkit = hashkit_create(nil) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "hashkit_create failed")
         }
