@@ -117,8 +117,10 @@ struct FilmCache: AsyncParsableCommand {
             let store: MemcachedKeyOutcome
             do {
                 store = try await client.set(Self.cacheKey, films, expiration: .seconds(expiry)) ? .applied : .declined
-            } catch let error as MemcachedError {
-                store = .failed(error)
+            } catch {
+                store = .failed(
+                    error as? MemcachedError ?? MemcachedError(code: .timeout, message: "cancelled: \(error)")
+                )
             }
             lookup = MemcachedCacheAsideResult(value: films, source: .loaded, store: store)
         } else {
@@ -130,7 +132,9 @@ struct FilmCache: AsyncParsableCommand {
         let total = stopwatch.elapsed
 
         if let error = lookup.readError {
-            warn("cannot read \(Self.cacheKey) from memcached, reading the database instead: \(error)")
+            // A read that failed first may be followed by one that found the rows.
+            let instead = lookup.source == .loaded ? ", reading the database instead" : ""
+            warn("cannot read \(Self.cacheKey) from memcached\(instead): \(error)")
         }
         switch lookup.store {
         case nil:

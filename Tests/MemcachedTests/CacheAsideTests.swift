@@ -1,8 +1,9 @@
 import Foundation
-import Memcached
 import MemcachedTestSupport
 import Synchronization
 import Testing
+
+@testable import Memcached
 
 /// `get(_:as:orSet:loadTimeout:load:)`: the seed's cache-aside example in one call, and its
 /// stampede protection, against real memcached servers.
@@ -228,42 +229,49 @@ struct CacheAsideTests {
             #expect(hit.value == "from the loader" && hit.source == .cache)
             #expect(hit.store == nil && hit.readError == nil)
 
-            // A value the server refuses (over its 1 MiB item limit, compression off): returned,
-            // and the store reported failed.
+            // A value over the configured 1 MiB limit (compression off): refused before anything
+            // is sent, and the loaded value still returned.
             let large = String(repeating: "x", count: 2 << 20)
             let refused = try await client.cacheAside("large", expiration: .seconds(60)) {
                 MemcachedStoredValue.text(large)
             }
             #expect(refused.source == .loaded && refused.value == .text(large))
-            #expect(refused.store?.isApplied == false, "\(String(describing: refused.store))")
+            #expect(refused.store?.error?.code == .valueTooLarge, "\(String(describing: refused.store))")
 
-            // Two tasks miss at once: one loads, the other gets its value.
-            let gate = AsyncGate()
-            async let first = client.cacheAside("shared", as: Int.self, expiration: .seconds(60)) {
-                await gate.wait()
-                return 7
+            // A second task misses while the first loads: it waits for that load.
+            let started = AsyncGate()
+            let release = AsyncGate()
+            let first = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await client.cacheAside("shared", as: Int.self, expiration: .seconds(60)) {
+                    started.open()
+                    await release.wait()
+                    return 7
+                }
             }
-            async let second = client.cacheAside("shared", as: Int.self, expiration: .seconds(60)) {
-                await gate.wait()
-                return 7
+            defer { release.open() }
+            await started.wait()
+            let second = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await client.cacheAside("shared", as: Int.self, expiration: .seconds(60)) { 8 }
             }
-            // Opened only once the second task has joined the first's load, or found the value.
-            try await Task.sleep(for: .milliseconds(200))
-            gate.open()
-            let sources = try await [first.source, second.source]
-            #expect(Set(sources).isSubset(of: [.loaded, .loadedByAnotherTask, .loadedByAnotherProcess, .cache]))
-            #expect(sources.filter { $0 == .loaded }.count == 1, "\(sources)")
+            try await waitUntil { client.loadFlights.waitingTasks("shared") == 1 }
+            release.open()
+            let (leader, follower) = try await (first.value, second.value)
+            #expect(leader.source == .loaded && leader.value == 7 && leader.store == .applied)
+            #expect(follower.source == .loadedByAnotherTask && follower.value == 7 && follower.store == nil)
 
-            // Another process holds the lock and stores the value: this call reports its load.
+            // Another process holds the lock and stores the value once this call polls for it.
             #expect(try await client.add("other.cache-aside-lock", "another process", expiration: .seconds(60)))
-            let storer = Task {
-                try await Task.sleep(for: .milliseconds(300))
-                try await client.set("other", "stored by the other process")
+            let missesBefore = try await Self.misses(client)
+            let waiting = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await client.cacheAside("other", as: String.self, expiration: .seconds(60)) { "loaded here" }
             }
-            let waited = try await client.cacheAside("other", as: String.self, expiration: .seconds(60)) {
-                "loaded here"
+            // Its first read and its first poll after finding the lock taken.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await Self.misses(client) < missesBefore + 2, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
             }
-            _ = try await storer.value
+            #expect(try await client.set("other", "stored by the other process"))
+            let waited = try await waiting.value
             #expect(waited.value == "stored by the other process" && waited.source == .loadedByAnotherProcess)
             #expect(waited.store == nil)
             await client.close()
@@ -272,11 +280,25 @@ struct CacheAsideTests {
         var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
         configuration.connectTimeout = .milliseconds(300)
         let client = try MemcachedClient(configuration: configuration)
-        let result = try await client.cacheAside("anything", as: Int.self, expiration: .seconds(60)) { 42 }
-        #expect(result.value == 42 && result.source == .loaded)
-        #expect(result.readError != nil, "the failed read is reported")
-        #expect(result.store?.error != nil, "the failed store is reported: \(String(describing: result.store))")
+        let unreachable: MemcachedCacheAsideResult<Int>
+        do {
+            unreachable = try await client.cacheAside("anything", as: Int.self, expiration: .seconds(60)) { 42 }
+        } catch {
+            await client.close()
+            throw error
+        }
         await client.close()
+        #expect(unreachable.value == 42 && unreachable.source == .loaded)
+        #expect(unreachable.readError != nil, "the failed read is reported")
+        #expect(
+            unreachable.store?.error != nil,
+            "the failed store is reported: \(String(describing: unreachable.store))"
+        )
+    }
+
+    /// The servers' count of reads that missed.
+    static func misses(_ client: MemcachedClient) async throws -> Int {
+        try await client.stats().reduce(0) { $0 + (Int((try? $1.result.get())?["get_misses"] ?? "") ?? 0) }
     }
 }
 

@@ -222,7 +222,7 @@ struct ClientTests {
     func serviceCancellation() async throws {
         try await withMemcached { cluster in
             let client = try makeClient(cluster, maximumConnections: 2)
-            let running = Task { try await client.run() }
+            let running = Task(executorPreference: ThreadPerJobExecutor()) { try await client.run() }
             #expect(try await client.set("k", "v"))
             running.cancel()
             try await running.value

@@ -70,7 +70,8 @@ struct PoolTests {
             defer { silent.stop() }
             // More stuck calls than Swift has cooperative threads, as if they were on them.
             let stuckCalls = max(8, ProcessInfo.processInfo.activeProcessorCount + 2)
-            let timeout = Duration.seconds(1)
+            // Scaled with the sanitizers' slowdown, as the stall bound below is a share of it.
+            let timeout = Duration.seconds(1).scaledForTests
             let client = try makeClient(servers: [silent.address], maximumConnections: stuckCalls) {
                 $0.timeout = timeout
                 $0.connectTimeout = timeout
@@ -216,7 +217,7 @@ struct PoolTests {
             var waiters: [Task<Void, any Error>] = []
             for index in 0..<4 {
                 waiters.append(
-                    Task {
+                    Task(executorPreference: ThreadPerJobExecutor()) {
                         try await client.withConnection { _ in order.withLock { $0.append(index) } }
                     }
                 )
@@ -240,7 +241,7 @@ struct PoolTests {
             let client = try makeClient(cluster, maximumConnections: 2, waitTimeout: .seconds(120))
             let done = Locked(false)
             let peakWaiters = Locked(0)
-            let sampler = Task {
+            let sampler = Task(executorPreference: ThreadPerJobExecutor()) {
                 while !done.value {
                     let waiters = client.pool.waiterCount
                     peakWaiters.withLock { $0 = max($0, waiters) }
@@ -447,7 +448,7 @@ struct PoolTests {
             let holder = try await ConnectionHolder(client)
             let gate = DispatchSemaphore(value: 0)
             let started = Locked(false)
-            let waiter = Task {
+            let waiter = Task(executorPreference: ThreadPerJobExecutor()) {
                 try await client.withConnection { connection in
                     started.withLock { $0 = true }
                     _ = gate.wait(timeout: .now() + 30)
@@ -678,7 +679,7 @@ struct PoolTests {
                 let holder = try await ConnectionHolder(client) { connection in
                     handles.withLock { $0.append(WeakHandle(connection.handle)) }
                 }
-                let waiter = Task { try await client.set("k", "v") }
+                let waiter = Task(executorPreference: ThreadPerJobExecutor()) { try await client.set("k", "v") }
                 try await waitUntil { client.pool.waiterCount == 1 }
                 try await holder.release()
                 #expect(try await waiter.value)
@@ -836,7 +837,7 @@ struct ConnectionHolder {
     ) async throws {
         let gate = gate
         let (leased, leasedContinuation) = AsyncStream<Void>.makeStream()
-        task = Task {
+        task = Task(executorPreference: ThreadPerJobExecutor()) {
             try await client.withConnection { connection in
                 defer { leasedContinuation.finish() }
                 try body(connection)

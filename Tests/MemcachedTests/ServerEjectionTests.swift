@@ -124,7 +124,8 @@ struct ServerEjectionTests {
 
         let stop = Locked(false)
         let clock = ContinuousClock()
-        let controller = Task { () -> (ContinuousClock.Instant, ContinuousClock.Instant, Duration?) in
+        let controller = Task(executorPreference: ThreadPerJobExecutor()) {
+            () -> (ContinuousClock.Instant, ContinuousClock.Instant, Duration?) in
             try? await Task.sleep(for: .seconds(1))
             let stoppedAt = clock.now
             victim.pause()
@@ -350,7 +351,7 @@ struct ServerEjectionTests {
         _ = try await client.set("big", [UInt8](repeating: 7, count: 900_000))
         var generator = SplitMix64(state: 7)
         for _ in 0..<60 {
-            let task = Task {
+            let task = Task(executorPreference: ThreadPerJobExecutor()) {
                 for _ in 0..<50 { _ = try await client.get("big", as: [UInt8].self) }
             }
             try await Task.sleep(for: .microseconds(200 + Int(generator.next() % 2_800)))
@@ -491,7 +492,8 @@ struct ServerEjectionTests {
         let stop = Locked(false)
         let clock = ContinuousClock()
         let revived = Locked<MemcachedServerProcess?>(nil)
-        let controller = Task { () -> (ContinuousClock.Instant, ContinuousClock.Instant) in
+        let controller = Task(executorPreference: ThreadPerJobExecutor()) {
+            () -> (ContinuousClock.Instant, ContinuousClock.Instant) in
             try? await Task.sleep(for: .seconds(1))
             let killedAt = clock.now
             victim.stop()

@@ -102,6 +102,10 @@ extension NIOLockedValueBox where Value == LeaseCancellationState {
 /// The bounded pool behind ``MemcachedClient``: connections cloned lazily from one template
 /// handle, the threads their blocking calls run on, and the tasks waiting for a connection.
 ///
+/// Its decisions are ``PoolStateMachine``'s, a value this class keeps under its lock and feeds
+/// with events; the class only carries them out: it clones and frees handles, runs work on its
+/// threads, resumes continuations and keeps the timer.
+///
 /// A command that finds a connection (idle, or a new clone while there is room) submits its work
 /// to the pool's `NIOThreadPool` and suspends on one continuation, which the thread resumes with
 /// the result. A command that finds every connection leased queues *its work* instead of itself:
@@ -112,67 +116,56 @@ extension NIOLockedValueBox where Value == LeaseCancellationState {
 /// waiting task is therefore resumed once, with its command's result: no hop to the cooperative
 /// pool to receive a connection and a second one to hand its work to a thread.
 ///
-/// All waiters share ``waitTimeout``, and each one's deadline is taken under the lock as it is
-/// queued, so the queue is in deadline order. Instead of a timer per wait, one sweep per pool is
-/// scheduled for the first waiter's deadline; it fails the waiters whose deadline has passed with
-/// ``MemcachedError/Code/poolTimeout`` and schedules the next sweep until the queue is empty. A
-/// waiter whose deadline passed before the sweep saw it is failed the same way when a connection
-/// comes back. The sweep is a timer on a SwiftNIO event loop thread, not a task: a task's sleep
-/// ends on Swift's cooperative pool, whose few threads any blocking caller can hold, and then the
-/// waiters would time out late by however long that caller blocks. The sweep holds the pool
-/// weakly and ``close()`` cancels it.
+/// Waiters time out on one timer per pool, set for the earliest deadline. It is a timer on a
+/// SwiftNIO event loop thread, not a task: a task's sleep ends on Swift's cooperative pool, whose
+/// few threads any blocking caller can hold, and then the waiters would time out late by however
+/// long that caller blocks. The timer holds the pool weakly and ``close()`` cancels it.
 ///
-/// A waiter leaves the queue in exactly one place, under the lock: handed a connection, failed by
-/// the sweep, cancelled, or failed by ``close()``. Whoever removes it resumes it, so it is
-/// resumed exactly once. Every state change happens under one lock; continuations are resumed and
-/// handles freed after it is released. The pool owns a `NIOThreadPool` with one thread per
-/// connection, so a leased connection always finds a free thread at once and a server that hangs
-/// holds up only the commands sent to it.
+/// A waiter leaves the queue in exactly one event, under the lock: handed a connection, timed
+/// out, cancelled, or closed. Whoever gets it from the machine resumes it, so it is resumed
+/// exactly once. Continuations are resumed and handles freed after the lock is released. The
+/// pool owns a `NIOThreadPool` with one thread per connection, so a leased connection always
+/// finds a free thread at once and a server that hangs holds up only the commands sent to it.
 ///
 /// The lock is NIO's `NIOLockedValueBox`, a `pthread_mutex_t`, rather than `Synchronization.Mutex`:
 /// on Linux `Mutex` waits on futexes that ThreadSanitizer cannot see, so every access it guards
 /// would be reported as a race and the sanitizer could not check the pool.
 final class ConnectionPool: Sendable {
-    private enum Phase {
-        case running
-        /// ``close()`` has started: no new leases; it waits for the leased connections.
-        case closing
-        /// Every handle is freed and the threads are stopped.
-        case closed
-    }
-
     /// A task queued for a connection, with the work it runs once it has one.
-    ///
-    /// Its identity is its id: cancellation removes it from the queue by `===`.
     private protocol Waiter: AnyObject, Sendable {
-        /// When the waiter gives up. Set under the lock as it is queued, read only under the lock.
-        var deadline: ContinuousClock.Instant { get }
-
         /// Runs the waiter's work on `connection`, on one of the pool's threads, takes the
         /// connection back and resumes the waiter with the result.
-        func run(_ connection: PooledConnection, in pool: ConnectionPool) -> HandOver
+        func run(_ connection: PooledConnection, in pool: ConnectionPool) -> Plan
 
         /// Resumes the waiter with `error`; its work never runs.
         func fail(_ error: any Error)
     }
 
+    /// A waiter as the state machine knows it: by identity.
+    private struct WaiterID: Hashable, Sendable {
+        let waiter: any Waiter
+
+        static func == (lhs: Self, rhs: Self) -> Bool { lhs.waiter === rhs.waiter }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(waiter)) }
+    }
+
     /// The one object a waiting command allocates: its body and its continuation.
     ///
-    /// `@unchecked Sendable` because of the two `var`s, which the waiting task sets before it
-    /// queues the waiter under the lock. From then on they are only read, by the one party that
-    /// took the waiter out of the queue under the same lock.
+    /// `@unchecked Sendable` because of the `var`, which the waiting task sets before it queues
+    /// the waiter under the lock. From then on it is only read, by the one party that took the
+    /// waiter out of the machine under the same lock.
     private final class PendingLease<R: Sendable>: Waiter, @unchecked Sendable {
         let body: @Sendable (MemcachedConnection) throws -> R
         let cancellation: LeaseCancellation
         var continuation: CheckedContinuation<R, any Error>?
-        var deadline = ContinuousClock.Instant.now
 
         init(_ body: @escaping @Sendable (MemcachedConnection) throws -> R, _ cancellation: LeaseCancellation) {
             self.body = body
             self.cancellation = cancellation
         }
 
-        func run(_ connection: PooledConnection, in pool: ConnectionPool) -> HandOver {
+        func run(_ connection: PooledConnection, in pool: ConnectionPool) -> Plan {
             pool.runLease(connection, body, continuation!, cancellation)
         }
 
@@ -192,33 +185,27 @@ final class ConnectionPool: Sendable {
     }
 
     private struct State: Sendable {
+        var machine: PoolStateMachine<PooledConnection, WaiterID>
         /// `nil` once closing.
         var template: Template?
-        /// Connections ready to lend, the most recently returned last. Empty while tasks wait.
-        var idle: [PooledConnection] = []
-        /// Connections that exist: idle, leased, or waiting to be freed, and the places of freed
-        /// connections whose fresh clone is being made for a waiter. Never above the maximum.
-        var open = 0
         /// libmemcached handles created and not yet freed, the template included.
         var liveHandles = 1
-        /// Tasks waiting for a connection, longest-waiting (and so earliest deadline) first.
-        var waiters: [any Waiter] = []
-        /// The scheduled sweep while waiters are queued, for ``close()`` and `deinit` to cancel.
-        /// At most one is scheduled.
-        var sweep: Scheduled<Void>?
-        var phase = Phase.running
-        /// The ``close()`` call waiting for `open` to reach zero.
+        /// The scheduled timer, for ``close()`` and `deinit` to cancel.
+        var timer: Scheduled<Void>?
+        /// The ``close()`` call waiting for the last connection to be freed.
         var drainWaiter: CheckedContinuation<Void, Never>?
         /// Later ``close()`` calls, waiting for the first one to finish.
         var closeFollowers: [CheckedContinuation<Void, Never>] = []
+        /// Whether ``close()`` has finished: the threads are stopped too.
+        var closed = false
     }
 
     let maximumConnections: Int
     let waitTimeout: Duration
     private let logger: Logger
     private let threadPool: NIOThreadPool
-    /// The event loop whose thread runs the sweeps: NIO's shared singleton group, so a pool
-    /// costs no thread of its own for its timer.
+    /// The event loop whose thread runs the timer: NIO's shared singleton group, so a pool
+    /// costs no thread of its own for it.
     private let timerLoop: any EventLoop
     private let state: NIOLockedValueBox<State>
 
@@ -235,7 +222,11 @@ final class ConnectionPool: Sendable {
         // A century stands in for "for ever", so that a huge timeout cannot overflow the clock.
         self.waitTimeout = min(waitTimeout, .seconds(100 * 365 * 86_400))
         self.logger = configuration.logger
-        self.state = NIOLockedValueBox(State(template: Template(template)))
+        let machine = PoolStateMachine<PooledConnection, WaiterID>(
+            maximumConnections: maximumConnections,
+            waitTimeout: self.waitTimeout
+        )
+        self.state = NIOLockedValueBox(State(machine: machine, template: Template(template)))
         threadPool = NIOThreadPool(numberOfThreads: maximumConnections)
         timerLoop = MultiThreadedEventLoopGroup.singleton.next()
         threadPool.start()
@@ -243,18 +234,16 @@ final class ConnectionPool: Sendable {
 
     deinit {
         // No lease or waiter can be left here: each keeps the pool alive. A pool that was never
-        // closed still frees its handles and stops its threads. The sweep holds the pool weakly;
+        // closed still frees its handles and stops its threads. The timer holds the pool weakly;
         // cancelled, it never runs.
-        let (idle, sweep) = state.withLockedValue { state -> ([PooledConnection]?, Scheduled<Void>?) in
-            defer { state.sweep = nil }
-            guard state.phase == .running else { return (nil, state.sweep) }
+        let (idle, timer) = state.withLockedValue { state -> ([PooledConnection], Scheduled<Void>?) in
+            defer { state.timer = nil }
             state.template?.handle.close()
             state.template = nil
-            defer { state.idle = [] }
-            return (state.idle, state.sweep)
+            guard case .close(_, let idle, _, _) = state.machine.close() else { return ([], state.timer) }
+            return (idle, state.timer)
         }
-        sweep?.cancel()
-        guard let idle else { return }
+        timer?.cancel()
         let threadPool = self.threadPool
         for connection in idle {
             // Queued items left at shutdown run with `.cancelled` on a Dispatch thread; the
@@ -280,7 +269,7 @@ final class ConnectionPool: Sendable {
         try Task.checkCancellation()
         let cancellation = LeaseCancellation()
         return try await withTaskCancellationHandler {
-            if let connection = try state.withLockedValue({ try takeConnection(&$0) }) {
+            if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
                 return try await withCheckedThrowingContinuation { continuation in
                     lend(connection, body, continuation, cancellation)
                 }
@@ -291,31 +280,43 @@ final class ConnectionPool: Sendable {
         }
     }
 
-    private func takeConnection(_ state: inout State) throws -> PooledConnection? {
-        guard state.phase == .running else {
-            throw MemcachedError.poolClosed()
-        }
-        if let connection = state.idle.popLast() {
-            return connection
-        }
-        guard state.open < maximumConnections else {
+    /// A connection without waiting, or `nil` when every one is leased.
+    private func immediateConnection(_ state: inout State) throws -> PooledConnection? {
+        switch state.machine.immediateLease() {
+        case nil, .wait:
             return nil
+        case .lend(let connection):
+            return connection
+        case .create:
+            return try createConnection(&state)
+        case .fail(let refusal):
+            throw error(refusal)
         }
-        let connection = try cloneTemplate(&state)
-        state.open += 1
-        return connection
     }
 
-    /// Clones the template. It copies memory only (sockets open at a connection's first
-    /// command), so it is done under the lock, which also keeps the template single-threaded.
-    /// The caller counts the connection in `open`.
-    private func cloneTemplate(_ state: inout State) throws -> PooledConnection {
-        guard let template = state.template else {
-            throw MemcachedError.poolClosed()
+    /// Clones the template for a place the machine reserved. It copies memory only (sockets
+    /// open at a connection's first command), so it is done under the lock, which also keeps the
+    /// template single-threaded. When it fails, the place is given back; the caller reports the
+    /// error to whoever the connection was for.
+    private func createConnection(_ state: inout State) throws -> PooledConnection {
+        do {
+            guard let template = state.template else {
+                throw MemcachedError.poolClosed()
+            }
+            let connection = PooledConnection(handle: try Handle(cloning: template.handle))
+            state.liveHandles += 1
+            return connection
+        } catch {
+            // Nobody waits while a place is free, so this only gives the place back; should the
+            // machine still hand it on, that runs on one of the pool's threads.
+            var plan = Plan()
+            settle(state.machine.creationFailed(now: .now), into: &plan, &state)
+            if plan.next != nil || !plan.failures.isEmpty || plan.drained != nil {
+                let leftOver = plan
+                threadPool.submit { _ in self.carryOut(leftOver) }
+            }
+            throw error
         }
-        let connection = PooledConnection(handle: try Handle(cloning: template.handle))
-        state.liveHandles += 1
-        return connection
     }
 
     /// Runs a lease on one of the pool's threads: `body` first, then the waiters the connection
@@ -334,7 +335,7 @@ final class ConnectionPool: Sendable {
                 continuation.resume(throwing: MemcachedError.poolClosed())
                 return
             }
-            self.handOver(self.runLease(connection, body, continuation, cancellation))
+            self.carryOut(self.runLease(connection, body, continuation, cancellation))
         }
     }
 
@@ -348,30 +349,32 @@ final class ConnectionPool: Sendable {
         _ body: @Sendable (MemcachedConnection) throws -> R,
         _ continuation: CheckedContinuation<R, any Error>,
         _ cancellation: LeaseCancellation
-    ) -> HandOver {
+    ) -> Plan {
         let outcome = connection.run(body, cancellation: cancellation)
-        let returned: Returned
+        let next: Plan
         if outcome.reusable {
-            returned = .connection(connection)
+            // Taken back before the holder resumes, so that it finds the pool as its lease left
+            // it (the connection idle, or the next waiter's).
+            next = plan { $0.machine.connectionReturned(connection, now: .now) }
         } else {
             // Freed here, on this thread: freeing talks to the servers.
             connection.free()
-            returned = .place(handleFreed: true)
             logger.debug(
                 "memcached pool discarded a connection that may be out of step with a server",
                 metadata: ["error": "\(outcome.result.error.map { "\($0)" } ?? "caught by the caller")"]
             )
+            next = plan { state in
+                state.liveHandles -= 1
+                return state.machine.connectionDiscarded(now: .now)
+            }
         }
-        // Taken back before the holder resumes, so that it finds the pool as its lease left it
-        // (the connection idle, or the next waiter's).
-        let next = takeBack(returned)
         continuation.resume(with: outcome.result)
         return next
     }
 
     /// Suspends until the waiter's work has run on a connection, the deadline passes, the task is
     /// cancelled or the pool closes, whichever comes first. Each of those resumes the waiter only
-    /// after taking it out of the queue under the lock, so exactly one of them does.
+    /// after the machine gave it up under the lock, so exactly one of them does.
     private func waitForConnection<R: Sendable>(
         _ body: @escaping @Sendable (MemcachedConnection) throws -> R,
         _ cancellation: LeaseCancellation
@@ -383,12 +386,7 @@ final class ConnectionPool: Sendable {
                 enqueue(waiter)
             }
         } onCancel: {
-            let removed = state.withLockedValue { state -> Bool in
-                guard let index = state.waiters.firstIndex(where: { $0 === waiter }) else { return false }
-                state.waiters.remove(at: index)
-                return true
-            }
-            if removed {
+            if state.withLockedValue({ $0.machine.cancelled(WaiterID(waiter: waiter)) }) {
                 waiter.fail(CancellationError())
             }
         }
@@ -402,29 +400,28 @@ final class ConnectionPool: Sendable {
 
     private func enqueue<R: Sendable>(_ waiter: PendingLease<R>) {
         let enqueued = state.withLockedValue { state -> Enqueued in
-            do {
-                // Cancellation may have come before the waiter was queued, when it found nothing
-                // to remove: check here, under the same lock.
-                if Task.isCancelled {
-                    throw CancellationError()
+            // Cancellation may have come before the waiter was queued, when it found nothing to
+            // remove: check here, under the same lock.
+            if Task.isCancelled {
+                return .failed(CancellationError())
+            }
+            // A connection may have come back since the first attempt.
+            switch state.machine.leaseRequested(WaiterID(waiter: waiter), now: .now) {
+            case .lend(let connection):
+                return .lend(connection)
+            case .create:
+                do {
+                    return .lend(try createConnection(&state))
+                } catch {
+                    return .failed(error)
                 }
-                // A connection may have come back since the first attempt.
-                if let connection = try takeConnection(&state) {
-                    return .lend(connection)
-                }
-                guard waitTimeout > .zero else {
-                    throw timeoutError()
-                }
-                // Taken under the lock, so that the queue is in deadline order.
-                waiter.deadline = .now.advanced(by: waitTimeout)
-                state.waiters.append(waiter)
-                if state.sweep == nil {
-                    // Scheduled under the lock, so that `sweep` is always the one pending.
-                    state.sweep = scheduleSweep(at: waiter.deadline)
+            case .wait(let timerDeadline):
+                if let timerDeadline {
+                    state.timer = scheduleTimer(at: timerDeadline)
                 }
                 return .queued
-            } catch {
-                return .failed(error)
+            case .fail(let refusal):
+                return .failed(error(refusal))
             }
         }
         switch enqueued {
@@ -439,36 +436,31 @@ final class ConnectionPool: Sendable {
 
     // MARK: - Timing out
 
-    /// Schedules a sweep for `deadline` on the timer loop. It holds the pool weakly, so that a
-    /// pending sweep never keeps a dropped pool alive. Called under the lock.
-    private func scheduleSweep(at deadline: ContinuousClock.Instant) -> Scheduled<Void> {
+    /// Schedules the timer for `deadline` on the timer loop. It holds the pool weakly, so that a
+    /// pending timer never keeps a dropped pool alive. Called under the lock.
+    private func scheduleTimer(at deadline: ContinuousClock.Instant) -> Scheduled<Void> {
         let delay = ContinuousClock.now.duration(to: deadline)
         // Never more than a century (``waitTimeout`` is capped there), so it fits in nanoseconds.
         let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
         return timerLoop.scheduleTask(in: .nanoseconds(max(0, nanoseconds))) { [weak self] in
-            self?.failExpiredWaiters()
+            self?.timerFired(scheduledFor: deadline)
         }
     }
 
-    /// Fails every waiter whose deadline has passed with ``MemcachedError/Code/poolTimeout`` and
-    /// schedules the next sweep for the first remaining waiter, if any; with the queue empty the
-    /// next waiter schedules one.
-    private func failExpiredWaiters() {
-        let now = ContinuousClock.now
-        let expired = state.withLockedValue { state -> [any Waiter] in
-            let count = state.waiters.prefix { $0.deadline <= now }.count
-            let expired = Array(state.waiters.prefix(count))
-            state.waiters.removeFirst(count)
-            // Closing cancels the sweep and empties the queue; a sweep already running finds it empty.
-            if let first = state.waiters.first, state.phase == .running {
-                state.sweep = scheduleSweep(at: first.deadline)
-            } else {
-                state.sweep = nil
+    /// Fails the waiters whose deadline has passed with ``MemcachedError/Code/poolTimeout`` and
+    /// sets the timer for the next one, as the machine says.
+    private func timerFired(scheduledFor deadline: ContinuousClock.Instant) {
+        let expired = state.withLockedValue { state -> [WaiterID] in
+            let (expired, next) = state.machine.deadlinePassed(scheduledFor: deadline, now: .now)
+            if let next {
+                state.timer = scheduleTimer(at: next)
+            } else if state.machine.timer == nil {
+                state.timer = nil
             }
             return expired
         }
         for waiter in expired {
-            waiter.fail(timeoutError())
+            waiter.waiter.fail(timeoutError())
         }
     }
 
@@ -479,118 +471,125 @@ final class ConnectionPool: Sendable {
         )
     }
 
+    private func error(_ refusal: PoolStateMachine<PooledConnection, WaiterID>.Refusal) -> MemcachedError {
+        switch refusal {
+        case .closed: MemcachedError.poolClosed()
+        case .timedOut: timeoutError()
+        }
+    }
+
     // MARK: - Returning
 
-    /// What a finished lease gives back.
-    private enum Returned {
-        /// The connection, to lend again.
-        case connection(PooledConnection)
-        /// Only its place in `open`: the connection was freed. `handleFreed` when its handle is
-        /// not yet subtracted from `liveHandles`.
-        case place(handleFreed: Bool)
+    /// What the thread that took a connection back does after the lock is released.
+    private struct Plan {
+        /// Waiters to fail, and why.
+        var failures: [(any Waiter, any Error)] = []
+        /// What to do with the connection.
+        var next: Next?
+        /// ``close()``, to resume: the last connection is freed.
+        var drained: CheckedContinuation<Void, Never>?
+
+        enum Next {
+            /// Run the waiter's work on the connection.
+            case lend(any Waiter, PooledConnection)
+            /// Free the connection: the pool is closing.
+            case free(PooledConnection)
+        }
     }
 
-    /// What the thread that took a connection back does next, after the lock is released.
-    private enum HandOver {
-        case done
-        /// Run the waiter's work on the connection.
-        case lend(any Waiter, PooledConnection)
-        /// Fail the waiter with `poolTimeout`, then offer what was returned to the next one.
-        case expire(any Waiter, then: Returned)
-        /// Fail the waiter (a fresh clone could not be made), then offer the place to the next one.
-        case fail(any Waiter, any Error)
-        /// Free the connection: the pool is closing.
-        case free(PooledConnection)
-        /// Resume ``close()``: the last connection is freed.
-        case drained(CheckedContinuation<Void, Never>)
+    /// Applies an event to the machine under the lock and turns its outcome into a plan.
+    private func plan(
+        _ event: (inout State) -> PoolStateMachine<PooledConnection, WaiterID>.ReturnOutcome
+    ) -> Plan {
+        state.withLockedValue { state in
+            var plan = Plan()
+            settle(event(&state), into: &plan, &state)
+            return plan
+        }
     }
 
-    /// Takes back what a lease returned: hands it to the first waiter, or makes the connection
-    /// idle, or frees it when closing.
-    private func takeBack(_ returned: Returned) -> HandOver {
-        state.withLockedValue { state -> HandOver in
-            if case .place(handleFreed: true) = returned {
-                state.liveHandles -= 1
+    /// Adds what the machine decided to `plan`. A place handed to a waiter becomes a fresh clone;
+    /// when cloning fails, that waiter fails with the error and the place goes to the next one.
+    /// Called under the lock.
+    private func settle(
+        _ outcome: PoolStateMachine<PooledConnection, WaiterID>.ReturnOutcome,
+        into plan: inout Plan,
+        _ state: inout State
+    ) {
+        var outcome = outcome
+        while true {
+            plan.failures += outcome.expired.map { ($0.waiter, timeoutError()) }
+            if outcome.drained, let drainWaiter = state.drainWaiter {
+                state.drainWaiter = nil
+                plan.drained = drainWaiter
             }
-            guard state.phase == .running else {
-                if case .connection(let connection) = returned {
-                    return .free(connection)
+            switch outcome.handing {
+            case .none:
+                return
+            case .lend(let connection, let waiter):
+                plan.next = .lend(waiter.waiter, connection)
+                return
+            case .free(let connection):
+                plan.next = .free(connection)
+                return
+            case .create(let waiter):
+                guard let template = state.template else {
+                    // Unreachable: the machine hands places out only while running.
+                    plan.failures.append((waiter.waiter, MemcachedError.poolClosed()))
+                    outcome = state.machine.creationFailed(now: .now)
+                    continue
                 }
-                state.open -= 1
-                return drainedIfEmpty(&state)
-            }
-            guard !state.waiters.isEmpty else {
-                if case .connection(let connection) = returned {
-                    state.idle.append(connection)
-                } else {
-                    state.open -= 1
-                }
-                return .done
-            }
-            let waiter = state.waiters.removeFirst()
-            if waiter.deadline <= .now {
-                // Expired before the sweep came round: it fails rather than runs late.
-                // Its handle, if freed, is counted: the next waiter gets the bare place.
-                let rest: Returned
-                if case .connection = returned {
-                    rest = returned
-                } else {
-                    rest = .place(handleFreed: false)
-                }
-                return .expire(waiter, then: rest)
-            }
-            switch returned {
-            case .connection(let connection):
-                return .lend(waiter, connection)
-            case .place:
-                // The discarded connection's place goes to the longest waiter, as a fresh clone.
                 do {
-                    return .lend(waiter, try cloneTemplate(&state))
+                    let connection = PooledConnection(handle: try Handle(cloning: template.handle))
+                    state.liveHandles += 1
+                    plan.next = .lend(waiter.waiter, connection)
+                    return
                 } catch {
-                    return .fail(waiter, error)
+                    plan.failures.append((waiter.waiter, error))
+                    outcome = state.machine.creationFailed(now: .now)
                 }
             }
         }
     }
 
-    /// Does what ``takeBack(_:)`` decided, on the thread that took the connection back, until
-    /// the connection is idle or freed: runs each waiter's work in turn on the same connection.
-    private func handOver(_ first: HandOver) {
-        var next = first
+    /// Carries out a plan on the thread that took a connection back, until the connection is idle
+    /// or freed: runs each waiter's work in turn on the same connection.
+    private func carryOut(_ first: Plan) {
+        var plan = first
         while true {
-            switch next {
-            case .done:
+            for (waiter, error) in plan.failures {
+                waiter.fail(error)
+            }
+            plan.drained?.resume()
+            switch plan.next {
+            case nil:
                 return
             case .lend(let waiter, let connection):
-                next = waiter.run(connection, in: self)
-            case .expire(let waiter, let returned):
-                waiter.fail(timeoutError())
-                next = takeBack(returned)
-            case .fail(let waiter, let error):
-                waiter.fail(error)
-                next = takeBack(.place(handleFreed: false))
+                plan = waiter.run(connection, in: self)
             case .free(let connection):
                 connection.free()
-                next = takeBack(.place(handleFreed: true))
-            case .drained(let continuation):
-                continuation.resume()
-                return
+                plan = connectionFreed()
             }
         }
     }
 
-    private func drainedIfEmpty(_ state: inout State) -> HandOver {
-        guard state.phase == .closing, state.open == 0, let continuation = state.drainWaiter else {
-            return .done
+    /// Counts a freed connection; resumes ``close()`` when it was the last.
+    private func connectionFreed() -> Plan {
+        state.withLockedValue { state in
+            state.liveHandles -= 1
+            var plan = Plan()
+            if state.machine.connectionFreed(), let drainWaiter = state.drainWaiter {
+                state.drainWaiter = nil
+                plan.drained = drainWaiter
+            }
+            return plan
         }
-        state.drainWaiter = nil
-        return .drained(continuation)
     }
 
     // MARK: - Closing
 
     private enum CloseStep {
-        case first(idle: [PooledConnection], waiters: [any Waiter], sweep: Scheduled<Void>?)
+        case first(idle: [PooledConnection], waiters: [WaiterID], timer: Scheduled<Void>?)
         case follow
         case done
     }
@@ -600,23 +599,16 @@ final class ConnectionPool: Sendable {
     /// threads. Returns when all of that is done; later calls wait for the first one.
     func close() async {
         let step = state.withLockedValue { state -> CloseStep in
-            switch state.phase {
-            case .running:
-                state.phase = .closing
+            switch state.machine.close() {
+            case .alreadyClosing:
+                return state.closed ? .done : .follow
+            case .close(let waiters, let idle, _, _):
                 // The template never opened a socket, so freeing it sends nothing.
                 state.template?.handle.close()
                 state.template = nil
                 state.liveHandles -= 1
-                defer {
-                    state.idle = []
-                    state.waiters = []
-                    state.sweep = nil
-                }
-                return .first(idle: state.idle, waiters: state.waiters, sweep: state.sweep)
-            case .closing:
-                return .follow
-            case .closed:
-                return .done
+                defer { state.timer = nil }
+                return .first(idle: idle, waiters: waiters, timer: state.timer)
             }
         }
         switch step {
@@ -625,7 +617,7 @@ final class ConnectionPool: Sendable {
         case .follow:
             await withCheckedContinuation { continuation in
                 let closed = state.withLockedValue { state in
-                    guard state.phase == .closed else {
+                    guard state.closed else {
                         state.closeFollowers.append(continuation)
                         return false
                     }
@@ -635,22 +627,22 @@ final class ConnectionPool: Sendable {
                     continuation.resume()
                 }
             }
-        case .first(let idle, let waiters, let sweep):
-            sweep?.cancel()
+        case .first(let idle, let waiters, let timer):
+            timer?.cancel()
             for waiter in waiters {
-                waiter.fail(MemcachedError.poolClosed())
+                waiter.waiter.fail(MemcachedError.poolClosed())
             }
             for connection in idle {
                 threadPool.submit { _ in
                     // Freed on one of the pool's threads, never on a cooperative one: freeing
                     // talks to the servers. The threads are not stopped before this has run.
                     connection.free()
-                    self.handOver(self.takeBack(.place(handleFreed: true)))
+                    self.carryOut(self.connectionFreed())
                 }
             }
             await withCheckedContinuation { continuation in
                 let drained = state.withLockedValue { state in
-                    guard state.open == 0 else {
+                    guard state.machine.phase == .closed else {
                         state.drainWaiter = continuation
                         return false
                     }
@@ -663,7 +655,7 @@ final class ConnectionPool: Sendable {
             // Nothing is queued or running any more, so this only joins the idle threads.
             try? await threadPool.shutdownGracefully()
             let followers = state.withLockedValue { state in
-                state.phase = .closed
+                state.closed = true
                 defer { state.closeFollowers = [] }
                 return state.closeFollowers
             }
@@ -683,18 +675,18 @@ final class ConnectionPool: Sendable {
 
     /// Connections that exist now: idle, leased or being freed.
     var openConnectionCount: Int {
-        state.withLockedValue { $0.open }
+        state.withLockedValue { $0.machine.openConnections }
     }
 
     /// Tasks waiting for a connection now.
     var waiterCount: Int {
-        state.withLockedValue { $0.waiters.count }
+        state.withLockedValue { $0.machine.waiterCount }
     }
 
-    /// Whether a sweep is scheduled: from the first queued waiter until a sweep finds the queue
+    /// Whether the timer is set: from the first queued waiter until it fires and finds the queue
     /// empty, or the pool closes.
     var isSweeping: Bool {
-        state.withLockedValue { $0.sweep != nil }
+        state.withLockedValue { $0.machine.timer != nil }
     }
 }
 

@@ -198,7 +198,7 @@ extension MemcachedClient {
             // The value may have been stored between the miss and the lock.
             let result: MemcachedCacheAsideResult<Value>
             if let cached = try await cachedValue(key, as: type, readError: &readError) {
-                result = MemcachedCacheAsideResult(value: cached, source: .cache)
+                result = MemcachedCacheAsideResult(value: cached, source: .loadedByAnotherProcess)
             } else {
                 result = try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
             }
@@ -225,9 +225,12 @@ extension MemcachedClient {
         do {
             store = try await set(key, value, expiration: expiration) ? .applied : .declined
         } catch {
+            // Only cancellation throws something else here (encoders' errors arrive as
+            // `unencodableValue`); it is reported as the library's own calls report a call
+            // stopped by cancellation, with `timeout`.
             store = .failed(
                 error as? MemcachedError
-                    ?? MemcachedError(code: .timeout, message: "the store was cancelled: \(error)", key: key)
+                    ?? MemcachedError(code: .timeout, message: "the call was cancelled before the store", key: key)
             )
         }
         if store != .applied {
@@ -249,9 +252,12 @@ public struct MemcachedCacheAsideResult<Value: Sendable>: Sendable {
         case cache
         /// This call ran the load.
         case loaded
-        /// Another task of the same client loaded it while this call waited.
+        /// Another task of the same client got it while this call waited for that task: loaded
+        /// it, or found it stored by another process.
         case loadedByAnotherTask
-        /// Another process (or client) loaded it while this call waited for its lock in memcached.
+        /// Somebody else (another process or client, most likely holding the lock in memcached)
+        /// stored it after this call's first read missed: found while waiting for the lock, or
+        /// right after taking it.
         case loadedByAnotherProcess
     }
 
@@ -360,6 +366,13 @@ final class LoadFlights: Sendable {
 
         private let state = Mutex(State.running(Waiting()))
 
+        /// Tasks waiting for this load now.
+        var waitingTasks: Int {
+            state.withLock { state in
+                if case .running(let waiting) = state { waiting.continuations.count } else { 0 }
+            }
+        }
+
         /// Waits for the load, at most `limit`; a cancelled waiter stops waiting at once.
         func outcome(waitingAtMost limit: Duration) async -> Outcome {
             let id: UInt64? = state.withLock { state in
@@ -454,6 +467,11 @@ final class LoadFlights: Sendable {
             flights[key] = flight
             return .leader(flight)
         }
+    }
+
+    /// Tasks waiting for the load of `key` now (for tests, which wait for a follower to join).
+    func waitingTasks(_ key: String) -> Int {
+        flights.withLock { $0[key] }?.waitingTasks ?? 0
     }
 
     /// A waiter of `stale`, whose load outlived its wait: leads a new flight if `stale` is still
