@@ -253,13 +253,22 @@ func withClient<R>(
 }
 
 /// Creates a client for a cluster with short timeouts.
+///
+/// Reads are not coalesced unless asked: the pool tests count one waiter per waiting command.
 func makeClient(
     _ cluster: MemcachedCluster,
     maximumConnections: Int,
     waitTimeout: Duration = .seconds(5),
+    coalescesReads: Bool = false,
     _ adjust: (inout MemcachedConfiguration) -> Void = { _ in }
 ) throws -> MemcachedClient {
-    try makeClient(servers: cluster.addresses, maximumConnections: maximumConnections, waitTimeout: waitTimeout, adjust)
+    try makeClient(
+        servers: cluster.addresses,
+        maximumConnections: maximumConnections,
+        waitTimeout: waitTimeout,
+        coalescesReads: coalescesReads,
+        adjust
+    )
 }
 
 /// Creates a client for servers with short timeouts.
@@ -267,6 +276,7 @@ func makeClient(
     servers: [String],
     maximumConnections: Int,
     waitTimeout: Duration = .seconds(5),
+    coalescesReads: Bool = false,
     _ adjust: (inout MemcachedConfiguration) -> Void = { _ in }
 ) throws -> MemcachedClient {
     var configuration = try MemcachedConfiguration(servers: servers)
@@ -276,6 +286,7 @@ func makeClient(
     var options = MemcachedClient.Options()
     options.maximumConnections = maximumConnections
     options.connectionWaitTimeout = waitTimeout
+    options.coalescesReads = coalescesReads
     return try MemcachedClient(configuration: configuration, options: options)
 }
 

@@ -6,7 +6,7 @@ import Testing
 /// The one rule for multi-key commands when some of their servers fail, each case against real
 /// servers: a server that is down (refuses connections) or hangs up mid-reply is skipped, and its
 /// keys are failures of `getMulti`, `setMulti` and `deleteMulti`; a server that does not answer in
-/// time ends `getMulti`'s read, failing every key not read yet with `timeout` (every time, never
+/// time ends `getMulti`'s read, failing its keys with `timeout` (every time, never
 /// an empty success), and the keys `setMulti` and `deleteMulti` could not finish in time are
 /// reported per key. ErrorHandling.md states the rule.
 @Suite("Multi-key commands when some servers fail", .offCooperativePool)

@@ -130,15 +130,20 @@ extension NIOLockedValueBox where Value == LeaseCancellationState {
 /// The lock is NIO's `NIOLockedValueBox`, a `pthread_mutex_t`, rather than `Synchronization.Mutex`:
 /// on Linux `Mutex` waits on futexes that ThreadSanitizer cannot see, so every access it guards
 /// would be reported as a race and the sanitizer could not check the pool.
+@usableFromInline
 final class ConnectionPool: Sendable {
-    /// A task queued for a connection, with the work it runs once it has one.
-    private protocol Waiter: AnyObject, Sendable {
+    /// A task queued for a connection, with the work it runs once it has one; or a batch of
+    /// single-key reads (``ReadBatch``).
+    protocol Waiter: AnyObject, Sendable {
         /// Runs the waiter's work on `connection`, on one of the pool's threads, takes the
         /// connection back and resumes the waiter with the result.
         func run(_ connection: PooledConnection, in pool: ConnectionPool) -> Plan
 
         /// Resumes the waiter with `error`; its work never runs.
         func fail(_ error: any Error)
+
+        /// The waiter's wait reached ``waitTimeout``.
+        func timeOut(in pool: ConnectionPool)
     }
 
     /// A waiter as the state machine knows it: by identity.
@@ -172,6 +177,10 @@ final class ConnectionPool: Sendable {
         func fail(_ error: any Error) {
             continuation!.resume(throwing: error)
         }
+
+        func timeOut(in pool: ConnectionPool) {
+            fail(pool.timeoutError())
+        }
     }
 
     /// The handle every connection is cloned from. It never runs a command, so it never opens a
@@ -198,10 +207,28 @@ final class ConnectionPool: Sendable {
         var closeFollowers: [CheckedContinuation<Void, Never>] = []
         /// Whether ``close()`` has finished: the threads are stopped too.
         var closed = false
+        /// The batch of reads that later reads join: queued, not yet handed a connection.
+        var formingBatch: ReadBatch?
+        /// Reads in batches waiting for a connection.
+        var queuedReads = 0
+        /// Batches served, and the reads they served.
+        var batchesServed = 0
+        var readsServedInBatches = 0
+
+        /// Called whenever a waiter leaves the machine's queue: a batch that left takes no more reads.
+        mutating func left(_ waiter: any Waiter) {
+            guard let batch = waiter as? ReadBatch else { return }
+            queuedReads -= batch.count
+            if batch === formingBatch {
+                formingBatch = nil
+            }
+        }
     }
 
     let maximumConnections: Int
     let waitTimeout: Duration
+    /// The most reads one ``ReadBatch`` serves.
+    let maximumBatchSize: Int
     private let logger: Logger
     private let threadPool: NIOThreadPool
     /// The event loop whose thread runs the timer: NIO's shared singleton group, so a pool
@@ -209,9 +236,17 @@ final class ConnectionPool: Sendable {
     private let timerLoop: any EventLoop
     private let state: NIOLockedValueBox<State>
 
-    init(configuration: MemcachedConfiguration, maximumConnections: Int, waitTimeout: Duration) throws {
+    init(
+        configuration: MemcachedConfiguration,
+        maximumConnections: Int,
+        waitTimeout: Duration,
+        maximumBatchSize: Int = 64
+    ) throws {
         guard maximumConnections >= 1 else {
             throw MemcachedError(code: .invalidConfiguration, message: "maximumConnections must be at least 1")
+        }
+        guard maximumBatchSize >= 1 else {
+            throw MemcachedError(code: .invalidConfiguration, message: "maximumCoalescedReads must be at least 1")
         }
         guard waitTimeout >= .zero else {
             throw MemcachedError(code: .invalidConfiguration, message: "connectionWaitTimeout must not be negative")
@@ -219,6 +254,7 @@ final class ConnectionPool: Sendable {
         // Creating the template checks the whole configuration now, not at the first command.
         let template = try Handle(configuration: configuration)
         self.maximumConnections = maximumConnections
+        self.maximumBatchSize = maximumBatchSize
         // A century stands in for "for ever", so that a huge timeout cannot overflow the clock.
         self.waitTimeout = min(waitTimeout, .seconds(100 * 365 * 86_400))
         self.logger = configuration.logger
@@ -311,7 +347,7 @@ final class ConnectionPool: Sendable {
             // machine still hand it on, that runs on one of the pool's threads.
             var plan = Plan()
             settle(state.machine.creationFailed(now: .now), into: &plan, &state)
-            if plan.next != nil || !plan.failures.isEmpty || plan.drained != nil {
+            if plan.next != nil || !plan.failures.isEmpty || !plan.expired.isEmpty || plan.drained != nil {
                 let leftOver = plan
                 threadPool.submit { _ in self.carryOut(leftOver) }
             }
@@ -351,25 +387,29 @@ final class ConnectionPool: Sendable {
         _ cancellation: LeaseCancellation
     ) -> Plan {
         let outcome = connection.run(body, cancellation: cancellation)
-        let next: Plan
-        if outcome.reusable {
-            // Taken back before the holder resumes, so that it finds the pool as its lease left
-            // it (the connection idle, or the next waiter's).
-            next = plan { $0.machine.connectionReturned(connection, now: .now) }
-        } else {
-            // Freed here, on this thread: freeing talks to the servers.
-            connection.free()
-            logger.debug(
-                "memcached pool discarded a connection that may be out of step with a server",
-                metadata: ["error": "\(outcome.result.error.map { "\($0)" } ?? "caught by the caller")"]
-            )
-            next = plan { state in
-                state.liveHandles -= 1
-                return state.machine.connectionDiscarded(now: .now)
-            }
-        }
+        // Taken back before the holder resumes, so that it finds the pool as its lease left it
+        // (the connection idle, or the next waiter's).
+        let next = takeBack(connection, reusable: outcome.reusable, failure: outcome.result.error)
         continuation.resume(with: outcome.result)
         return next
+    }
+
+    /// Takes a connection back after a lease: to lend again, or, when it may be out of step with
+    /// a server, freed here (on the calling thread, one of the pool's: freeing talks to the
+    /// servers) and its place given on.
+    private func takeBack(_ connection: PooledConnection, reusable: Bool, failure: (any Error)?) -> Plan {
+        if reusable {
+            return plan { $0.machine.connectionReturned(connection, now: .now) }
+        }
+        connection.free()
+        logger.debug(
+            "memcached pool discarded a connection that may be out of step with a server",
+            metadata: ["error": "\(failure.map { "\($0)" } ?? "caught by the caller")"]
+        )
+        return plan { state in
+            state.liveHandles -= 1
+            return state.machine.connectionDiscarded(now: .now)
+        }
     }
 
     /// Suspends until the waiter's work has run on a connection, the deadline passes, the task is
@@ -434,6 +474,149 @@ final class ConnectionPool: Sendable {
         }
     }
 
+    // MARK: - Coalesced reads
+
+    /// Reads one key. With a connection free, as a lease of its own; otherwise the read joins the
+    /// batch that waits for the next free connection (or starts one), and that connection serves
+    /// the whole batch with one multi-get (``ReadBatch``).
+    ///
+    /// - Parameter decode: Decodes a hit as the caller's type.
+    /// - Returns: The decoded value, or `nil` for a miss.
+    /// - Throws: As ``withConnection(_:)`` does, and the key's own error: an invalid key (before
+    ///   anything is queued), a value that does not decode, its server's failure.
+    @usableFromInline
+    func read(
+        _ key: String,
+        decode:
+            @escaping @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
+    ) async throws -> (any Sendable)? {
+        try Task.checkCancellation()
+        // An invalid key fails alone, never the batch it would join.
+        var bytes = key
+        try bytes.withUTF8 { _ = try validateKey($0, key: key) }
+        let immediate = try state.withLockedValue { try immediateConnection(&$0) }
+        if let immediate {
+            let cancellation = LeaseCancellation()
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    lend(
+                        immediate,
+                        { connection in try connection.read(key, decode: decode) },
+                        continuation,
+                        cancellation
+                    )
+                }
+            } onCancel: {
+                cancellation.cancel()
+            }
+        }
+        let read = CoalescedRead(key: key, deadline: .now.advanced(by: waitTimeout), decode: decode)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if read.wait(with: continuation) {
+                    join(read)
+                }
+            }
+        } onCancel: {
+            read.cancel()
+            readCancelled(read)
+        }
+    }
+
+    /// A batch whose every read was cancelled leaves the queue: nobody waits for it any more.
+    private func readCancelled(_ read: CoalescedRead) {
+        state.withLockedValue { state in
+            guard let batch = read.batch else { return }
+            batch.waitingReads -= 1
+            if batch.waitingReads == 0, state.machine.cancelled(WaiterID(waiter: batch)) {
+                state.left(batch)
+            }
+        }
+    }
+
+    /// A batch waited ``waitTimeout``: its reads that waited that long fail with
+    /// ``MemcachedError/Code/poolTimeout``; those that joined later wait on in the next batch,
+    /// so that each read waits at least its own full ``waitTimeout`` (and at most twice that).
+    func batchTimedOut(_ batch: ReadBatch) {
+        let now = ContinuousClock.now
+        for reads in batch.reads.values {
+            for read in reads where read.isWaiting {
+                if read.deadline <= now {
+                    read.fail(timeoutError())
+                } else {
+                    join(read)
+                }
+            }
+        }
+    }
+
+    private enum Joined {
+        case joined
+        case run(ReadBatch, PooledConnection)
+        case failed(ReadBatch, any Error)
+    }
+
+    /// Adds a read to the forming batch, or starts a batch: queued for the next free connection,
+    /// or run at once on one that came free since.
+    private func join(_ read: CoalescedRead) {
+        let joined = state.withLockedValue { state -> Joined in
+            if let batch = state.formingBatch, batch.count < maximumBatchSize, batch.canTake(read) {
+                batch.add(read)
+                state.queuedReads += 1
+                return .joined
+            }
+            let batch = ReadBatch(read)
+            read.batch = batch
+            switch state.machine.leaseRequested(WaiterID(waiter: batch), now: .now) {
+            case .lend(let connection):
+                return .run(batch, connection)
+            case .create:
+                do {
+                    return .run(batch, try createConnection(&state))
+                } catch {
+                    return .failed(batch, error)
+                }
+            case .wait(let timerDeadline):
+                if let timerDeadline {
+                    state.timer = scheduleTimer(at: timerDeadline)
+                }
+                state.formingBatch = batch
+                state.queuedReads += 1
+                return .joined
+            case .fail(let refusal):
+                return .failed(batch, error(refusal))
+            }
+        }
+        switch joined {
+        case .joined:
+            break
+        case .run(let batch, let connection):
+            threadPool.submit { work in
+                guard work == .active else {
+                    batch.fail(MemcachedError.poolClosed())
+                    return
+                }
+                self.carryOut(self.runBatch(batch, on: connection))
+            }
+        case .failed(let batch, let error):
+            batch.fail(error)
+        }
+    }
+
+    /// Serves a batch on `connection` and takes the connection back, as ``runLease`` does for one
+    /// lease. Called on one of the pool's threads.
+    func runBatch(_ batch: ReadBatch, on connection: PooledConnection) -> Plan {
+        state.withLockedValue { state in
+            state.batchesServed += 1
+            state.readsServedInBatches += batch.count
+        }
+        let outcome = connection.run({ try batch.read(on: $0) }, cancellation: LeaseCancellation())
+        if case .failure(let error) = outcome.result {
+            batch.fail(error)
+        }
+        return takeBack(connection, reusable: outcome.reusable, failure: outcome.result.error)
+    }
+
     // MARK: - Timing out
 
     /// Schedules the timer for `deadline` on the timer loop. It holds the pool weakly, so that a
@@ -452,6 +635,9 @@ final class ConnectionPool: Sendable {
     private func timerFired(scheduledFor deadline: ContinuousClock.Instant) {
         let expired = state.withLockedValue { state -> [WaiterID] in
             let (expired, next) = state.machine.deadlinePassed(scheduledFor: deadline, now: .now)
+            for waiter in expired {
+                state.left(waiter.waiter)
+            }
             if let next {
                 state.timer = scheduleTimer(at: next)
             } else if state.machine.timer == nil {
@@ -460,11 +646,11 @@ final class ConnectionPool: Sendable {
             return expired
         }
         for waiter in expired {
-            waiter.waiter.fail(timeoutError())
+            waiter.waiter.timeOut(in: self)
         }
     }
 
-    private func timeoutError() -> MemcachedError {
+    func timeoutError() -> MemcachedError {
         MemcachedError(
             code: .poolTimeout,
             message: "no connection became free within \(waitTimeout); all \(maximumConnections) were in use"
@@ -481,9 +667,11 @@ final class ConnectionPool: Sendable {
     // MARK: - Returning
 
     /// What the thread that took a connection back does after the lock is released.
-    private struct Plan {
+    struct Plan {
         /// Waiters to fail, and why.
         var failures: [(any Waiter, any Error)] = []
+        /// Waiters whose wait reached ``waitTimeout`` before a connection came.
+        var expired: [any Waiter] = []
         /// What to do with the connection.
         var next: Next?
         /// ``close()``, to resume: the last connection is freed.
@@ -518,7 +706,10 @@ final class ConnectionPool: Sendable {
     ) {
         var outcome = outcome
         while true {
-            plan.failures += outcome.expired.map { ($0.waiter, timeoutError()) }
+            for waiter in outcome.expired {
+                state.left(waiter.waiter)
+                plan.expired.append(waiter.waiter)
+            }
             if outcome.drained, let drainWaiter = state.drainWaiter {
                 state.drainWaiter = nil
                 plan.drained = drainWaiter
@@ -527,12 +718,14 @@ final class ConnectionPool: Sendable {
             case .none:
                 return
             case .lend(let connection, let waiter):
+                state.left(waiter.waiter)
                 plan.next = .lend(waiter.waiter, connection)
                 return
             case .free(let connection):
                 plan.next = .free(connection)
                 return
             case .create(let waiter):
+                state.left(waiter.waiter)
                 guard let template = state.template else {
                     // Unreachable: the machine hands places out only while running.
                     plan.failures.append((waiter.waiter, MemcachedError.poolClosed()))
@@ -557,6 +750,9 @@ final class ConnectionPool: Sendable {
     private func carryOut(_ first: Plan) {
         var plan = first
         while true {
+            for waiter in plan.expired {
+                waiter.timeOut(in: self)
+            }
             for (waiter, error) in plan.failures {
                 waiter.fail(error)
             }
@@ -607,6 +803,8 @@ final class ConnectionPool: Sendable {
                 state.template?.handle.close()
                 state.template = nil
                 state.liveHandles -= 1
+                state.formingBatch = nil
+                state.queuedReads = 0
                 defer { state.timer = nil }
                 return .first(idle: idle, waiters: waiters, timer: state.timer)
             }
@@ -681,6 +879,16 @@ final class ConnectionPool: Sendable {
     /// Tasks waiting for a connection now.
     var waiterCount: Int {
         state.withLockedValue { $0.machine.waiterCount }
+    }
+
+    /// Reads waiting in batches for a connection (``MemcachedClient/Options/coalescesReads``).
+    var queuedReadCount: Int {
+        state.withLockedValue { $0.queuedReads }
+    }
+
+    /// Batches of coalesced reads served so far, and the reads they served.
+    var coalescedReads: (batches: Int, reads: Int) {
+        state.withLockedValue { ($0.batchesServed, $0.readsServedInBatches) }
     }
 
     /// Whether the timer is set: from the first queued waiter until it fires and finds the queue

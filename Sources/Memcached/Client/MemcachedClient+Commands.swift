@@ -16,12 +16,21 @@ extension MemcachedClient {
     ///   ``MemcachedError/Code/poolTimeout`` or ``MemcachedError/Code/poolClosed`` when no
     ///   connection could be leased; `CancellationError` when the task was cancelled before or
     ///   during the command.
+    ///
+    /// When every connection is busy, the read joins the others waiting for the next free one,
+    /// which serves them all with one multi-get (``Options/coalescesReads``).
     @inlinable
     public func get<Value: MemcachedValue & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self
     ) async throws -> Value? {
-        try await withConnection { try $0.get(key, as: type) }
+        guard options.coalescesReads else {
+            return try await withConnection { try $0.get(key, as: type) }
+        }
+        let value = try await pool.read(key) { bytes, flags, context in
+            try Value(memcachedBytes: bytes, flags: flags, context: context)
+        }
+        return value.map { $0 as! Value }
     }
 
     /// Reads many keys in one round trip per server, as python-memcached's `get_multi`.

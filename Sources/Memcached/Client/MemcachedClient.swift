@@ -99,6 +99,21 @@ public final class MemcachedClient: Sendable {
         /// negative.
         public var connectionWaitTimeout: Duration = .seconds(5)
 
+        /// Whether single-key reads that find every connection busy are served together: ``get(_:as:)``
+        /// calls waiting for a connection join one batch, which the next free connection reads
+        /// with one multi-get (one round trip per server) before answering each caller with its
+        /// own value, miss or error, decoded as its own type.
+        ///
+        /// A read never waits for a batch to fill: it waits only for a connection, as any command
+        /// does, and with a connection free it runs alone. Reads of one key in a batch are fetched
+        /// once. A server that fails fails only the reads of its keys; a cancelled caller leaves
+        /// at once and the others are not disturbed. The default is `true`.
+        public var coalescesReads = true
+
+        /// The most reads one coalesced batch serves (``coalescesReads``); later reads start the
+        /// next batch. Must be at least 1. The default is 64.
+        public var maximumCoalescedReads = 64
+
         /// Creates options with every field at its default.
         public init() {}
     }
@@ -109,6 +124,7 @@ public final class MemcachedClient: Sendable {
     /// The pool's size and waiting limit.
     public let options: Options
 
+    @usableFromInline
     let pool: ConnectionPool
 
     /// The cache-aside loads in progress, so that tasks missing the same key share one load.
@@ -131,7 +147,8 @@ public final class MemcachedClient: Sendable {
         self.pool = try ConnectionPool(
             configuration: configuration,
             maximumConnections: options.maximumConnections,
-            waitTimeout: options.connectionWaitTimeout
+            waitTimeout: options.connectionWaitTimeout,
+            maximumBatchSize: options.maximumCoalescedReads
         )
     }
 

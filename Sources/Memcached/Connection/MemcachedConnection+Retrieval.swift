@@ -23,6 +23,19 @@ extension MemcachedConnection {
         return value
     }
 
+    /// ``get(_:as:)`` with the decoding passed in: the pool's reads, whose callers' types it
+    /// does not know.
+    func read(
+        _ key: String,
+        decode: (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
+    ) throws -> (any Sendable)? {
+        var value: (any Sendable)?
+        try fetchOne(key, command: "get") { bytes, flags, _ in
+            value = try decode(bytes, flags, codingContext)
+        }
+        return value
+    }
+
     // MARK: - gets
 
     /// Reads a key together with its compare-and-swap token, for a later
@@ -181,10 +194,11 @@ extension MemcachedConnection {
         var settled = [Bool](repeating: false, count: keys.count)
         var readToTheEnd = false
         var hitError: (any Error)?
+        // The keys' places in `batch`, when the keys of servers that are down were left out.
+        var positions: [Int]?
         do {
             try handle.withDeadline {
                 // The keys of servers that are down (ServerHealth) fail at once, not after a timeout.
-                var positions: [Int]?
                 if let health = handle.health, _slowPath(!health.allHealthy) {
                     let down = handle.serversToLeaveOut(health)
                     if !down.isEmpty {
@@ -238,13 +252,33 @@ extension MemcachedConnection {
             if handle.deadline.isCancelled {
                 throw CancellationError()
             }
+            // Stopped by its deadline: the keys of servers that had answered in full were
+            // answered (a hit was handed over), so only the others fail.
+            let unfinished = readToTheEnd ? nil : handle.takeUnfinishedServers()
+            let places = unfinished.map { _ in Self.places(of: positions, count: keys.count) }
             for index in keys.indices where readToTheEnd || !settled[index] {
+                if let unfinished, let place = places?[index],
+                    batch.withKey(at: place, { handle.server(ofKey: $0, amongst: unfinished) }) == nil
+                {
+                    continue
+                }
                 var failure = error
                 failure.key = keys[index]
                 failures[keys[index]] = failure
             }
         }
         return failures
+    }
+
+    /// Each key's place in the batch sent, by the key's index: `positions` lists the keys sent
+    /// by their index, when some were left out.
+    private static func places(of positions: [Int]?, count: Int) -> [Int?] {
+        guard let positions else { return Array(0..<count) }
+        var places = [Int?](repeating: nil, count: count)
+        for (place, index) in positions.enumerated() {
+            places[index] = place
+        }
+        return places
     }
 
     /// Fails the unanswered keys of servers the request never reached or that hung up mid-reply.

@@ -200,11 +200,18 @@ public final class MemcachedConnection {
                 return try bytes.withUnsafeBytes { try decode($0, flags) }
             }
             return try decode(item.value, flags)
-        } catch let error as MemcachedError {
-            throw error.with(key: key)
         } catch {
-            throw MemcachedError(code: .undecodableValue, message: "cannot decode the value: \(error)", key: key)
+            throw Self.decodingFailure(error, key: key)
         }
+    }
+
+    /// The error of a value that did not decode: a ``MemcachedError`` the decoder threw, with the
+    /// key, or ``MemcachedError/Code/undecodableValue`` around any other error.
+    static func decodingFailure(_ error: any Error, key: String) -> MemcachedError {
+        if let error = error as? MemcachedError {
+            return error.with(key: key)
+        }
+        return MemcachedError(code: .undecodableValue, message: "cannot decode the value: \(error)", key: key)
     }
 
     // MARK: - Logging

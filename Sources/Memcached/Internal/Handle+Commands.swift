@@ -610,6 +610,20 @@ extension Handle {
                 bodyError = error
             }
         }
+        // For a read stopped by its deadline: notes the servers that had not answered in full.
+        // The hit read last waits for the next read to show its reply was whole: when its server
+        // has answered in full, it was, and it is handed over; otherwise its key fails too.
+        func noteUnfinished() {
+            guard tracksServers else { return }
+            noteUnfinishedServers()
+            if let hit = pending, let unfinished = unfinishedServers,
+                let server = batch.withKey(at: hit.index, { serverDescription(forKey: $0) }),
+                !unfinished.contains(server)
+            {
+                pending = nil
+                handOver(hit)
+            }
+        }
         while try fetch(pointer, into: reading, itemsSoFar: items, command: command, &fetchRC) {
             items += 1
             // memcached answers each key at most once: more values than keys is a flood.
@@ -624,6 +638,7 @@ extension Handle {
             // A server that keeps sending (or a slow `body`) must not hold the call past its
             // deadline; the rest of the reply stays unread, so the connection is reset.
             if _slowPath(isPastDeadline) {
+                noteUnfinished()
                 if let health { chargeServersThatOweReplies(health) }
                 resetConnections()
                 throw deadlineError()
@@ -637,6 +652,7 @@ extension Handle {
         // The watchdog's shut-down sockets read as servers that hung up, whose keys a multi-get
         // reports as misses: they are not misses.
         if _slowPath(deadline.wasInterrupted) {
+            noteUnfinished()
             if let health { chargeServersThatOweReplies(health) }
             resetConnections()
             throw deadlineError()
@@ -657,6 +673,9 @@ extension Handle {
                 throw malformedReply("a reply that did not end with END", command: command)
             }
         default:
+            if fetchRC == MEMCACHED_TIMEOUT {
+                noteUnfinished()
+            }
             throw failure(fetchRC, command: command)
         }
         if let health {

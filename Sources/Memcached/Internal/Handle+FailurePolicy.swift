@@ -201,15 +201,38 @@ extension Handle {
     /// full: one still owing replies (a timeout leaves the count) or whose socket libmemcached
     /// closed on an error (which zeroes it). Servers that finished keep their sockets.
     func chargeServersThatOweReplies(_ health: ServerHealth, quick: Bool = false) {
-        guard let pointer, !deadline.isCancelled else { return }
+        guard !deadline.isCancelled else { return }
+        for server in serversOwingReplies() {
+            health.recordFailure(server, quick: quick)
+        }
+        forgetAskedServers()
+    }
+
+    /// The servers the multi-key read in flight asked that have not answered in full: still
+    /// owing replies, or with the socket closed. Read before the connections are reset.
+    func serversOwingReplies() -> Set<String> {
+        guard let pointer else { return [] }
+        var servers: Set<String> = []
         for position in askedServers.indices where askedServers[position] {
             guard let instance = memcached_server_instance_by_position(pointer, UInt32(position)) else { continue }
             let closed = ServerConnectionState.isAvailable && ServerConnectionState.descriptor(of: instance) == nil
             if memcached_server_response_count(instance) > 0 || closed {
-                health.recordFailure(Self.describe(instance), quick: quick)
+                servers.insert(Self.describe(instance))
             }
         }
-        forgetAskedServers()
+        return servers
+    }
+
+    /// Notes, for a multi-key read stopped by its deadline, which servers had not answered in
+    /// full (``unfinishedServers``): the keys of the others were answered, hits or misses.
+    func noteUnfinishedServers() {
+        unfinishedServers = askedServers.contains(true) ? serversOwingReplies() : nil
+    }
+
+    /// The servers ``noteUnfinishedServers()`` noted for the read that just failed, once.
+    func takeUnfinishedServers() -> Set<String>? {
+        defer { unfinishedServers = nil }
+        return unfinishedServers
     }
 
     func forgetAskedServers() {

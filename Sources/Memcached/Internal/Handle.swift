@@ -75,6 +75,10 @@ final class Handle {
     /// ``noteAskedServers()``); empty outside one.
     var askedServers: [Bool] = []
 
+    /// The servers a multi-key read stopped by its deadline had not heard from in full, noted
+    /// before its connections were reset (``noteUnfinishedServers()``); `nil` otherwise.
+    var unfinishedServers: Set<String>?
+
     // MARK: - Call state (Handle+Deadline.swift)
 
     /// Whether a call's deadline is running: a command inside another (a store in `setMulti`)

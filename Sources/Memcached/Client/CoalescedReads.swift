@@ -1,0 +1,174 @@
+import NIOConcurrencyHelpers
+
+/// One caller's single-key read waiting in a ``ReadBatch``: its key, how its value decodes, and
+/// how it is answered. Answered exactly once: with its value, a miss, an error, or
+/// `CancellationError` when its task is cancelled first (then the batch's answer is dropped).
+///
+/// `@unchecked Sendable` for ``batch``, which only the pool's lock guards.
+final class CoalescedRead: @unchecked Sendable {
+    private enum State {
+        /// Made, not yet given its continuation.
+        case pending
+        /// Its task was cancelled before it had a continuation.
+        case cancelledEarly
+        case waiting(CheckedContinuation<(any Sendable)?, any Error>)
+        case answered
+    }
+
+    let key: String
+    /// When the read has waited ``ConnectionPool/waitTimeout`` for a connection.
+    let deadline: ContinuousClock.Instant
+    /// The batch the read waits in. Under the pool's lock.
+    weak var batch: ReadBatch?
+    /// Decodes a hit as the caller's type, in code specialized for it.
+    private let decode:
+        @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
+    private let state = NIOLockedValueBox(State.pending)
+
+    init(
+        key: String,
+        deadline: ContinuousClock.Instant,
+        decode:
+            @escaping @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
+    ) {
+        self.key = key
+        self.deadline = deadline
+        self.decode = decode
+    }
+
+    /// Gives the read its continuation; `false`, with the continuation resumed with
+    /// `CancellationError`, when its task was cancelled before.
+    func wait(with continuation: CheckedContinuation<(any Sendable)?, any Error>) -> Bool {
+        let cancelled = state.withLockedValue { state -> Bool in
+            guard case .pending = state else { return true }
+            state = .waiting(continuation)
+            return false
+        }
+        if cancelled {
+            continuation.resume(throwing: CancellationError())
+        }
+        return !cancelled
+    }
+
+    /// Decodes a hit (its bytes valid during the call) and answers with the value or the error.
+    func deliver(_ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ context: MemcachedCodingContext) {
+        guard isWaiting else { return }
+        do {
+            answer(.success(try decode(bytes, flags, context)))
+        } catch {
+            answer(.failure(MemcachedConnection.decodingFailure(error, key: key)))
+        }
+    }
+
+    /// Answers a miss, unless the read was answered already (a hit, or cancelled).
+    func miss() { answer(.success(nil)) }
+
+    /// Answers with an error, unless the read was answered already.
+    func fail(_ error: any Error) { answer(.failure(error)) }
+
+    /// The task was cancelled: answers with `CancellationError` now, or, before the read has its
+    /// continuation, makes ``wait(with:)`` do it.
+    func cancel() {
+        let continuation = state.withLockedValue { state -> CheckedContinuation<(any Sendable)?, any Error>? in
+            switch state {
+            case .pending:
+                state = .cancelledEarly
+                return nil
+            case .waiting(let continuation):
+                state = .answered
+                return continuation
+            case .cancelledEarly, .answered:
+                return nil
+            }
+        }
+        continuation?.resume(throwing: CancellationError())
+    }
+
+    /// Whether the read still waits for its answer.
+    var isWaiting: Bool {
+        state.withLockedValue { if case .waiting = $0 { true } else { false } }
+    }
+
+    private func answer(_ result: Result<(any Sendable)?, any Error>) {
+        let continuation = state.withLockedValue { state -> CheckedContinuation<(any Sendable)?, any Error>? in
+            guard case .waiting(let continuation) = state else { return nil }
+            state = .answered
+            return continuation
+        }
+        continuation?.resume(with: result)
+    }
+}
+
+/// Single-key reads that found every connection leased, served together by one multi-get on the
+/// next connection that comes free: one hand-off to the thread and one round trip per server for
+/// all of them (``MemcachedClient/Options/coalescesReads``).
+///
+/// To the pool it is one waiter. While it waits, more reads join it, up to the pool's batch size;
+/// once a connection is handed to it, it takes no more (the pool forgets it under the same lock).
+/// Reads of one key share one fetch, each decoding as its own type. Keys Swift calls equal but
+/// whose bytes differ (Unicode equivalents) are different memcached keys: the second such read
+/// starts another batch rather than share the first one's fetch.
+final class ReadBatch: ConnectionPool.Waiter, @unchecked Sendable {
+    /// The reads by key. Guarded by the pool's lock while the batch can be joined; from then on
+    /// read only by the one thread that runs it. Hence `@unchecked Sendable`.
+    private(set) var reads: [String: [CoalescedRead]]
+    /// How many reads joined.
+    private(set) var count = 1
+    /// How many of them were not cancelled. Under the pool's lock.
+    var waitingReads = 1
+
+    init(_ first: CoalescedRead) {
+        reads = [first.key: [first]]
+    }
+
+    /// Whether `read` can share this batch: its key is new, or the very same bytes as a key here.
+    func canTake(_ read: CoalescedRead) -> Bool {
+        guard let index = reads.index(forKey: read.key) else { return true }
+        return reads.keys[index].utf8.elementsEqual(read.key.utf8)
+    }
+
+    /// Adds a read. Under the pool's lock, while the batch waits.
+    func add(_ read: CoalescedRead) {
+        reads[read.key, default: []].append(read)
+        read.batch = self
+        count += 1
+        waitingReads += 1
+    }
+
+    func run(_ connection: PooledConnection, in pool: ConnectionPool) -> ConnectionPool.Plan {
+        pool.runBatch(self, on: connection)
+    }
+
+    func timeOut(in pool: ConnectionPool) {
+        pool.batchTimedOut(self)
+    }
+
+    func fail(_ error: any Error) {
+        for reads in reads.values {
+            for read in reads {
+                read.fail(error)
+            }
+        }
+    }
+
+    /// Reads every key with one multi-get on `connection` and answers each read: its value (as
+    /// its own type), a miss, or its key's failure; every read fails when the call as a whole
+    /// does. Reads answered already (cancelled) are skipped.
+    func read(on connection: MemcachedConnection) throws {
+        let keys = Array(reads.keys)
+        let context = connection.codingContext
+        let failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false) { index, bytes, flags in
+            for read in reads[keys[index]]! {
+                read.deliver(bytes, flags, context)
+            }
+        }
+        for (key, reads) in reads {
+            if let error = failures[key] {
+                reads.forEach { $0.fail(error) }
+            } else {
+                // A hit was answered already; the rest missed.
+                reads.forEach { $0.miss() }
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+import Foundation
+import MemcachedTestSupport
+import Testing
+
+@testable import Memcached
+
+/// Coalesced reads (`MemcachedClient.Options.coalescesReads`): single-key reads that find every
+/// connection busy are served by one multi-get, each caller answered with exactly its own value,
+/// miss or error. Against real memcached servers.
+@Suite("Coalesced reads", .threadPerJob, .timeLimit(.minutes(5)))
+struct CoalescingTests {
+    static func client(
+        _ servers: [String],
+        connections: Int,
+        timeout: Duration = .seconds(5),
+        waitTimeout: Duration = .seconds(120)
+    ) throws -> MemcachedClient {
+        var configuration = try MemcachedConfiguration(servers: servers)
+        configuration.timeout = timeout
+        configuration.connectTimeout = timeout
+        var options = MemcachedClient.Options()
+        options.maximumConnections = connections
+        options.connectionWaitTimeout = waitTimeout
+        #expect(options.coalescesReads, "on by default")
+        return try MemcachedClient(configuration: configuration, options: options)
+    }
+
+    /// What a key holds, by its name: text keys hold text, number keys a number, missing keys
+    /// nothing; each value is a function of its key.
+    static func expected(_ key: String) -> (any Sendable)? {
+        if key.hasPrefix("text:") { return "value of \(key)" }
+        if key.hasPrefix("number:") { return Int(key.dropFirst(7))! * 7 }
+        return nil
+    }
+
+    @Test(
+        "64 tasks x 2,000 reads (10,000 with MEMCACHED_SOAK=1) of random keys over 3 servers, two types and misses: no wrong answer"
+    )
+    func manyTasksGetTheirOwnValues() async throws {
+        try await withMemcached(servers: 3) { cluster in
+            let client = try Self.client(cluster.addresses, connections: 8)
+            let keyCount = 1_000
+            let setup = try MemcachedConnection(configuration: MemcachedConfiguration(servers: cluster.addresses))
+            for index in 0..<keyCount {
+                try setup.set("text:\(index)", "value of text:\(index)")
+                try setup.set("number:\(index)", index * 7)
+            }
+            setup.close()
+
+            // 640,000 reads take 45 s in a debug build: the soak run has them, the suite a fifth.
+            let readsPerTask = ProcessInfo.processInfo.environment["MEMCACHED_SOAK"] == "1" ? 10_000 : 2_000
+            let wrong = try await withThrowingTaskGroup(of: [String].self) { group in
+                for task in 0..<64 {
+                    group.addTask {
+                        var random = SplitMix64(state: UInt64(task) &* 0x9E37_79B9_7F4A_7C15 | 1)
+                        var wrong: [String] = []
+                        for _ in 0..<readsPerTask {
+                            let index = Int(random.next() % UInt64(keyCount))
+                            switch random.next() % 3 {
+                            case 0:
+                                let key = "text:\(index)"
+                                let value = try await client.get(key, as: String.self)
+                                if value != Self.expected(key) as? String {
+                                    wrong.append("\(key) -> \(String(describing: value))")
+                                }
+                            case 1:
+                                let key = "number:\(index)"
+                                let value = try await client.get(key, as: Int.self)
+                                if value != Self.expected(key) as? Int {
+                                    wrong.append("\(key) -> \(String(describing: value))")
+                                }
+                            default:
+                                let key = "missing:\(index)"
+                                if let value = try await client.get(key, as: String.self) {
+                                    wrong.append("\(key) -> \(value)")
+                                }
+                            }
+                        }
+                        return wrong
+                    }
+                }
+                return try await group.reduce(into: []) { $0 += $1 }
+            }
+            let (batches, reads) = client.pool.coalescedReads
+            print(
+                "coalescing: \(64 * readsPerTask) reads, \(reads) of them in \(batches) batches, \(wrong.count) wrong"
+            )
+            #expect(wrong.isEmpty, "\(wrong.count) wrong answers, first: \(wrong.prefix(5))")
+            #expect(batches > 0 && reads > batches, "reads were coalesced: \(reads) in \(batches) batches")
+            await client.close()
+        }
+    }
+
+    static func result<Value>(_ body: () async throws -> Value) async -> Result<Value, any Error> {
+        do {
+            return .success(try await body())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Holds every connection of a one-connection client while `queue` starts reads, and waits
+    /// until `count` of them wait in batches.
+    static func withQueuedReads<Result: Sendable>(
+        _ client: MemcachedClient,
+        count: Int,
+        _ queue: () -> Result
+    ) async throws -> (Result, ConnectionHolder) {
+        let holder = try await ConnectionHolder(client)
+        let result = queue()
+        try await waitUntil { client.pool.queuedReadCount == count }
+        return (result, holder)
+    }
+
+    @Test("one server paused while its batch reads: only the reads of its keys fail, within the timeout")
+    func pausedServerFailsOnlyItsKeys() async throws {
+        try await withMemcached(servers: 3) { cluster in
+            let timeout = Duration.milliseconds(800)
+            let client = try Self.client(cluster.addresses, connections: 1, timeout: timeout)
+            let keys = (0..<30).map { "paused:\($0)" }
+            var owners: [String: String] = [:]
+            try await client.withConnection { connection in
+                for key in keys {
+                    try connection.set(key, "value of \(key)")
+                }
+            }
+            for key in keys {
+                owners[key] = try await client.withConnection { try $0.server(forKey: key) }
+            }
+            let paused = cluster.servers[1]
+            let pausedAddress = cluster.addresses[1]
+            #expect(owners.values.contains(pausedAddress) && Set(owners.values).count == 3)
+
+            let (reads, holder) = try await Self.withQueuedReads(client, count: keys.count) {
+                keys.map { key in
+                    Task(executorPreference: ThreadPerJobExecutor()) { () -> (Duration, Result<String?, any Error>) in
+                        let start = ContinuousClock.now
+                        let result = await Self.result { try await client.get(key, as: String.self) }
+                        return (start.duration(to: .now), result)
+                    }
+                }
+            }
+            paused.pause()
+            defer { paused.resume() }
+            let released = ContinuousClock.now
+            try await holder.release()
+            for (key, read) in zip(keys, reads) {
+                let (_, result) = await read.value
+                let elapsedSinceRelease = released.duration(to: .now)
+                if owners[key] == pausedAddress {
+                    #expect(throws: MemcachedError.self, "\(key) is on the paused server") { try result.get() }
+                    if case .failure(let error as MemcachedError) = result {
+                        #expect(error.code == .timeout, "\(key): \(error)")
+                    }
+                } else {
+                    #expect(try result.get() == "value of \(key)", "\(key) is on a server that answers")
+                }
+                #expect(
+                    elapsedSinceRelease < (timeout * 1.5).scaledForTests + .seconds(1),
+                    "\(key) took \(elapsedSinceRelease)"
+                )
+            }
+            await client.close()
+        }
+    }
+
+    @Test("cancelling half the callers of a waiting batch answers them at once; the rest get their values")
+    func cancellingHalfABatch() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            let keys = (0..<20).map { "cancel:\($0)" }
+            for key in keys {
+                try await client.set(key, "value of \(key)")
+            }
+            let (reads, holder) = try await Self.withQueuedReads(client, count: keys.count) {
+                keys.map { key in
+                    Task(executorPreference: ThreadPerJobExecutor()) { try await client.get(key, as: String.self) }
+                }
+            }
+            for read in reads.enumerated() where read.offset.isMultiple(of: 2) {
+                read.element.cancel()
+                let result = await read.element.result
+                #expect(throws: CancellationError.self) { try result.get() }
+            }
+            #expect(client.pool.waiterCount == 1, "the batch still waits for the others")
+            try await holder.release()
+            for (index, read) in reads.enumerated() where !index.isMultiple(of: 2) {
+                #expect(try await read.value == "value of \(keys[index])")
+            }
+
+            // Every caller of a batch cancelled: the batch leaves the queue.
+            let (second, secondHolder) = try await Self.withQueuedReads(client, count: 3) {
+                (0..<3).map { index in
+                    Task(executorPreference: ThreadPerJobExecutor()) {
+                        try await client.get(keys[index], as: String.self)
+                    }
+                }
+            }
+            #expect(client.pool.waiterCount == 1)
+            for read in second {
+                read.cancel()
+                _ = await read.result
+            }
+            #expect(client.pool.waiterCount == 0 && client.pool.queuedReadCount == 0)
+            try await secondHolder.release()
+            await client.close()
+        }
+    }
+
+    @Test("one batch of several types: each caller decodes its own; one that cannot decode fails alone")
+    func mixedTypesInOneBatch() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            try await client.set("shared", "text")
+            try await client.set("count", 42)
+            let (reads, holder) = try await Self.withQueuedReads(client, count: 5) {
+                let executor = ThreadPerJobExecutor()
+                return (
+                    Task(executorPreference: executor) { try await client.get("shared", as: String.self) },
+                    Task(executorPreference: executor) { try await client.get("shared", as: [UInt8].self) },
+                    Task(executorPreference: executor) { try await client.get("shared", as: Int.self) },
+                    Task(executorPreference: executor) { try await client.get("count", as: Int.self) },
+                    Task(executorPreference: executor) { try await client.get("absent", as: Int.self) }
+                )
+            }
+            try await holder.release()
+            #expect(try await reads.0.value == "text")
+            #expect(try await reads.1.value == Array("text".utf8))
+            let error = await #expect(throws: MemcachedError.self) { try await reads.2.value }
+            #expect(error?.code == .undecodableValue && error?.key == "shared")
+            #expect(try await reads.3.value == 42)
+            #expect(try await reads.4.value == nil)
+            #expect(client.pool.coalescedReads.batches == 1)
+            await client.close()
+        }
+    }
+
+    @Test("keys Swift calls equal but memcached does not (NFC and NFD) read in one burst: each its own value")
+    func unicodeEquivalentKeys() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            let composed = "caf\u{E9}"
+            let decomposed = "cafe\u{301}"
+            #expect(composed == decomposed && Array(composed.utf8) != Array(decomposed.utf8))
+            try await client.set(composed, "composed")
+            try await client.set(decomposed, "decomposed")
+            let (reads, holder) = try await Self.withQueuedReads(client, count: 2) {
+                let executor = ThreadPerJobExecutor()
+                return (
+                    Task(executorPreference: executor) { try await client.get(composed, as: String.self) },
+                    Task(executorPreference: executor) { try await client.get(decomposed, as: String.self) }
+                )
+            }
+            #expect(client.pool.waiterCount == 2, "two batches: one fetch cannot hold both keys")
+            try await holder.release()
+            #expect(try await reads.0.value == "composed")
+            #expect(try await reads.1.value == "decomposed")
+            await client.close()
+        }
+    }
+
+    @Test("a read that joined a waiting batch late still waits its own full connectionWaitTimeout")
+    func lateJoinerWaitsItsOwnTime() async throws {
+        try await withMemcached { cluster in
+            let waitTimeout = Duration.milliseconds(600)
+            let client = try Self.client(cluster.addresses, connections: 1, waitTimeout: waitTimeout)
+            let holder = try await ConnectionHolder(client)
+            let executor = ThreadPerJobExecutor()
+            func timedRead(_ key: String) -> Task<(Duration, MemcachedError?), Never> {
+                Task(executorPreference: executor) {
+                    let start = ContinuousClock.now
+                    do {
+                        _ = try await client.get(key, as: String.self)
+                        return (start.duration(to: .now), nil)
+                    } catch {
+                        return (start.duration(to: .now), error as? MemcachedError)
+                    }
+                }
+            }
+            let first = timedRead("first")
+            try await waitUntil { client.pool.queuedReadCount == 1 }
+            try await Task.sleep(for: .milliseconds(300))
+            // Joins the first read's batch, 300 ms into its wait: the batch times out before the
+            // late read's own wait is over. (On a machine too loaded to start it within the
+            // batch's wait, it starts a batch of its own, and the bounds still hold.)
+            let late = timedRead("late")
+            for read in [first, late] {
+                let (elapsed, error) = await read.value
+                #expect(error?.code == .poolTimeout, "\(String(describing: error))")
+                #expect(elapsed >= waitTimeout, "failed after \(elapsed)")
+                #expect(elapsed < (waitTimeout * 2).scaledForTests + .seconds(2), "failed after \(elapsed)")
+            }
+            try await holder.release()
+            await client.close()
+        }
+    }
+}
