@@ -239,6 +239,19 @@ class Server:
         self.prepared = {}
 
     def prepare(self, workload_id):
+        if workload_id == "W8g":
+            # W8's operations with every set turned into a get of the same key.
+            self.w8g_ops = [(index, False) for index, _ in self.w6_ops]
+            for peer in self.peers:
+                self.store_w6(peer.make())
+            entries = []
+            for peer in self.peers:
+                name = f"{peer.name}, 16 threads"
+                count = self.capped(lambda n: run_threads(peer, self.w8g_ops[:n], 16, self.mixed_slice)[0],
+                                    len(self.w8g_ops))
+                self.prepared[("W8g", name)] = (peer, 16, count)
+                entries.append({"name": name, "count": count})
+            return {"peers": entries}
         if workload_id == "W8":
             for peer in self.peers:
                 self.store_w6(peer.make())
@@ -284,9 +297,10 @@ class Server:
         return max(warm, int(count * MAX_RUN_SECONDS / estimate))
 
     def run(self, workload_id, name):
-        if workload_id == "W8":
-            peer, threads, count = self.prepared[("W8", name)]
-            seconds, cpu = run_threads(peer, self.w6_ops[:count], threads, self.mixed_slice)
+        if workload_id in ("W8", "W8g"):
+            peer, threads, count = self.prepared[(workload_id, name)]
+            operations = self.w6_ops if workload_id == "W8" else self.w8g_ops
+            seconds, cpu = run_threads(peer, operations[:count], threads, self.mixed_slice)
             return {"seconds": seconds, "cpu": cpu, "count": count}
         client, step, count = self.prepared[(workload_id, name)]
         cpu = cpu_seconds()

@@ -48,7 +48,7 @@ final class PeerProcess {
         if let error = prepared.error {
             throw BenchmarkError("Python peers, \(workload.id): \(error)")
         }
-        let baseline = workload.id == "W8" ? "raw C, 2 threads" : "raw C"
+        let baseline = workload.id.hasPrefix("W8") ? "raw C, 2 threads" : "raw C"
         return (prepared.peers ?? []).map { peer in
             let name =
                 peer.count < workload.count ? "\(peer.name) (capped at \(formatRate(Double(peer.count))))" : peer.name

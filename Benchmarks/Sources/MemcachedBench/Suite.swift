@@ -69,13 +69,15 @@ final class Suite {
         _ name: String,
         binary: Bool = false,
         noReply: Bool = false,
-        maximumConnections: Int? = nil
+        maximumConnections: Int? = nil,
+        coalescesReads: Bool = true
     ) throws -> MemcachedClient {
         if let existing = clients[name] { return existing }
         var options = MemcachedClient.Options()
         if let maximumConnections {
             options.maximumConnections = maximumConnections
         }
+        options.coalescesReads = coalescesReads
         let client = try MemcachedClient(
             configuration: configuration(binary: binary, noReply: noReply),
             options: options
@@ -109,6 +111,7 @@ final class Suite {
             ("W6", { try self.mixed() }),
             ("W7", { try self.multiSet() }),
             ("W8", { try self.concurrency() }),
+            ("W8g", { try self.getOnlyConcurrency() }),
             ("W1b", { try self.getHit(id: "W1b", binary: true) }),
             ("W4b", { try self.multiGet(id: "W4b", binary: true) }),
         ]
@@ -565,6 +568,49 @@ final class Suite {
                 poolVariant("pool, 16 tasks", pool, tasks: 16),
                 poolVariant("pool, 64 tasks", pool, tasks: 64),
                 poolVariant("pool of 2, 16 tasks", smallPool, tasks: 16),
+            ]
+        )
+    }
+
+    /// W8g: gets only over W6's 10,000 stored keys, split over concurrent tasks, with and without
+    /// coalesced reads, beside raw C with 2 threads (issue 14).
+    func getOnlyConcurrency() throws -> Workload {
+        let keys = mixedKeys
+        let rawSingle = try rawConnection("raw-thread-0")
+        let rawSecond = try rawConnection("raw-thread-1")
+        try storeMixedKeys(rawSingle)
+        let coalescing = try self.client("pool")
+        let plain = try self.client("pool, not coalescing", coalescesReads: false)
+        let strings = keys.strings
+        let value = Self.smallValue
+        let operations = MixedOperations.make(count: scaled(200_000), keyCount: keys.count)
+            .map { $0 & ~MixedOperations.setBit }
+
+        func poolVariant(_ name: String, _ client: MemcachedClient, tasks: Int) -> Variant {
+            Variant(name: name, kind: .async, baseline: "raw C, 2 threads", countAllocations: false) { count in
+                let slice = Array(operations[0..<count])
+                let hits = try await Self.runConcurrently(client, strings, slice, value, tasks: tasks)
+                try expect(count < operations.count || hits == operations.count, "W8g \(name): \(hits) hits")
+            }
+        }
+        let conns = [rawSingle, rawSecond]
+        return Workload(
+            id: "W8g",
+            title: "gets only over 10,000 keys with concurrency (pool of 8 connections)",
+            unit: .operations,
+            count: operations.count,
+            unitsPerStep: 1,
+            perWhat: "op",
+            perWhatPerStep: 1,
+            variants: [
+                Variant(name: "raw C, 2 threads", kind: .rawC, baseline: nil, countAllocations: false) { count in
+                    try self.rawMixed(conns, keys, operations, count: count, expectedHits: operations.count)
+                },
+                poolVariant("pool, 1 task", coalescing, tasks: 1),
+                poolVariant("pool, 16 tasks", coalescing, tasks: 16),
+                poolVariant("pool, 64 tasks", coalescing, tasks: 64),
+                poolVariant("pool, 16 tasks, not coalescing", plain, tasks: 16),
+                poolVariant("pool, 64 tasks, not coalescing", plain, tasks: 64),
             ]
         )
     }

@@ -55,7 +55,7 @@ struct Summary {
     /// Every raw C baseline of the single-task workloads, labelled for a table ("W2", or
     /// "W2 (noreply)" for the "raw C noreply" baseline), with the rows measured against it.
     private func baselineGroups() -> [(label: String, outcome: Outcome, baseline: Row, related: [Row])] {
-        outcomes.filter { $0.id != "W8" }.flatMap { outcome in
+        outcomes.filter { !$0.id.hasPrefix("W8") }.flatMap { outcome in
             outcome.rows.filter { $0.kind == .rawC && $0.baseline == nil }.map { baseline in
                 let label = baseline.name == "raw C" ? outcome.id : "\(outcome.id) (\(baseline.name.dropFirst(6)))"
                 return (label, outcome, baseline, outcome.rows.filter { $0.baseline == baseline.name })
