@@ -36,6 +36,34 @@ struct MultiServerFailureTests {
     }
 
     @Test(
+        "one server refusing and another silent in one getMulti: the keys of both fail, only the answering server's keys are hits or misses"
+    )
+    func refusedAndSilentServers() throws {
+        try withMemcached { cluster in
+            let silent = try SilentServer()
+            defer { silent.stop() }
+            let refusing = "127.0.0.1:\(try unusedLoopbackPort())"
+            let memc = try Self.connect([cluster.addresses[0], refusing, silent.address])
+            let direct = try Self.connect([cluster.addresses[0]], timeout: .seconds(10))
+            let (keys, owners) = try Self.keysByServer(memc)
+            for key in keys where owners[key] == cluster.addresses[0] {
+                try direct.set(key, "value of \(key)")
+            }
+            #expect(Set(owners.values).count == 3)
+            for round in 0..<3 {
+                let read = try memc.getMulti(keys, as: String.self)
+                for key in keys {
+                    if owners[key] == cluster.addresses[0] {
+                        #expect(read.hits[key] == "value of \(key)", "round \(round): \(key)")
+                    } else {
+                        #expect(read.failures[key] != nil, "round \(round): \(key) of \(owners[key]!) is not a miss")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test(
         "a server that hangs up in the middle of its reply while another answers: its unread keys are failures, never misses"
     )
     func serverHangsUpMidReply() throws {

@@ -4,7 +4,8 @@ import NIOConcurrencyHelpers
 /// how it is answered. Answered exactly once: with its value, a miss, an error, or
 /// `CancellationError` when its task is cancelled first (then the batch's answer is dropped).
 ///
-/// `@unchecked Sendable` for ``batch``, which only the pool's lock guards.
+/// `@unchecked Sendable` for ``batch``, which only the pool's lock guards, and for the decoded
+/// hit, which only the thread running the batch touches.
 final class CoalescedRead: @unchecked Sendable {
     private enum State {
         /// Made, not yet given its continuation.
@@ -24,6 +25,8 @@ final class CoalescedRead: @unchecked Sendable {
     private let decode:
         @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
     private let state = NIOLockedValueBox(State.pending)
+    /// The hit, decoded while its bytes were valid, kept until the whole reply has been checked.
+    private var decoded: Result<(any Sendable)?, any Error>?
 
     init(
         key: String,
@@ -50,18 +53,25 @@ final class CoalescedRead: @unchecked Sendable {
         return !cancelled
     }
 
-    /// Decodes a hit (its bytes valid during the call) and answers with the value or the error.
-    func deliver(_ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ context: MemcachedCodingContext) {
+    /// Decodes a hit while its bytes are valid. The caller hears of it only in ``settle(_:)``,
+    /// once the whole reply has been checked: bytes after its end fail every key, hits included.
+    func decodeHit(_ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ context: MemcachedCodingContext) {
         guard isWaiting else { return }
         do {
-            answer(.success(try decode(bytes, flags, context)))
+            decoded = .success(try decode(bytes, flags, context))
         } catch {
-            answer(.failure(MemcachedConnection.decodingFailure(error, key: key)))
+            decoded = .failure(MemcachedConnection.decodingFailure(error, key: key))
         }
     }
 
-    /// Answers a miss, unless the read was answered already (a hit, or cancelled).
-    func miss() { answer(.success(nil)) }
+    /// Answers once the batch's read is over: the key's failure, else its decoded hit, else a miss.
+    func settle(_ failure: MemcachedError?) {
+        if let failure {
+            fail(failure)
+        } else {
+            answer(decoded ?? .success(nil))
+        }
+    }
 
     /// Answers with an error, unless the read was answered already.
     func fail(_ error: any Error) { answer(.failure(error)) }
@@ -151,23 +161,21 @@ final class ReadBatch: ConnectionPool.Waiter, @unchecked Sendable {
         }
     }
 
-    /// Reads every key with one multi-get on `connection` and answers each read: its value (as
-    /// its own type), a miss, or its key's failure; every read fails when the call as a whole
-    /// does. Reads answered already (cancelled) are skipped.
+    /// Reads every key with one multi-get on `connection` and, once the whole reply is checked,
+    /// answers each read: its value (as its own type), a miss, or its key's failure; every read
+    /// fails when the call as a whole does. Reads answered already (cancelled) are skipped.
     func read(on connection: MemcachedConnection) throws {
         let keys = Array(reads.keys)
         let context = connection.codingContext
         let failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false) { index, bytes, flags in
             for read in reads[keys[index]]! {
-                read.deliver(bytes, flags, context)
+                read.decodeHit(bytes, flags, context)
             }
         }
         for (key, reads) in reads {
-            if let error = failures[key] {
-                reads.forEach { $0.fail(error) }
-            } else {
-                // A hit was answered already; the rest missed.
-                reads.forEach { $0.miss() }
+            let failure = failures[key]
+            for read in reads {
+                read.settle(failure)
             }
         }
     }

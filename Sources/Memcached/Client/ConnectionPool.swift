@@ -560,6 +560,8 @@ final class ConnectionPool: Sendable {
     /// or run at once on one that came free since.
     private func join(_ read: CoalescedRead) {
         let joined = state.withLockedValue { state -> Joined in
+            // Cancelled on its way here: answered already, and not counted in any batch.
+            guard read.isWaiting else { return .joined }
             if let batch = state.formingBatch, batch.count < maximumBatchSize, batch.canTake(read) {
                 batch.add(read)
                 state.queuedReads += 1

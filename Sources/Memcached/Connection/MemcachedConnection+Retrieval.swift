@@ -243,6 +243,8 @@ extension MemcachedConnection {
         } catch let stopped as Handle.HandOverFailed {
             throw hitError ?? stopped.error
         } catch {
+            // Taken on every path, so that it never reaches the next read.
+            let answered = handle.takeAnsweredServers()
             // After the caller's error, the read's own failure is the call's: what was handed over
             // may be all the caller learns, and the rest of the reply could not be read.
             guard hitError == nil, let error = error as? MemcachedError, !error.code.failsTheWholeCall else {
@@ -253,12 +255,12 @@ extension MemcachedConnection {
                 throw CancellationError()
             }
             // Stopped by its deadline: the keys of servers that had answered in full were
-            // answered (a hit was handed over), so only the others fail.
-            let unfinished = readToTheEnd ? nil : handle.takeUnfinishedServers()
-            let places = unfinished.map { _ in Self.places(of: positions, count: keys.count) }
+            // answered (a hit was handed over), so they are misses; every other key fails.
+            let answeredInFull = readToTheEnd ? nil : answered
+            let places = answeredInFull.map { _ in Self.places(of: positions, count: keys.count) }
             for index in keys.indices where readToTheEnd || !settled[index] {
-                if let unfinished, let place = places?[index],
-                    batch.withKey(at: place, { handle.server(ofKey: $0, amongst: unfinished) }) == nil
+                if let answeredInFull, let place = places?[index],
+                    batch.withKey(at: place, { handle.server(ofKey: $0, amongst: answeredInFull) }) != nil
                 {
                     continue
                 }

@@ -573,6 +573,7 @@ extension Handle {
     ) throws -> Set<String> {
         let pointer = try commandHandle()
         defer { finishRead() }
+        answeredServers = nil
         var reading = try liveResult()
         var waiting = try liveScratch()
         let rc = Self.sendFailure(
@@ -610,15 +611,14 @@ extension Handle {
                 bodyError = error
             }
         }
-        // For a read stopped by its deadline: notes the servers that had not answered in full.
-        // The hit read last waits for the next read to show its reply was whole: when its server
-        // has answered in full, it was, and it is handed over; otherwise its key fails too.
-        func noteUnfinished() {
+        // For a read stopped by its deadline: notes the servers that had answered in full. The
+        // hit read last waits for the next read to show its reply was whole: when its server has
+        // answered in full, it was, and it is handed over; otherwise its key fails too.
+        func noteAnswered() {
             guard tracksServers else { return }
-            noteUnfinishedServers()
-            if let hit = pending, let unfinished = unfinishedServers,
-                let server = batch.withKey(at: hit.index, { serverDescription(forKey: $0) }),
-                !unfinished.contains(server)
+            noteAnsweredServers()
+            if let hit = pending, let answered = answeredServers,
+                batch.withKey(at: hit.index, { server(ofKey: $0, amongst: answered) }) != nil
             {
                 pending = nil
                 handOver(hit)
@@ -638,7 +638,7 @@ extension Handle {
             // A server that keeps sending (or a slow `body`) must not hold the call past its
             // deadline; the rest of the reply stays unread, so the connection is reset.
             if _slowPath(isPastDeadline) {
-                noteUnfinished()
+                noteAnswered()
                 if let health { chargeServersThatOweReplies(health) }
                 resetConnections()
                 throw deadlineError()
@@ -652,7 +652,7 @@ extension Handle {
         // The watchdog's shut-down sockets read as servers that hung up, whose keys a multi-get
         // reports as misses: they are not misses.
         if _slowPath(deadline.wasInterrupted) {
-            noteUnfinished()
+            noteAnswered()
             if let health { chargeServersThatOweReplies(health) }
             resetConnections()
             throw deadlineError()
@@ -674,7 +674,7 @@ extension Handle {
             }
         default:
             if fetchRC == MEMCACHED_TIMEOUT {
-                noteUnfinished()
+                noteAnswered()
             }
             throw failure(fetchRC, command: command)
         }

@@ -223,16 +223,29 @@ extension Handle {
         return servers
     }
 
-    /// Notes, for a multi-key read stopped by its deadline, which servers had not answered in
-    /// full (``unfinishedServers``): the keys of the others were answered, hits or misses.
-    func noteUnfinishedServers() {
-        unfinishedServers = askedServers.contains(true) ? serversOwingReplies() : nil
+    /// Notes, for a multi-key read stopped by its deadline, the servers it asked that had
+    /// answered in full (``answeredServers``): their reply count is back to zero and their socket
+    /// still open. Only that positive evidence counts: a server never reached, or whose socket
+    /// libmemcached closed, is not one of them. `nil` when the sockets cannot be checked.
+    func noteAnsweredServers() {
+        guard let pointer, ServerConnectionState.isAvailable else {
+            answeredServers = nil
+            return
+        }
+        var servers: Set<String> = []
+        for position in askedServers.indices where askedServers[position] {
+            guard let instance = memcached_server_instance_by_position(pointer, UInt32(position)) else { continue }
+            if memcached_server_response_count(instance) == 0, ServerConnectionState.descriptor(of: instance) != nil {
+                servers.insert(Self.describe(instance))
+            }
+        }
+        answeredServers = servers
     }
 
-    /// The servers ``noteUnfinishedServers()`` noted for the read that just failed, once.
-    func takeUnfinishedServers() -> Set<String>? {
-        defer { unfinishedServers = nil }
-        return unfinishedServers
+    /// The servers ``noteAnsweredServers()`` noted for the read that just failed, once.
+    func takeAnsweredServers() -> Set<String>? {
+        defer { answeredServers = nil }
+        return answeredServers
     }
 
     func forgetAskedServers() {

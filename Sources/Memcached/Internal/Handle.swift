@@ -75,9 +75,9 @@ final class Handle {
     /// ``noteAskedServers()``); empty outside one.
     var askedServers: [Bool] = []
 
-    /// The servers a multi-key read stopped by its deadline had not heard from in full, noted
-    /// before its connections were reset (``noteUnfinishedServers()``); `nil` otherwise.
-    var unfinishedServers: Set<String>?
+    /// The servers that had answered in full a multi-key read stopped by its deadline, noted
+    /// before its connections were reset (``noteAnsweredServers()``); `nil` otherwise.
+    var answeredServers: Set<String>?
 
     // MARK: - Call state (Handle+Deadline.swift)
 
