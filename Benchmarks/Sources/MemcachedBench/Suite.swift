@@ -528,90 +528,78 @@ final class Suite {
 
     /// W8: W6 split over concurrent tasks on the pool, beside raw C with 1 and 2 threads.
     func concurrency() throws -> Workload {
-        let keys = mixedKeys
-        let rawSingle = try rawConnection("raw-thread-0")
-        let rawSecond = try rawConnection("raw-thread-1")
-        try storeMixedKeys(rawSingle)
+        let operations = MixedOperations.make(count: scaled(200_000), keyCount: mixedKeys.count)
         let pool = try self.client("pool")
         let smallPool = try self.client("pool-2", maximumConnections: 2)
-        let strings = keys.strings
-        let value = Self.smallValue
-        let operations = MixedOperations.make(count: scaled(200_000), keyCount: keys.count)
-        let gets = operations.filter { $0 & MixedOperations.setBit == 0 }.count
-
-        func poolVariant(_ name: String, _ client: MemcachedClient, tasks: Int) -> Variant {
-            Variant(name: name, kind: .async, baseline: "raw C, 2 threads", countAllocations: false) { count in
-                let slice = Array(operations[0..<count])
-                let hits = try await Self.runConcurrently(client, strings, slice, value, tasks: tasks)
-                try expect(count < operations.count || hits == gets, "W8 \(name): \(hits) hits of \(gets)")
-            }
-        }
-        let conns = [rawSingle, rawSecond]
-        return Workload(
+        return try concurrentWorkload(
             id: "W8",
             title: "W6 with concurrency (pool: default 8 connections unless noted)",
-            unit: .operations,
-            count: operations.count,
-            unitsPerStep: 1,
-            perWhat: "op",
-            perWhatPerStep: 1,
-            variants: [
-                Variant(name: "raw C, 1 thread", kind: .rawC, baseline: "raw C, 2 threads", countAllocations: false) {
-                    count in
-                    try self.rawMixed([rawSingle], keys, operations, count: count, expectedHits: gets)
-                },
-                Variant(name: "raw C, 2 threads", kind: .rawC, baseline: nil, countAllocations: false) { count in
-                    try self.rawMixed(conns, keys, operations, count: count, expectedHits: gets)
-                },
-                poolVariant("pool, 1 task", pool, tasks: 1),
-                poolVariant("pool, 4 tasks", pool, tasks: 4),
-                poolVariant("pool, 16 tasks", pool, tasks: 16),
-                poolVariant("pool, 64 tasks", pool, tasks: 64),
-                poolVariant("pool of 2, 16 tasks", smallPool, tasks: 16),
+            operations: operations,
+            pools: [
+                ("pool, 1 task", pool, 1), ("pool, 4 tasks", pool, 4), ("pool, 16 tasks", pool, 16),
+                ("pool, 64 tasks", pool, 64), ("pool of 2, 16 tasks", smallPool, 16),
             ]
         )
     }
 
     /// W8g: gets only over W6's 10,000 stored keys, split over concurrent tasks, with and without
-    /// coalesced reads, beside raw C with 2 threads (issue 14).
+    /// coalesced reads, beside raw C with 1 and 2 threads (issue 14).
     func getOnlyConcurrency() throws -> Workload {
+        let operations = MixedOperations.make(count: scaled(200_000), keyCount: mixedKeys.count)
+            .map { $0 & ~MixedOperations.setBit }
+        let coalescing = try self.client("pool")
+        let plain = try self.client("pool, not coalescing", coalescesReads: false)
+        return try concurrentWorkload(
+            id: "W8g",
+            title: "gets only over 10,000 keys with concurrency (pool of 8 connections)",
+            operations: operations,
+            pools: [
+                ("pool, 1 task", coalescing, 1), ("pool, 16 tasks", coalescing, 16), ("pool, 64 tasks", coalescing, 64),
+                ("pool, 16 tasks, not coalescing", plain, 16), ("pool, 64 tasks, not coalescing", plain, 64),
+            ]
+        )
+    }
+
+    /// A workload of `operations` over W6's stored keys: raw C with 1 and 2 threads, and each
+    /// pool with its number of tasks; every get must hit.
+    private func concurrentWorkload(
+        id: String,
+        title: String,
+        operations: [UInt32],
+        pools: [(name: String, client: MemcachedClient, tasks: Int)]
+    ) throws -> Workload {
         let keys = mixedKeys
         let rawSingle = try rawConnection("raw-thread-0")
         let rawSecond = try rawConnection("raw-thread-1")
         try storeMixedKeys(rawSingle)
-        let coalescing = try self.client("pool")
-        let plain = try self.client("pool, not coalescing", coalescesReads: false)
         let strings = keys.strings
         let value = Self.smallValue
-        let operations = MixedOperations.make(count: scaled(200_000), keyCount: keys.count)
-            .map { $0 & ~MixedOperations.setBit }
-
-        func poolVariant(_ name: String, _ client: MemcachedClient, tasks: Int) -> Variant {
-            Variant(name: name, kind: .async, baseline: "raw C, 2 threads", countAllocations: false) { count in
+        let gets = operations.filter { $0 & MixedOperations.setBit == 0 }.count
+        let raw = [
+            Variant(name: "raw C, 1 thread", kind: .rawC, baseline: "raw C, 2 threads", countAllocations: false) {
+                count in
+                try self.rawMixed([rawSingle], keys, operations, count: count, expectedHits: gets)
+            },
+            Variant(name: "raw C, 2 threads", kind: .rawC, baseline: nil, countAllocations: false) { count in
+                try self.rawMixed([rawSingle, rawSecond], keys, operations, count: count, expectedHits: gets)
+            },
+        ]
+        let pooled = pools.map { pool in
+            Variant(name: pool.name, kind: .async, baseline: "raw C, 2 threads", countAllocations: false) { count in
                 let slice = Array(operations[0..<count])
-                let hits = try await Self.runConcurrently(client, strings, slice, value, tasks: tasks)
-                try expect(count < operations.count || hits == operations.count, "W8g \(name): \(hits) hits")
+                let hits = try await Self.runConcurrently(pool.client, strings, slice, value, tasks: pool.tasks)
+                try expect(count < operations.count || hits == gets, "\(id) \(pool.name): \(hits) hits of \(gets)")
             }
         }
-        let conns = [rawSingle, rawSecond]
         return Workload(
-            id: "W8g",
-            title: "gets only over 10,000 keys with concurrency (pool of 8 connections)",
+            id: id,
+            title: title,
             unit: .operations,
             count: operations.count,
             unitsPerStep: 1,
             perWhat: "op",
             perWhatPerStep: 1,
-            variants: [
-                Variant(name: "raw C, 2 threads", kind: .rawC, baseline: nil, countAllocations: false) { count in
-                    try self.rawMixed(conns, keys, operations, count: count, expectedHits: operations.count)
-                },
-                poolVariant("pool, 1 task", coalescing, tasks: 1),
-                poolVariant("pool, 16 tasks", coalescing, tasks: 16),
-                poolVariant("pool, 64 tasks", coalescing, tasks: 64),
-                poolVariant("pool, 16 tasks, not coalescing", plain, tasks: 16),
-                poolVariant("pool, 64 tasks, not coalescing", plain, tasks: 64),
-            ]
+            variants: raw + pooled
         )
     }
 
