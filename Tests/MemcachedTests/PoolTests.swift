@@ -26,11 +26,13 @@ struct PoolTests {
                 waitTimeout: .seconds(120),
                 coalescesReads: coalescesReads
             )
-            let models = try await withThrowingTaskGroup(of: TaskModel.self) { group in
-                for task in 0..<64 {
-                    group.addTask { try await runMixedOperations(task: task, operations: 500, client: client) }
+            let models = try await runOnDispatchThreads {
+                try await withThrowingTaskGroup(of: TaskModel.self) { group in
+                    for task in 0..<64 {
+                        group.addTask { try await runMixedOperations(task: task, operations: 500, client: client) }
+                    }
+                    return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
                 }
-                return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
             }
 
             let mismatches = models.flatMap(\.mismatches)
@@ -264,11 +266,13 @@ struct PoolTests {
                     try? await Task.sleep(for: .milliseconds(1))
                 }
             }
-            let models = try await withThrowingTaskGroup(of: TaskModel.self) { group in
-                for task in 0..<64 {
-                    group.addTask { try await runMixedOperations(task: task, operations: 200, client: client) }
+            let models = try await runOnDispatchThreads {
+                try await withThrowingTaskGroup(of: TaskModel.self) { group in
+                    for task in 0..<64 {
+                        group.addTask { try await runMixedOperations(task: task, operations: 200, client: client) }
+                    }
+                    return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
                 }
-                return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
             }
             done.withLock { $0 = true }
             await sampler.value
@@ -871,6 +875,15 @@ struct ConnectionHolder {
     func release() async throws {
         gate.signal()
         try await task.value
+    }
+}
+
+/// Runs `body` and the tasks it starts on Dispatch threads rather than the suite's thread per
+/// job: 64 tasks of hundreds of operations each resume tens of thousands of times, and a new thread
+/// for each starved other tests' tasks for over 30 s in loaded runs.
+func runOnDispatchThreads<R: Sendable>(_ body: () async throws -> R) async throws -> R {
+    try await withTaskExecutorPreference(ConcurrentTestExecutor(label: "mixed-operations")) {
+        try await body()
     }
 }
 
