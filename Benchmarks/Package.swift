@@ -7,7 +7,9 @@ let package = Package(
     name: "swift-libmemcached-benchmarks",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(name: "swift-libmemcached", path: "../")
+        .package(name: "swift-libmemcached", path: "../"),
+        // Per-command latency percentiles (the latency table).
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The raw libmemcached loops the Swift API is compared with, and the process-wide malloc
@@ -22,6 +24,7 @@ let package = Package(
                 "CRawBench",
                 .product(name: "Memcached", package: "swift-libmemcached"),
                 .product(name: "MemcachedTestSupport", package: "swift-libmemcached"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
     ]

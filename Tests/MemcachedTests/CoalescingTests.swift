@@ -93,14 +93,6 @@ struct CoalescingTests {
         }
     }
 
-    static func result<Value>(_ body: () async throws -> Value) async -> Result<Value, any Error> {
-        do {
-            return .success(try await body())
-        } catch {
-            return .failure(error)
-        }
-    }
-
     /// Holds every connection of a one-connection client while `queue` starts reads, and waits
     /// until `count` of them wait in batches.
     static func withQueuedReads<Result: Sendable>(
@@ -138,8 +130,8 @@ struct CoalescingTests {
                 keys.map { key in
                     Task(executorPreference: ThreadPerJobExecutor()) { () -> (Duration, Result<String?, any Error>) in
                         let start = ContinuousClock.now
-                        let result = await Self.result { try await client.get(key, as: String.self) }
-                        return (start.duration(to: .now), result)
+                        let outcome = await result { try await client.get(key, as: String.self) }
+                        return (start.duration(to: .now), outcome)
                     }
                 }
             }
@@ -236,6 +228,72 @@ struct CoalescingTests {
             #expect(client.pool.coalescedReads.batches == 1)
             await client.close()
         }
+    }
+
+    @Test("gets calls join the batch with gets: each gets its own value and a token that works; a miss is nil")
+    func getsInABatch() async throws {
+        try await withMemcached(servers: 2) { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            let keys = (0..<6).map { "versioned:\($0)" }
+            for key in keys {
+                try await client.set(key, "v1 of \(key)")
+            }
+            let (reads, holder) = try await Self.withQueuedReads(client, count: keys.count + 2) {
+                let executor = ThreadPerJobExecutor()
+                let getsReads = keys.map { key in
+                    Task(executorPreference: executor) { () -> (String, MemcachedCASToken)? in
+                        try await client.gets(key, as: String.self).map { ($0.value, $0.token) }
+                    }
+                }
+                let plain = Task(executorPreference: executor) { () -> (String, MemcachedCASToken)? in
+                    try await client.get(keys[0], as: String.self).map { ($0, MemcachedCASToken(rawValue: 0)) }
+                }
+                let missing = Task(executorPreference: executor) { () -> (String, MemcachedCASToken)? in
+                    try await client.gets("versioned:absent", as: String.self).map { ($0.value, $0.token) }
+                }
+                return getsReads + [plain, missing]
+            }
+            try await holder.release()
+            #expect(client.pool.coalescedReads.batches == 1)
+            var tokens: [String: MemcachedCASToken] = [:]
+            for (key, read) in zip(keys, reads) {
+                let hit = try #require(try await read.value)
+                #expect(hit.0 == "v1 of \(key)")
+                tokens[key] = hit.1
+            }
+            #expect(try await reads[keys.count].value?.0 == "v1 of \(keys[0])")
+            #expect(try await reads[keys.count + 1].value == nil)
+            // The tokens are the items' own: a cas with each succeeds once, and a stale one fails.
+            for key in keys {
+                #expect(try await client.cas(key, "v2 of \(key)", token: tokens[key]!))
+                #expect(try await client.cas(key, "v3 of \(key)", token: tokens[key]!) == false)
+                #expect(try await client.get(key, as: String.self) == "v2 of \(key)")
+            }
+            await client.close()
+        }
+    }
+
+    @Test("in a batch, a hit without a CAS token fails the gets caller with protocolError and serves the get caller")
+    func batchHitWithoutToken() async throws {
+        // Answers every read with the one value, without a CAS token.
+        let server = try ScriptedServer { line in
+            line.hasPrefix("get") ? Array("VALUE bad 16 1\r\nx\r\nEND\r\n".utf8) : nil
+        }
+        defer { server.stop() }
+        let client = try Self.client([server.address], connections: 1)
+        let (reads, holder) = try await Self.withQueuedReads(client, count: 2) {
+            let executor = ThreadPerJobExecutor()
+            return (
+                Task(executorPreference: executor) { try await client.gets("bad", as: String.self)?.value },
+                Task(executorPreference: executor) { try await client.get("bad", as: String.self) }
+            )
+        }
+        try await holder.release()
+        let error = await #expect(throws: MemcachedError.self) { try await reads.0.value }
+        #expect(error?.code == .protocolError && error?.key == "bad", "\(String(describing: error))")
+        #expect(try await reads.1.value == "x")
+        #expect(client.pool.coalescedReads.batches == 1)
+        await client.close()
     }
 
     @Test("a batch holds at most maximumCoalescedReads reads, and reads of one key in a batch share one fetch")

@@ -163,3 +163,12 @@ extension Duration {
     /// This bound on elapsed time, stretched by ``testTimeScale``.
     var scaledForTests: Duration { self * testTimeScale }
 }
+
+/// The outcome of an async throwing call, as a value to check after the fact.
+func result<Value>(_ body: () async throws -> Value) async -> Result<Value, any Error> {
+    do {
+        return .success(try await body())
+    } catch {
+        return .failure(error)
+    }
+}

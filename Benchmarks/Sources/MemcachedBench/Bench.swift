@@ -17,7 +17,7 @@ struct Options {
     var child: (workload: String, variant: String, count: Int)? = nil
 
     static let usage = """
-        usage: MemcachedBench [--quick | --scale X] [--reps N] [--only W1,W4,...] [--server HOST:PORT]
+        usage: MemcachedBench [--quick | --scale X] [--reps N] [--only W1,W4,...,L,S] [--server HOST:PORT]
                               [--no-same-core] [--no-syscalls] [--no-peers] [--python PATH] [--markdown PATH]
                MemcachedBench --child ID VARIANT COUNT [--server HOST:PORT]
         """
@@ -159,6 +159,24 @@ enum MemcachedBench {
             outcomes.append(outcome)
         }
 
+        var latency: [LatencyRow] = []
+        if options.only?.contains("L") ?? true {
+            latency = try await suite.latencyTable(repetitions: options.repetitions)
+            print(
+                Summary(machine: machine, outcomes: [], sameCore: [], syscalls: [], latency: latency).latencySection()
+                    + "\n"
+            )
+        }
+
+        var serverView: [ServerViewRow] = []
+        if let process = serverProcess, options.only?.contains("S") ?? true {
+            serverView = try await ServerView.measure(suite: suite, server: process)
+            print(
+                Summary(machine: machine, outcomes: [], sameCore: [], syscalls: [], serverView: serverView)
+                    .serverViewSection() + "\n"
+            )
+        }
+
         var sameCore: [Outcome] = []
         if options.sameCore, pinned, let process = serverProcess,
             options.only.map({ !$0.isDisjoint(with: ["W1", "W2"]) }) ?? true
@@ -183,7 +201,14 @@ enum MemcachedBench {
             print(SyscallCounter.text(syscalls) + "\n")
         }
 
-        let summary = Summary(machine: machine, outcomes: outcomes, sameCore: sameCore, syscalls: syscalls)
+        let summary = Summary(
+            machine: machine,
+            outcomes: outcomes,
+            sameCore: sameCore,
+            syscalls: syscalls,
+            latency: latency,
+            serverView: serverView
+        )
         let markdown = summary.markdown()
         print(markdown)
         let path = options.markdown ?? benchmarksDirectory + "/results/latest.md"

@@ -150,13 +150,15 @@ final class Suite {
                 },
                 Variant(name: "ours async, 1 task", kind: .async, baseline: "raw C") { count in
                     let hits = try await Task.detached {
-                        var hits = 0
-                        for _ in 0..<count {
-                            if try await client.get(key, as: [UInt8].self) != nil { hits += 1 }
-                        }
-                        return hits
+                        try await Self.getLoop(client, key, count: count)
                     }.value
                     try expect(hits == count, "\(id) async: \(hits) hits of \(count)")
+                },
+                Variant(name: Self.onClientExecutor, kind: .async, baseline: "raw C") { count in
+                    let hits = try await withTaskExecutorPreference(client.taskExecutor) {
+                        try await Self.getLoop(client, key, count: count)
+                    }
+                    try expect(hits == count, "\(id) async on the client's executor: \(hits) hits of \(count)")
                 },
             ]
         )
@@ -401,9 +403,9 @@ final class Suite {
     }
 
     /// The keys W6 and W8 use, all stored, so every get hits.
-    private lazy var mixedKeys: KeySet = KeySet(prefix: "bench:w6:", count: Self.keyCount)
+    lazy var mixedKeys: KeySet = KeySet(prefix: "bench:w6:", count: Self.keyCount)
 
-    private func storeMixedKeys(_ raw: RawConnection) throws {
+    func storeMixedKeys(_ raw: RawConnection) throws {
         for key in mixedKeys.strings {
             try raw.store(key, Self.smallValue)
         }
@@ -442,6 +444,16 @@ final class Suite {
                         try await Self.runMixed(client, strings, slice, value)
                     }.value
                     try expect(count < operations.count || hits == gets, "W6 async: \(hits) hits of \(gets)")
+                },
+                Variant(name: Self.onClientExecutor, kind: .async, baseline: "raw C") { count in
+                    let slice = operations[0..<count]
+                    let hits = try await withTaskExecutorPreference(client.taskExecutor) {
+                        try await Self.runMixed(client, strings, slice, value)
+                    }
+                    try expect(
+                        count < operations.count || hits == gets,
+                        "W6 async on the client's executor: \(hits) hits of \(gets)"
+                    )
                 },
             ]
         )
@@ -536,8 +548,11 @@ final class Suite {
             title: "W6 with concurrency (pool: default 8 connections unless noted)",
             operations: operations,
             pools: [
-                ("pool, 1 task", pool, 1), ("pool, 4 tasks", pool, 4), ("pool, 16 tasks", pool, 16),
-                ("pool, 64 tasks", pool, 64), ("pool of 2, 16 tasks", smallPool, 16),
+                ConcurrentPool("pool, 1 task", pool, tasks: 1), ConcurrentPool("pool, 4 tasks", pool, tasks: 4),
+                ConcurrentPool("pool, 16 tasks", pool, tasks: 16), ConcurrentPool("pool, 64 tasks", pool, tasks: 64),
+                ConcurrentPool("pool of 2, 16 tasks", smallPool, tasks: 16),
+                ConcurrentPool("pool, 16 tasks, client's executor", pool, tasks: 16, onClientExecutor: true),
+                ConcurrentPool("pool, 64 tasks, client's executor", pool, tasks: 64, onClientExecutor: true),
             ]
         )
     }
@@ -554,8 +569,12 @@ final class Suite {
             title: "gets only over 10,000 keys with concurrency (pool of 8 connections)",
             operations: operations,
             pools: [
-                ("pool, 1 task", coalescing, 1), ("pool, 16 tasks", coalescing, 16), ("pool, 64 tasks", coalescing, 64),
-                ("pool, 16 tasks, not coalescing", plain, 16), ("pool, 64 tasks, not coalescing", plain, 64),
+                ConcurrentPool("pool, 1 task", coalescing, tasks: 1),
+                ConcurrentPool("pool, 16 tasks", coalescing, tasks: 16),
+                ConcurrentPool("pool, 64 tasks", coalescing, tasks: 64),
+                ConcurrentPool("pool, 16 tasks, not coalescing", plain, tasks: 16),
+                ConcurrentPool("pool, 64 tasks, not coalescing", plain, tasks: 64),
+                ConcurrentPool("pool, 64 tasks, client's executor", coalescing, tasks: 64, onClientExecutor: true),
             ]
         )
     }
@@ -566,7 +585,7 @@ final class Suite {
         id: String,
         title: String,
         operations: [UInt32],
-        pools: [(name: String, client: MemcachedClient, tasks: Int)]
+        pools: [ConcurrentPool]
     ) throws -> Workload {
         let keys = mixedKeys
         let rawSingle = try rawConnection("raw-thread-0")
@@ -587,7 +606,7 @@ final class Suite {
         let pooled = pools.map { pool in
             Variant(name: pool.name, kind: .async, baseline: "raw C, 2 threads", countAllocations: false) { count in
                 let slice = Array(operations[0..<count])
-                let hits = try await Self.runConcurrently(pool.client, strings, slice, value, tasks: pool.tasks)
+                let hits = try await Self.runConcurrently(pool, strings, slice, value)
                 try expect(count < operations.count || hits == gets, "\(id) \(pool.name): \(hits) hits of \(gets)")
             }
         }
@@ -605,7 +624,7 @@ final class Suite {
 
     // MARK: - Shared loops
 
-    private func rawMixed(
+    func rawMixed(
         _ connections: [RawConnection],
         _ keys: KeySet,
         _ operations: [UInt32],
@@ -684,24 +703,56 @@ final class Suite {
         return hits
     }
 
-    /// Splits `operations` into `tasks` slices run by concurrent child tasks of one group.
+    /// Splits `operations` into one slice per task of `pool`, run by concurrent child tasks of one
+    /// group, on the client's executor when the pool says so.
     static func runConcurrently(
-        _ client: MemcachedClient,
+        _ pool: ConcurrentPool,
         _ keys: [String],
         _ operations: [UInt32],
-        _ value: [UInt8],
-        tasks: Int
+        _ value: [UInt8]
     ) async throws -> Int {
-        try await Task.detached {
-            try await withThrowingTaskGroup(of: Int.self) { group in
-                let perTask = operations.count / tasks
-                for task in 0..<tasks {
-                    let end = task + 1 == tasks ? operations.count : (task + 1) * perTask
-                    let slice = operations[(task * perTask)..<end]
-                    group.addTask { try await runMixed(client, keys, slice, value) }
+        let client = pool.client
+        let tasks = pool.tasks
+        let executor: (any TaskExecutor)? = pool.onClientExecutor ? client.taskExecutor : nil
+        return try await Task.detached {
+            try await withTaskExecutorPreference(executor) {
+                try await withThrowingTaskGroup(of: Int.self) { group in
+                    let perTask = operations.count / tasks
+                    for task in 0..<tasks {
+                        let end = task + 1 == tasks ? operations.count : (task + 1) * perTask
+                        let slice = operations[(task * perTask)..<end]
+                        group.addTask { try await runMixed(client, keys, slice, value) }
+                    }
+                    return try await group.reduce(0, +)
                 }
-                return try await group.reduce(0, +)
             }
         }.value
+    }
+
+    static func getLoop(_ client: MemcachedClient, _ key: String, count: Int) async throws -> Int {
+        var hits = 0
+        for _ in 0..<count {
+            if try await client.get(key, as: [UInt8].self) != nil { hits += 1 }
+        }
+        return hits
+    }
+
+    /// The name of a single-task variant whose task runs on the client's own executor.
+    static let onClientExecutor = "ours async, 1 task, client's executor"
+}
+
+/// A client and how many concurrent tasks share it in a concurrency workload.
+struct ConcurrentPool: Sendable {
+    let name: String
+    let client: MemcachedClient
+    let tasks: Int
+    /// Whether the tasks run on ``MemcachedClient/taskExecutor``.
+    let onClientExecutor: Bool
+
+    init(_ name: String, _ client: MemcachedClient, tasks: Int, onClientExecutor: Bool = false) {
+        self.name = name
+        self.client = client
+        self.tasks = tasks
+        self.onClientExecutor = onClientExecutor
     }
 }

@@ -4,6 +4,8 @@ struct Summary {
     var outcomes: [Outcome]
     var sameCore: [Outcome]
     var syscalls: [SyscallCount]
+    var latency: [LatencyRow] = []
+    var serverView: [ServerViewRow] = []
 
     static let peerNames = ["pylibmc", "pymemcache", "python-memcached"]
 
@@ -26,6 +28,12 @@ struct Summary {
             sections.append(detailTable(concurrency, heading: "W8: concurrency (ratio to raw C with 2 threads)"))
         }
         sections.append(cpuTable())
+        if !latency.isEmpty {
+            sections.append(latencySection())
+        }
+        if !serverView.isEmpty {
+            sections.append(serverViewSection())
+        }
         if !sameCore.isEmpty {
             sections.append(
                 sameCore.map { detailTable($0, heading: "\($0.id): \($0.title)") }.joined(separator: "\n\n")
@@ -164,7 +172,7 @@ struct Summary {
         outcomes.first { $0.id == id }
     }
 
-    private func verdict(_ met: Bool) -> String {
+    func verdict(_ met: Bool) -> String {
         met ? "met" : "**missed**"
     }
 

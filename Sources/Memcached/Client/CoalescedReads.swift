@@ -1,5 +1,12 @@
 import NIOConcurrencyHelpers
 
+/// Decodes a pooled read's hit as its caller's type, in code specialized for it: the value's
+/// bytes (valid during the call), its flags, its CAS token and the connection's coding context.
+@usableFromInline
+typealias ReadDecoder =
+    @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCASToken, MemcachedCodingContext) throws ->
+    any Sendable
+
 /// One caller's single-key read waiting in a ``ReadBatch``: its key, how its value decodes, and
 /// how it is answered. Answered exactly once: with its value, a miss, an error, or
 /// `CancellationError` when its task is cancelled first (then the batch's answer is dropped).
@@ -17,24 +24,21 @@ final class CoalescedRead: @unchecked Sendable {
     }
 
     let key: String
+    /// Whether the caller needs the hit's CAS token (``MemcachedClient/gets(_:as:)``): a hit
+    /// without one is then a malformed reply, as it is for the connection's `gets`.
+    let requiresCAS: Bool
     /// When the read has waited ``ConnectionPool/waitTimeout`` for a connection.
     let deadline: ContinuousClock.Instant
     /// The batch the read waits in. Under the pool's lock.
     weak var batch: ReadBatch?
-    /// Decodes a hit as the caller's type, in code specialized for it.
-    private let decode:
-        @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
+    private let decode: ReadDecoder
     private let state = NIOLockedValueBox(State.pending)
     /// The hit, decoded while its bytes were valid, kept until the whole reply has been checked.
     private var decoded: Result<(any Sendable)?, any Error>?
 
-    init(
-        key: String,
-        deadline: ContinuousClock.Instant,
-        decode:
-            @escaping @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
-    ) {
+    init(key: String, requiresCAS: Bool, deadline: ContinuousClock.Instant, decode: @escaping ReadDecoder) {
         self.key = key
+        self.requiresCAS = requiresCAS
         self.deadline = deadline
         self.decode = decode
     }
@@ -55,10 +59,23 @@ final class CoalescedRead: @unchecked Sendable {
 
     /// Decodes a hit while its bytes are valid. The caller hears of it only in ``settle(_:)``,
     /// once the whole reply has been checked: bytes after its end fail every key, hits included.
-    func decodeHit(_ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ context: MemcachedCodingContext) {
+    func decodeHit(
+        _ bytes: UnsafeRawBufferPointer,
+        _ flags: MemcachedFlags,
+        _ cas: UInt64,
+        _ context: MemcachedCodingContext
+    ) {
         guard isWaiting else { return }
         do {
-            decoded = .success(try decode(bytes, flags, context))
+            // memcached never issues a token of 0, which would make a binary `cas` a plain `set`.
+            guard !requiresCAS || cas != 0 else {
+                throw MemcachedError(
+                    code: .protocolError,
+                    message: "a server sent a malformed reply (a value without a CAS token)",
+                    key: key
+                )
+            }
+            decoded = .success(try decode(bytes, flags, MemcachedCASToken(rawValue: cas), context))
         } catch {
             decoded = .failure(MemcachedConnection.decodingFailure(error, key: key))
         }
@@ -109,7 +126,7 @@ final class CoalescedRead: @unchecked Sendable {
     }
 }
 
-/// Single-key reads that found every connection leased, served together by one multi-get on the
+/// Single-key reads (`get` and `gets`) that found every connection leased, served together by one multi-get on the
 /// next connection that comes free: one hand-off to the thread and one round trip per server for
 /// all of them (``MemcachedClient/Options/coalescesReads``).
 ///
@@ -167,9 +184,13 @@ final class ReadBatch: ConnectionPool.Waiter, @unchecked Sendable {
     func read(on connection: MemcachedConnection) throws {
         let keys = Array(reads.keys)
         let context = connection.codingContext
-        let failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false) { index, bytes, flags in
+        let failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false) {
+            index,
+            bytes,
+            flags,
+            cas in
             for read in reads[keys[index]]! {
-                read.decodeHit(bytes, flags, context)
+                read.decodeHit(bytes, flags, cas, context)
             }
         }
         for (key, reads) in reads {

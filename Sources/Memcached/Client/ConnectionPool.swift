@@ -7,8 +7,9 @@ import NIOPosix
 ///
 /// A connection is not thread-safe, so it is not `Sendable`. The box is `@unchecked Sendable`
 /// because the pool lends it to one holder at a time: it leaves the pool's lock into exactly one
-/// task, that task uses it only inside one work item on one of the client's threads, and it comes
-/// back through the same lock or is freed. Each hand-over takes a lock (the pool's, or
+/// task, that task uses it only inside one work item on one of the client's threads (the pool's,
+/// or, run in place, one of ``ConnectionPool/taskExecutor``'s), and it comes back through the same
+/// lock or is freed. Each hand-over takes a lock (the pool's, or
 /// `NIOThreadPool`'s queue lock), which orders every use by one holder before any use by the next.
 final class PooledConnection: @unchecked Sendable {
     let connection: MemcachedConnection
@@ -108,7 +109,8 @@ extension NIOLockedValueBox where Value == LeaseCancellationState {
 ///
 /// A command that finds a connection (idle, or a new clone while there is room) submits its work
 /// to the pool's `NIOThreadPool` and suspends on one continuation, which the thread resumes with
-/// the result. A command that finds every connection leased queues *its work* instead of itself:
+/// the result; issued from one of ``taskExecutor``'s threads, where blocking is expected, it runs
+/// right there instead (``runHere``). A command that finds every connection leased queues *its work* instead of itself:
 /// the waiter holds the type-erased work, which runs the body on a connection and resumes the
 /// waiter's continuation with the result. The thread that finishes a lease takes the connection
 /// back under the lock and, while waiters are queued, runs their work itself, one after the
@@ -231,6 +233,8 @@ final class ConnectionPool: Sendable {
     let maximumBatchSize: Int
     private let logger: Logger
     private let threadPool: NIOThreadPool
+    /// Threads for tasks that want their commands run where they are (``MemcachedClient/taskExecutor``).
+    let taskExecutor: ClientTaskExecutor
     /// The event loop whose thread runs the timer: NIO's shared singleton group, so a pool
     /// costs no thread of its own for it.
     private let timerLoop: any EventLoop
@@ -264,6 +268,7 @@ final class ConnectionPool: Sendable {
         )
         self.state = NIOLockedValueBox(State(machine: machine, template: Template(template)))
         threadPool = NIOThreadPool(numberOfThreads: maximumConnections)
+        taskExecutor = ClientTaskExecutor(numberOfThreads: maximumConnections)
         timerLoop = MultiThreadedEventLoopGroup.singleton.next()
         threadPool.start()
     }
@@ -287,6 +292,7 @@ final class ConnectionPool: Sendable {
             threadPool.submit { _ in connection.free() }
         }
         threadPool.shutdownGracefully { _ in }
+        taskExecutor.stop()
     }
 
     // MARK: - Leasing
@@ -306,6 +312,9 @@ final class ConnectionPool: Sendable {
         let cancellation = LeaseCancellation()
         return try await withTaskCancellationHandler {
             if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+                if taskExecutor.isCurrentThread {
+                    return try runHere(connection, body, cancellation)
+                }
                 return try await withCheckedThrowingContinuation { continuation in
                     lend(connection, body, continuation, cancellation)
                 }
@@ -314,6 +323,22 @@ final class ConnectionPool: Sendable {
         } onCancel: {
             cancellation.cancel()
         }
+    }
+
+    /// Runs a lease on the calling thread, one of ``taskExecutor``'s, where blocking is expected:
+    /// no hand-off to another thread and no suspension. Waiters the connection goes to next are
+    /// served on one of the pool's threads, so that the caller returns at once.
+    private func runHere<R>(
+        _ connection: PooledConnection,
+        _ body: (MemcachedConnection) throws -> R,
+        _ cancellation: LeaseCancellation
+    ) throws -> R {
+        let outcome = connection.run(body, cancellation: cancellation)
+        let next = takeBack(connection, reusable: outcome.reusable, failure: outcome.result.error)
+        if !next.isEmpty {
+            threadPool.submit { _ in self.carryOut(next) }
+        }
+        return try outcome.result.get()
     }
 
     /// A connection without waiting, or `nil` when every one is leased.
@@ -347,7 +372,7 @@ final class ConnectionPool: Sendable {
             // machine still hand it on, that runs on one of the pool's threads.
             var plan = Plan()
             settle(state.machine.creationFailed(now: .now), into: &plan, &state)
-            if plan.next != nil || !plan.failures.isEmpty || !plan.expired.isEmpty || plan.drained != nil {
+            if !plan.isEmpty {
                 let leftOver = plan
                 threadPool.submit { _ in self.carryOut(leftOver) }
             }
@@ -395,8 +420,8 @@ final class ConnectionPool: Sendable {
     }
 
     /// Takes a connection back after a lease: to lend again, or, when it may be out of step with
-    /// a server, freed here (on the calling thread, one of the pool's: freeing talks to the
-    /// servers) and its place given on.
+    /// a server, freed here (on the calling thread, one of the pool's or of ``taskExecutor``'s:
+    /// freeing talks to the servers) and its place given on.
     private func takeBack(_ connection: PooledConnection, reusable: Bool, failure: (any Error)?) -> Plan {
         if reusable {
             return plan { $0.machine.connectionReturned(connection, now: .now) }
@@ -480,15 +505,17 @@ final class ConnectionPool: Sendable {
     /// batch that waits for the next free connection (or starts one), and that connection serves
     /// the whole batch with one multi-get (``ReadBatch``).
     ///
-    /// - Parameter decode: Decodes a hit as the caller's type.
+    /// - Parameters:
+    ///   - requiresCAS: Whether the caller needs the hit's CAS token (a `gets`).
+    ///   - decode: Decodes a hit as the caller's type.
     /// - Returns: The decoded value, or `nil` for a miss.
     /// - Throws: As ``withConnection(_:)`` does, and the key's own error: an invalid key (before
     ///   anything is queued), a value that does not decode, its server's failure.
     @usableFromInline
     func read(
         _ key: String,
-        decode:
-            @escaping @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
+        requiresCAS: Bool = false,
+        decode: @escaping ReadDecoder
     ) async throws -> (any Sendable)? {
         try Task.checkCancellation()
         // An invalid key fails alone, never the batch it would join.
@@ -498,10 +525,17 @@ final class ConnectionPool: Sendable {
         if let immediate {
             let cancellation = LeaseCancellation()
             return try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { continuation in
+                if taskExecutor.isCurrentThread {
+                    return try runHere(
+                        immediate,
+                        { try $0.read(key, requiresCAS: requiresCAS, decode: decode) },
+                        cancellation
+                    )
+                }
+                return try await withCheckedThrowingContinuation { continuation in
                     lend(
                         immediate,
-                        { connection in try connection.read(key, decode: decode) },
+                        { connection in try connection.read(key, requiresCAS: requiresCAS, decode: decode) },
                         continuation,
                         cancellation
                     )
@@ -510,7 +544,12 @@ final class ConnectionPool: Sendable {
                 cancellation.cancel()
             }
         }
-        let read = CoalescedRead(key: key, deadline: .now.advanced(by: waitTimeout), decode: decode)
+        let read = CoalescedRead(
+            key: key,
+            requiresCAS: requiresCAS,
+            deadline: .now.advanced(by: waitTimeout),
+            decode: decode
+        )
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 if read.wait(with: continuation) {
@@ -678,6 +717,11 @@ final class ConnectionPool: Sendable {
         var next: Next?
         /// ``close()``, to resume: the last connection is freed.
         var drained: CheckedContinuation<Void, Never>?
+
+        /// Whether there is nothing to do.
+        var isEmpty: Bool {
+            next == nil && failures.isEmpty && expired.isEmpty && drained == nil
+        }
 
         enum Next {
             /// Run the waiter's work on the connection.
@@ -854,6 +898,8 @@ final class ConnectionPool: Sendable {
             }
             // Nothing is queued or running any more, so this only joins the idle threads.
             try? await threadPool.shutdownGracefully()
+            // Tasks running on the executor's threads finish their current job there.
+            taskExecutor.stop()
             let followers = state.withLockedValue { state in
                 state.closed = true
                 defer { state.closeFollowers = [] }

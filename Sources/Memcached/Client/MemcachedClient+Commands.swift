@@ -27,7 +27,7 @@ extension MemcachedClient {
         guard options.coalescesReads else {
             return try await withConnection { try $0.get(key, as: type) }
         }
-        let value = try await pool.read(key) { bytes, flags, context in
+        let value = try await pool.read(key) { bytes, flags, _, context in
             try Value(memcachedBytes: bytes, flags: flags, context: context)
         }
         return value.map { $0 as! Value }
@@ -63,12 +63,36 @@ extension MemcachedClient {
     ///   - type: The type to decode; inferred from context when omitted.
     /// - Returns: The value and its token, or `nil` when the key is missing.
     /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
+    ///
+    /// Like ``get(_:as:)``, it joins a coalesced batch when every connection is busy.
     @inlinable
     public func gets<Value: MemcachedValue & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self
     ) async throws -> (value: Value, token: MemcachedCASToken)? {
-        try await withConnection { try $0.gets(key, as: type) }
+        guard options.coalescesReads else {
+            return try await withConnection { try $0.gets(key, as: type) }
+        }
+        let hit = try await pool.read(key, requiresCAS: true) { bytes, flags, token, context in
+            Hit(value: try Value(memcachedBytes: bytes, flags: flags, context: context), token: token)
+        }
+        return hit.map { hit in
+            let hit = hit as! Hit<Value>
+            return (hit.value, hit.token)
+        }
+    }
+
+    /// A ``gets(_:as:)`` hit on its way through the pool, which passes values as `any Sendable`.
+    @usableFromInline
+    struct Hit<Value: Sendable>: Sendable {
+        @usableFromInline let value: Value
+        @usableFromInline let token: MemcachedCASToken
+
+        @usableFromInline
+        init(value: Value, token: MemcachedCASToken) {
+            self.value = value
+            self.token = token
+        }
     }
 
     // MARK: - Writing

@@ -45,6 +45,7 @@
 ///
 /// ### Leasing a connection
 /// - ``withConnection(_:)``
+/// - ``taskExecutor``
 ///
 /// ### Closing
 /// - ``close()``
@@ -100,7 +101,7 @@ public final class MemcachedClient: Sendable {
         public var connectionWaitTimeout: Duration = .seconds(5)
 
         /// Whether single-key reads that find every connection busy are served together: ``get(_:as:)``
-        /// calls waiting for a connection join one batch, which the next free connection reads
+        /// and ``gets(_:as:)`` calls waiting for a connection join one batch, which the next free connection reads
         /// with one multi-get (one round trip per server) before answering each caller with its
         /// own value, miss or error, decoded as its own type.
         ///
@@ -196,6 +197,37 @@ public final class MemcachedClient: Sendable {
         _ body: @escaping @Sendable (MemcachedConnection) throws -> Result
     ) async throws -> Result {
         try await pool.withConnection(body)
+    }
+
+    /// Threads of the client's own on which tasks can run, so that their commands run on the
+    /// calling thread instead of being handed to another one.
+    ///
+    /// A command awaited on Swift's cooperative pool hands its blocking libmemcached call to one
+    /// of the client's threads and is resumed on a cooperative thread: two thread hand-offs that
+    /// cost more client CPU than a loopback round trip. A task that prefers this executor runs on
+    /// a thread where blocking is expected, so a command that finds a connection free runs right
+    /// there and returns without suspending:
+    ///
+    /// ```swift
+    /// try await withTaskExecutorPreference(client.taskExecutor) {
+    ///     for key in keys {
+    ///         let value = try await client.get(key, as: String.self)   // no hand-off
+    ///         // ...
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// Use it for tasks that mostly talk to memcached, such as a worker draining a queue. The
+    /// executor has one thread per connection (``Options/maximumConnections``), started at its
+    /// first job: a command blocks the thread it runs on for its round trip, so other tasks
+    /// preferring the executor wait for a thread meanwhile; keep CPU-heavy work and waits on
+    /// other services off it. A command that finds every connection busy suspends as anywhere
+    /// else (a read may join a coalesced batch) and resumes on one of these threads. The threads
+    /// stop when the client closes; jobs after that run on Dispatch's threads, where every command
+    /// fails with ``MemcachedError/Code/poolClosed``. Deadlines, cancellation and the pool's
+    /// rules are the same on every executor.
+    public var taskExecutor: any TaskExecutor {
+        pool.taskExecutor
     }
 
     /// Closes the client: fails waiting and later calls, frees every connection, stops the threads.

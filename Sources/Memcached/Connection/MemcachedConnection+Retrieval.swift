@@ -23,15 +23,12 @@ extension MemcachedConnection {
         return value
     }
 
-    /// ``get(_:as:)`` with the decoding passed in: the pool's reads, whose callers' types it
-    /// does not know.
-    func read(
-        _ key: String,
-        decode: (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCodingContext) throws -> any Sendable
-    ) throws -> (any Sendable)? {
+    /// ``get(_:as:)`` or ``gets(_:as:)`` with the decoding passed in: the pool's reads, whose
+    /// callers' types it does not know.
+    func read(_ key: String, requiresCAS: Bool, decode: ReadDecoder) throws -> (any Sendable)? {
         var value: (any Sendable)?
-        try fetchOne(key, command: "get") { bytes, flags, _ in
-            value = try decode(bytes, flags, codingContext)
+        try fetchOne(key, command: requiresCAS ? "gets" : "get", requiresCAS: requiresCAS) { bytes, flags, cas in
+            value = try decode(bytes, flags, MemcachedCASToken(rawValue: cas), codingContext)
         }
         return value
     }
@@ -113,7 +110,7 @@ extension MemcachedConnection {
         let keys = Array(keys)
         var result = MemcachedGetMultiResult<Value>()
         result.hits.reserveCapacity(keys.count)
-        result.failures = try fetchMulti(keys, keyPrefix: keyPrefix, stopOnHitError: false) { index, bytes, flags in
+        result.failures = try fetchMulti(keys, keyPrefix: keyPrefix, stopOnHitError: false) { index, bytes, flags, _ in
             result.hits[keys[index]] = try Value(memcachedBytes: bytes, flags: flags, context: codingContext)
         }
         if !result.failures.isEmpty {
@@ -159,14 +156,14 @@ extension MemcachedConnection {
         forEachHit body: (_ key: String, _ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags) throws -> Void
     ) throws -> [String: MemcachedError] {
         let keys = Array(keys)
-        return try fetchMulti(keys, keyPrefix: keyPrefix, stopOnHitError: true) { index, bytes, flags in
+        return try fetchMulti(keys, keyPrefix: keyPrefix, stopOnHitError: true) { index, bytes, flags, _ in
             try body(keys[index], bytes, flags)
         }
     }
 
     /// The non-generic part of every multi-get: checks and sends the keys, matches each reply to
     /// its request and decompresses it, then calls `hit` with the key's index in `keys`, the
-    /// value's bytes (valid during the call) and its flags. Returns the keys that could not be
+    /// value's bytes (valid during the call), its flags and its CAS token. Returns the keys that could not be
     /// read, with their errors; a caller that keeps hits drops those of failed keys.
     ///
     /// With `stopOnHitError`, an error `hit` throws is the call's: `hit` is not called again, the
@@ -183,7 +180,7 @@ extension MemcachedConnection {
         _ keys: [String],
         keyPrefix: String,
         stopOnHitError: Bool,
-        _ hit: (Int, UnsafeRawBufferPointer, MemcachedFlags) throws -> Void
+        _ hit: (_ index: Int, _ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ cas: UInt64) throws -> Void
     ) throws -> [String: MemcachedError] {
         trace("get_multi", keys: keys.count)
         guard !keys.isEmpty else { return [:] }
@@ -225,7 +222,7 @@ extension MemcachedConnection {
                     do {
                         try decode(item, key: keys[index]) { bytes, flags in
                             do {
-                                try hit(index, bytes, flags)
+                                try hit(index, bytes, flags, item.cas)
                             } catch  where stopOnHitError {
                                 hitError = error
                                 throw error
