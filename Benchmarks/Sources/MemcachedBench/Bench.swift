@@ -96,7 +96,10 @@ enum MemcachedBench {
 
     /// One variant once, nothing printed: the process strace counts and valgrind profiles.
     static func runChild(_ child: (workload: String, variant: String, count: Int), options: Options) async throws {
-        let server = try options.server.map { $0 } ?? startServer().address
+        // The process is kept until the variant ran: dropping it stops the server.
+        let started = try options.server == nil ? startServer() : nil
+        let server = options.server ?? started!.address
+        defer { started?.process.stop() }
         let suite = Suite(host: server.host, port: server.port, scale: 1)
         guard let workload = try suite.workloads(only: [child.workload]).first,
             let variant = workload.variants.first(where: { $0.name == child.variant })

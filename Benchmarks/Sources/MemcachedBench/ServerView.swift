@@ -58,8 +58,8 @@ enum ServerView {
         return rows
     }
 
-    /// memcaslap with 64 connections on two threads, gets only over 10,000 keys of 100 bytes; its
-    /// warm-up (storing every key) ends before the window opens.
+    /// memcaslap with 64 connections on two threads, gets only of 100-byte values; its warm-up
+    /// (storing every key of its window) ends before the window opens, which is checked.
     private static func memcaslapRow(_ path: String, server: MemcachedServerProcess) async throws -> ServerViewRow {
         let configuration = FileManager.default.temporaryDirectory
             .appendingPathComponent("memcaslap-\(getpid()).cfg")
@@ -72,9 +72,9 @@ enum ServerView {
         defer { try? FileManager.default.removeItem(at: configuration) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
-        let seconds = Int(window.components.seconds) + 6
+        let seconds = Int(window.components.seconds) + 8
         process.arguments = [
-            "-s", "127.0.0.1:\(server.port)", "-T", "2", "-c", "64", "--win_size=157", "-F", configuration.path,
+            "-s", "127.0.0.1:\(server.port)", "-T", "2", "-c", "64", "--win_size=1k", "-F", configuration.path,
             "-t", "\(seconds)s",
         ]
         process.standardOutput = FileHandle.nullDevice
@@ -84,8 +84,9 @@ enum ServerView {
             if process.isRunning { process.terminate() }
             process.waitUntilExit()
         }
-        // Past the warm-up: 10,048 sets at tens of thousands a second.
-        try await Task.sleep(for: .seconds(3))
+        // Past the warm-up: it stores its whole key window first (64 connections × 1k, the
+        // smallest window it takes), 65,536 sets at tens of thousands a second.
+        try await Task.sleep(for: .seconds(4))
         let setsBefore = try count("cmd_set", server)
         let row = try await sample(named: "memcaslap, 64 connections, 2 threads", server: server) {
             try await Task.sleep(for: window)
