@@ -13,6 +13,8 @@ source ../scripts/lib/apt.sh
 ../scripts/install-deps.sh
 command -v strace >/dev/null 2>&1 ||
     apt_install strace || echo "strace unavailable: syscall counts will be skipped"
+command -v memcaslap >/dev/null 2>&1 ||
+    apt_install libmemcached-tools || echo "memcaslap unavailable: the server's view will leave it out"
 ./python/setup.sh
 swift build -c release --product MemcachedBench
 exec .build/release/MemcachedBench "$@"

@@ -20,6 +20,7 @@ struct Options {
         usage: MemcachedBench [--quick | --scale X] [--reps N] [--only W1,W4,...,L,S] [--server HOST:PORT]
                               [--no-same-core] [--no-syscalls] [--no-peers] [--python PATH] [--markdown PATH]
                MemcachedBench --child ID VARIANT COUNT [--server HOST:PORT]
+        --only takes workload IDs and L (the latency table) and S (gets as the server counts them, with memcaslap)
         """
 
     init(_ arguments: [String]) throws {
