@@ -296,6 +296,107 @@ struct CoalescingTests {
         await client.close()
     }
 
+    @Test(
+        "a small getMulti that finds every connection busy joins the batch: hits, misses, prefix and repeats as alone"
+    )
+    func smallGetMultiJoinsTheBatch() async throws {
+        try await withMemcached(servers: 2) { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            for key in ["a", "b", "c"] {
+                try await client.set("pre:\(key)", "value of \(key)")
+            }
+            let keys = ["a", "b", "missing", "a", "c"]
+            let (reads, holder) = try await Self.withQueuedReads(client, count: 4 + 1) {
+                let executor = ThreadPerJobExecutor()
+                return (
+                    Task(executorPreference: executor) {
+                        try await client.getMulti(keys, keyPrefix: "pre:", as: String.self)
+                    },
+                    Task(executorPreference: executor) { try await client.get("pre:b", as: String.self) }
+                )
+            }
+            #expect(client.pool.waiterCount == 1, "one batch waits")
+            try await holder.release()
+            let coalesced = try await reads.0.value
+            #expect(try await reads.1.value == "value of b")
+            #expect(client.pool.coalescedReads == (batches: 1, reads: 5))
+            let alone = try await client.withConnection { try $0.getMulti(keys, keyPrefix: "pre:", as: String.self) }
+            #expect(coalesced.hits == ["a": "value of a", "b": "value of b", "c": "value of c"])
+            #expect(coalesced.hits == alone.hits)
+            #expect(coalesced.failures.isEmpty && alone.failures.isEmpty)
+            await client.close()
+        }
+    }
+
+    @Test("in a coalesced getMulti, a value that does not decode fails only its key, named without the prefix")
+    func coalescedGetMultiKeyFailure() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            try await client.set("pre:number", 5)
+            try await client.set("pre:word", "five")
+            let (read, holder) = try await Self.withQueuedReads(client, count: 2) {
+                Task(executorPreference: ThreadPerJobExecutor()) {
+                    try await client.getMulti(["number", "word"], keyPrefix: "pre:", as: Int.self)
+                }
+            }
+            try await holder.release()
+            let result = try await read.value
+            #expect(result.hits == ["number": 5])
+            #expect(result.failures["word"]?.code == .undecodableValue)
+            #expect(result.failures["word"]?.key == "word")
+            #expect(client.pool.coalescedReads.batches == 1)
+            await client.close()
+        }
+    }
+
+    @Test("cancelling a coalesced getMulti answers it at once; the batch still serves the others")
+    func cancellingACoalescedGetMulti() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            try await client.set("kept", "value")
+            let (reads, holder) = try await Self.withQueuedReads(client, count: 3 + 1) {
+                let executor = ThreadPerJobExecutor()
+                return (
+                    Task(executorPreference: executor) { try await client.getMulti(["x", "y", "z"], as: String.self) },
+                    Task(executorPreference: executor) { try await client.get("kept", as: String.self) }
+                )
+            }
+            reads.0.cancel()
+            let cancelled = await reads.0.result
+            #expect(throws: CancellationError.self) { try cancelled.get() }
+            #expect(client.pool.waiterCount == 1, "the batch still waits for the get")
+            try await holder.release()
+            #expect(try await reads.1.value == "value")
+            await client.close()
+        }
+    }
+
+    @Test("a getMulti over the limit waits for a connection of its own; Unicode-equal keys fail at once")
+    func largeOrInvalidGetMultiIsNotCoalesced() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses, connections: 1)
+            let keys = (0...MemcachedClient.coalescedMultiGetLimit).map { "many:\($0)" }
+            for key in keys {
+                try await client.set(key, key)
+            }
+            let holder = try await ConnectionHolder(client)
+            let large = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await client.getMulti(keys, as: String.self)
+            }
+            try await waitUntil { client.pool.waiterCount == 1 }
+            #expect(client.pool.queuedReadCount == 0, "not in a batch")
+            // Precomposed and decomposed "café": one Swift string, two memcached keys.
+            let error = await #expect(throws: MemcachedError.self) {
+                try await client.getMulti(["caf\u{E9}", "cafe\u{301}"], as: String.self)
+            }
+            #expect(error?.code == .invalidArguments)
+            try await holder.release()
+            let result = try await large.value
+            #expect(result.hits.count == keys.count)
+            await client.close()
+        }
+    }
+
     @Test("a batch holds at most maximumCoalescedReads reads, and reads of one key in a batch share one fetch")
     func batchCapAndSharedFetches() async throws {
         try await withMemcached { cluster in

@@ -20,6 +20,8 @@ final class CoalescedRead: @unchecked Sendable {
         /// Its task was cancelled before it had a continuation.
         case cancelledEarly
         case waiting(CheckedContinuation<(any Sendable)?, any Error>)
+        /// One key of a small multi-get (``MultiKeyRead``), which its caller waits for as a whole.
+        case part(of: MultiKeyRead, index: Int)
         case answered
     }
 
@@ -41,6 +43,21 @@ final class CoalescedRead: @unchecked Sendable {
         self.requiresCAS = requiresCAS
         self.deadline = deadline
         self.decode = decode
+    }
+
+    /// A read answered into `group`'s place `index` rather than a continuation of its own.
+    init(
+        key: String,
+        deadline: ContinuousClock.Instant,
+        decode: @escaping ReadDecoder,
+        partOf group: MultiKeyRead,
+        index: Int
+    ) {
+        self.key = key
+        self.requiresCAS = false
+        self.deadline = deadline
+        self.decode = decode
+        state.withLockedValue { $0 = .part(of: group, index: index) }
     }
 
     /// Gives the read its continuation; `false`, with the continuation resumed with
@@ -95,6 +112,8 @@ final class CoalescedRead: @unchecked Sendable {
 
     /// The task was cancelled: answers with `CancellationError` now, or, before the read has its
     /// continuation, makes ``wait(with:)`` do it.
+    ///
+    /// A part of a ``MultiKeyRead`` is only marked answered: its group answers its caller.
     func cancel() {
         let continuation = state.withLockedValue { state -> CheckedContinuation<(any Sendable)?, any Error>? in
             switch state {
@@ -104,6 +123,9 @@ final class CoalescedRead: @unchecked Sendable {
             case .waiting(let continuation):
                 state = .answered
                 return continuation
+            case .part:
+                state = .answered
+                return nil
             case .cancelledEarly, .answered:
                 return nil
             }
@@ -113,16 +135,117 @@ final class CoalescedRead: @unchecked Sendable {
 
     /// Whether the read still waits for its answer.
     var isWaiting: Bool {
-        state.withLockedValue { if case .waiting = $0 { true } else { false } }
+        state.withLockedValue { state in
+            switch state {
+            case .waiting, .part: true
+            case .pending, .cancelledEarly, .answered: false
+            }
+        }
     }
 
     private func answer(_ result: Result<(any Sendable)?, any Error>) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<(any Sendable)?, any Error>? in
-            guard case .waiting(let continuation) = state else { return nil }
-            state = .answered
-            return continuation
+        let target = state.withLockedValue { state -> State? in
+            switch state {
+            case .waiting, .part:
+                defer { state = .answered }
+                return state
+            case .pending, .cancelledEarly, .answered:
+                return nil
+            }
         }
-        continuation?.resume(with: result)
+        switch target {
+        case .waiting(let continuation):
+            continuation.resume(with: result)
+        case .part(let group, let index):
+            group.deliver(result, at: index)
+        case nil, .pending, .cancelledEarly, .answered:
+            break
+        }
+    }
+}
+
+/// A small multi-get that found every connection busy: one ``CoalescedRead`` per key, answered
+/// into one place each, and one continuation resumed when the last key is answered
+/// (``MemcachedClient/getMulti(_:keyPrefix:as:)``). Its parts join batches as single reads do.
+final class MultiKeyRead: Sendable {
+    private enum State {
+        case pending(answered: [Result<(any Sendable)?, any Error>?], left: Int)
+        case cancelledEarly
+        case waiting(
+            CheckedContinuation<[Result<(any Sendable)?, any Error>], any Error>,
+            answered: [Result<(any Sendable)?, any Error>?],
+            left: Int
+        )
+        case answered
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    init(count: Int) {
+        state = NIOLockedValueBox(.pending(answered: Array(repeating: nil, count: count), left: count))
+    }
+
+    /// Gives the group its continuation; `false`, with the continuation resumed with
+    /// `CancellationError`, when its task was cancelled before.
+    func wait(with continuation: CheckedContinuation<[Result<(any Sendable)?, any Error>], any Error>) -> Bool {
+        let cancelled = state.withLockedValue { state -> Bool in
+            guard case .pending(let answered, let left) = state else { return true }
+            state = .waiting(continuation, answered: answered, left: left)
+            return false
+        }
+        if cancelled {
+            continuation.resume(throwing: CancellationError())
+        }
+        return !cancelled
+    }
+
+    /// One part's answer; the last one resumes the caller with every part's.
+    func deliver(_ result: Result<(any Sendable)?, any Error>, at index: Int) {
+        let finished = state.withLockedValue {
+            state -> (
+                CheckedContinuation<[Result<(any Sendable)?, any Error>], any Error>,
+                [Result<(any Sendable)?, any Error>]
+            )? in
+            switch state {
+            case .pending(var answered, let left):
+                // Parts are answered only once they joined a batch, which needs the continuation.
+                answered[index] = result
+                state = .pending(answered: answered, left: left - 1)
+                return nil
+            case .waiting(let continuation, var answered, let left):
+                answered[index] = result
+                guard left > 1 else {
+                    state = .answered
+                    return (continuation, answered.map { $0! })
+                }
+                state = .waiting(continuation, answered: answered, left: left - 1)
+                return nil
+            case .cancelledEarly, .answered:
+                return nil
+            }
+        }
+        if let (continuation, results) = finished {
+            continuation.resume(returning: results)
+        }
+    }
+
+    /// The caller's task was cancelled: answers it with `CancellationError`, or makes
+    /// ``wait(with:)`` do so. The parts are cancelled by the pool.
+    func cancel() {
+        let continuation = state.withLockedValue {
+            state -> CheckedContinuation<[Result<(any Sendable)?, any Error>], any Error>? in
+            switch state {
+            case .pending:
+                state = .cancelledEarly
+                return nil
+            case .waiting(let continuation, _, _):
+                state = .answered
+                return continuation
+            case .cancelledEarly, .answered:
+                return nil
+            }
+        }
+        continuation?.resume(throwing: CancellationError())
     }
 }
 

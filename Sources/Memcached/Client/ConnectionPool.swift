@@ -309,17 +309,31 @@ final class ConnectionPool: Sendable {
     ///   before `body` starts or `body` fails after the task was cancelled.
     func withConnection<R: Sendable>(_ body: @escaping @Sendable (MemcachedConnection) throws -> R) async throws -> R {
         try Task.checkCancellation()
+        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+            return try await runImmediately(connection, body)
+        }
         let cancellation = LeaseCancellation()
         return try await withTaskCancellationHandler {
-            if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
-                if taskExecutor.isCurrentThread {
-                    return try runHere(connection, body, cancellation)
-                }
-                return try await withCheckedThrowingContinuation { continuation in
-                    lend(connection, body, continuation, cancellation)
-                }
+            try await waitForConnection(body, cancellation)
+        } onCancel: {
+            cancellation.cancel()
+        }
+    }
+
+    /// Runs `body` on a connection the caller was just given: here, on one of ``taskExecutor``'s
+    /// threads, or else on one of the pool's.
+    private func runImmediately<R: Sendable>(
+        _ connection: PooledConnection,
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> R
+    ) async throws -> R {
+        let cancellation = LeaseCancellation()
+        return try await withTaskCancellationHandler {
+            if taskExecutor.isCurrentThread {
+                return try runHere(connection, body, cancellation)
             }
-            return try await waitForConnection(body, cancellation)
+            return try await withCheckedThrowingContinuation { continuation in
+                lend(connection, body, continuation, cancellation)
+            }
         } onCancel: {
             cancellation.cancel()
         }
@@ -521,28 +535,8 @@ final class ConnectionPool: Sendable {
         // An invalid key fails alone, never the batch it would join.
         var bytes = key
         try bytes.withUTF8 { _ = try validateKey($0, key: key) }
-        let immediate = try state.withLockedValue { try immediateConnection(&$0) }
-        if let immediate {
-            let cancellation = LeaseCancellation()
-            return try await withTaskCancellationHandler {
-                if taskExecutor.isCurrentThread {
-                    return try runHere(
-                        immediate,
-                        { try $0.read(key, requiresCAS: requiresCAS, decode: decode) },
-                        cancellation
-                    )
-                }
-                return try await withCheckedThrowingContinuation { continuation in
-                    lend(
-                        immediate,
-                        { connection in try connection.read(key, requiresCAS: requiresCAS, decode: decode) },
-                        continuation,
-                        cancellation
-                    )
-                }
-            } onCancel: {
-                cancellation.cancel()
-            }
+        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+            return try await runImmediately(connection) { try $0.read(key, requiresCAS: requiresCAS, decode: decode) }
         }
         let read = CoalescedRead(
             key: key,
@@ -553,13 +547,62 @@ final class ConnectionPool: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 if read.wait(with: continuation) {
-                    join(read)
+                    join([read])
                 }
             }
         } onCancel: {
             read.cancel()
             readCancelled(read)
         }
+    }
+
+    /// What ``readMany(_:decode:alone:)`` did: ran the caller's own multi-get on a free
+    /// connection, or served each key as a read in the batches.
+    @usableFromInline
+    enum ReadManyOutcome<Alone: Sendable>: Sendable {
+        case alone(Alone)
+        /// Each key's value, miss or error, in the order of the keys.
+        case coalesced([Result<(any Sendable)?, any Error>])
+    }
+
+    /// Reads a few keys (a small `getMulti`): with a connection free, runs `alone` on it; otherwise
+    /// each key joins the batches as a single read would, and the call resumes once all are
+    /// answered.
+    ///
+    /// - Parameters:
+    ///   - keys: Distinct keys as sent (prefix included), checked by the caller.
+    ///   - decode: Decodes a hit as the caller's type.
+    ///   - alone: The caller's own multi-get, for a free connection.
+    @usableFromInline
+    func readMany<Alone: Sendable>(
+        _ keys: [String],
+        decode: @escaping ReadDecoder,
+        alone: @escaping @Sendable (MemcachedConnection) throws -> Alone
+    ) async throws -> ReadManyOutcome<Alone> {
+        try Task.checkCancellation()
+        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+            return .alone(try await runImmediately(connection, alone))
+        }
+        let group = MultiKeyRead(count: keys.count)
+        let deadline = ContinuousClock.now.advanced(by: waitTimeout)
+        let parts = keys.enumerated().map { index, key in
+            CoalescedRead(key: key, deadline: deadline, decode: decode, partOf: group, index: index)
+        }
+        return .coalesced(
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    if group.wait(with: continuation) {
+                        join(parts)
+                    }
+                }
+            } onCancel: {
+                group.cancel()
+                for part in parts {
+                    part.cancel()
+                    readCancelled(part)
+                }
+            }
+        )
     }
 
     /// A batch whose every read was cancelled leaves the queue: nobody waits for it any more.
@@ -583,55 +626,55 @@ final class ConnectionPool: Sendable {
                 if read.deadline <= now {
                     read.fail(timeoutError())
                 } else {
-                    join(read)
+                    join([read])
                 }
             }
         }
     }
 
-    private enum Joined {
-        case joined
-        case run(ReadBatch, PooledConnection)
-        case failed(ReadBatch, any Error)
-    }
-
-    /// Adds a read to the forming batch, or starts a batch: queued for the next free connection,
-    /// or run at once on one that came free since.
-    private func join(_ read: CoalescedRead) {
-        let joined = state.withLockedValue { state -> Joined in
-            // Cancelled on its way here: answered already, and not counted in any batch.
-            guard read.isWaiting else { return .joined }
-            if let batch = state.formingBatch, batch.count < maximumBatchSize, batch.canTake(read) {
+    /// Adds reads to the batch being formed, or starts batches for them (as many reads in each
+    /// as it takes), each of which waits for a connection or gets one at once.
+    private func join(_ reads: [CoalescedRead]) {
+        var run: [(ReadBatch, PooledConnection)] = []
+        var failed: [(ReadBatch, any Error)] = []
+        state.withLockedValue { state in
+            // Reads cancelled on their way here are answered already, and counted in no batch.
+            var pending = reads.filter(\.isWaiting)[...]
+            while let read = pending.first, let batch = state.formingBatch, batch.count < maximumBatchSize,
+                batch.canTake(read)
+            {
                 batch.add(read)
                 state.queuedReads += 1
-                return .joined
+                pending.removeFirst()
             }
-            let batch = ReadBatch(read)
-            read.batch = batch
-            switch state.machine.leaseRequested(WaiterID(waiter: batch), now: .now) {
-            case .lend(let connection):
-                return .run(batch, connection)
-            case .create:
-                do {
-                    return .run(batch, try createConnection(&state))
-                } catch {
-                    return .failed(batch, error)
+            while let first = pending.popFirst() {
+                let batch = ReadBatch(first)
+                first.batch = batch
+                while let read = pending.first, batch.count < maximumBatchSize, batch.canTake(read) {
+                    batch.add(read)
+                    pending.removeFirst()
                 }
-            case .wait(let timerDeadline):
-                if let timerDeadline {
-                    state.timer = scheduleTimer(at: timerDeadline)
+                switch state.machine.leaseRequested(WaiterID(waiter: batch), now: .now) {
+                case .lend(let connection):
+                    run.append((batch, connection))
+                case .create:
+                    do {
+                        run.append((batch, try createConnection(&state)))
+                    } catch {
+                        failed.append((batch, error))
+                    }
+                case .wait(let timerDeadline):
+                    if let timerDeadline {
+                        state.timer = scheduleTimer(at: timerDeadline)
+                    }
+                    state.formingBatch = batch
+                    state.queuedReads += batch.count
+                case .fail(let refusal):
+                    failed.append((batch, error(refusal)))
                 }
-                state.formingBatch = batch
-                state.queuedReads += 1
-                return .joined
-            case .fail(let refusal):
-                return .failed(batch, error(refusal))
             }
         }
-        switch joined {
-        case .joined:
-            break
-        case .run(let batch, let connection):
+        for (batch, connection) in run {
             threadPool.submit { work in
                 guard work == .active else {
                     batch.fail(MemcachedError.poolClosed())
@@ -639,7 +682,8 @@ final class ConnectionPool: Sendable {
                 }
                 self.carryOut(self.runBatch(batch, on: connection))
             }
-        case .failed(let batch, let error):
+        }
+        for (batch, error) in failed {
             batch.fail(error)
         }
     }

@@ -43,6 +43,10 @@ extension MemcachedClient {
     ///   ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` describes.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` does, or
     ///   as ``get(_:as:)`` does when no connection could be leased.
+    ///
+    /// A call of at most ``coalescedMultiGetLimit`` keys that finds every connection busy joins the
+    /// coalesced reads (``Options/coalescesReads``): each of its keys is read in the batch as a
+    /// `get` would be, and the result is the one the call would have returned on its own.
     @inlinable
     public func getMulti<Value: MemcachedValue & Sendable>(
         _ keys: some Collection<String>,
@@ -50,7 +54,67 @@ extension MemcachedClient {
         as type: Value.Type = Value.self
     ) async throws -> MemcachedGetMultiResult<Value> {
         let keys = Array(keys)
-        return try await withConnection { try $0.getMulti(keys, keyPrefix: keyPrefix, as: type) }
+        let alone: @Sendable (MemcachedConnection) throws -> MemcachedGetMultiResult<Value> = {
+            try $0.getMulti(keys, keyPrefix: keyPrefix, as: type)
+        }
+        guard options.coalescesReads, !keys.isEmpty, keys.count <= Self.coalescedMultiGetLimit else {
+            return try await withConnection(alone)
+        }
+        let (distinct, sent) = try Self.coalescedKeys(keys, keyPrefix: keyPrefix)
+        let outcome = try await pool.readMany(
+            sent,
+            decode: { bytes, flags, _, context in
+                try Value(memcachedBytes: bytes, flags: flags, context: context)
+            },
+            alone: alone
+        )
+        switch outcome {
+        case .alone(let result):
+            return result
+        case .coalesced(let answers):
+            var result = MemcachedGetMultiResult<Value>()
+            for (key, answer) in zip(distinct, answers) {
+                switch answer {
+                case .success(let value?):
+                    result.hits[key] = (value as! Value)
+                case .success(nil):
+                    break
+                case .failure(let error):
+                    result.failures[key] = try Self.keyFailure(error, key: key)
+                }
+            }
+            return result
+        }
+    }
+
+    /// The most keys a ``getMulti(_:keyPrefix:as:)`` may have to join the coalesced reads; larger
+    /// calls wait for a connection of their own.
+    public static let coalescedMultiGetLimit = 16
+
+    /// The keys of a small `getMulti` without repeats, and as sent (prefixed). Checked as the
+    /// connection's `getMulti` checks them, so that the call fails the same way either path.
+    @usableFromInline
+    static func coalescedKeys(_ keys: [String], keyPrefix: String) throws -> (distinct: [String], sent: [String]) {
+        // The checks of the connection's multi-get: every key with the prefix, and no two keys
+        // that Swift calls equal but whose bytes differ (a `Set` below would merge them).
+        _ = try KeyBatch(keys: keys, prefix: KeyPrefix(keyPrefix))
+        var seen = Set<String>()
+        let distinct = keys.filter { seen.insert($0).inserted }
+        return (distinct, keyPrefix.isEmpty ? distinct : distinct.map { keyPrefix + $0 })
+    }
+
+    /// What a coalesced key's error is in a ``MemcachedGetMultiResult``: its own failure (keyed
+    /// by the caller's key, without the prefix), or, for what fails a multi-get as a whole
+    /// (cancellation, a pool that timed out or closed, an invalid call), thrown.
+    @usableFromInline
+    static func keyFailure(_ error: any Error, key: String) throws -> MemcachedError {
+        guard var failure = error as? MemcachedError, !failure.code.failsTheWholeCall,
+            failure.code != .poolTimeout, failure.code != .poolClosed
+        else {
+            throw error
+        }
+        failure.key = key
+        return failure
     }
 
     /// Reads a key together with its compare-and-swap token, for a later

@@ -55,6 +55,7 @@
 /// - ``get(_:as:)``
 /// - ``get(_:as:orSet:loadTimeout:load:)``
 /// - ``getMulti(_:keyPrefix:as:)``
+/// - ``coalescedMultiGetLimit``
 /// - ``gets(_:as:)``
 ///
 /// ### Writing
@@ -100,8 +101,9 @@ public final class MemcachedClient: Sendable {
         /// negative.
         public var connectionWaitTimeout: Duration = .seconds(5)
 
-        /// Whether single-key reads that find every connection busy are served together: ``get(_:as:)``
-        /// and ``gets(_:as:)`` calls waiting for a connection join one batch, which the next free connection reads
+        /// Whether reads that find every connection busy are served together: ``get(_:as:)``,
+        /// ``gets(_:as:)`` and small ``getMulti(_:keyPrefix:as:)`` calls (at most
+        /// ``MemcachedClient/coalescedMultiGetLimit`` keys) waiting for a connection join one batch, which the next free connection reads
         /// with one multi-get (one round trip per server) before answering each caller with its
         /// own value, miss or error, decoded as its own type.
         ///
