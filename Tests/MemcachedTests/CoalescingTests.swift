@@ -371,6 +371,119 @@ struct CoalescingTests {
         }
     }
 
+    @Test(
+        "a coalesced getMulti's keys share one batch: a new one when the forming batch lacks room, none when they exceed a batch"
+    )
+    func coalescedGetMultiStaysInOneBatch() async throws {
+        try await withMemcached { cluster in
+            var configuration = try MemcachedConfiguration(servers: cluster.addresses)
+            configuration.timeout = .seconds(5)
+            var options = MemcachedClient.Options()
+            options.maximumConnections = 1
+            options.maximumCoalescedReads = 4
+            let client = try MemcachedClient(configuration: configuration, options: options)
+            let keys = (0..<5).map { "together:\($0)" }
+            for key in keys {
+                try await client.set(key, "value of \(key)")
+            }
+            // The three single reads first, then the pair: the forming batch has room for one.
+            let (singles, holder) = try await Self.withQueuedReads(client, count: 3) {
+                keys[0..<3].map { key in
+                    Task(executorPreference: ThreadPerJobExecutor()) { try await client.get(key, as: String.self) }
+                }
+            }
+            let pair = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await client.getMulti(Array(keys[3..<5]), as: String.self).hits
+            }
+            try await waitUntil { client.pool.queuedReadCount == 5 }
+            let reads = (singles, pair)
+            #expect(client.pool.waiterCount == 2, "3 reads in one batch, the pair in a second")
+            #expect(client.pool.formingBatchCount == 2, "the pair was not split")
+            // Five keys cannot share a batch of four: the call waits alone.
+            let five = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await client.getMulti(keys, as: String.self).hits
+            }
+            try await waitUntil { client.pool.waiterCount == 3 }
+            #expect(client.pool.queuedReadCount == 5)
+            try await holder.release()
+            for (key, read) in zip(keys, reads.0) {
+                #expect(try await read.value == "value of \(key)")
+            }
+            #expect(
+                try await reads.1.value == ["together:3": "value of together:3", "together:4": "value of together:4"]
+            )
+            #expect(try await five.value.count == 5)
+            #expect(client.pool.coalescedReads == (batches: 2, reads: 5))
+            await client.close()
+        }
+    }
+
+    @Test("a coalesced getMulti throws poolTimeout after its wait; one cancelled alone in its batch leaves the queue")
+    func coalescedGetMultiTimeoutAndCancellation() async throws {
+        try await withMemcached { cluster in
+            let wait = Duration.milliseconds(300)
+            let client = try Self.client(cluster.addresses, connections: 1, waitTimeout: wait)
+            let holder = try await ConnectionHolder(client)
+            let clock = ContinuousClock()
+            let start = clock.now
+            let error = await #expect(throws: MemcachedError.self) {
+                try await client.getMulti(["slow:1", "slow:2"], as: String.self)
+            }
+            #expect(error?.code == .poolTimeout)
+            #expect(start.duration(to: clock.now) >= wait * 0.9)
+            #expect(client.pool.waiterCount == 0 && client.pool.queuedReadCount == 0)
+            try await holder.release()
+            await client.close()
+
+            // A wait no run reaches, so that the call can only end by being cancelled.
+            let patient = try Self.client(cluster.addresses, connections: 1)
+            let patientHolder = try await ConnectionHolder(patient)
+            let cancelled = Task(executorPreference: ThreadPerJobExecutor()) {
+                try await patient.getMulti(["gone:1", "gone:2", "gone:3"], as: String.self)
+            }
+            try await waitUntil { patient.pool.queuedReadCount == 3 }
+            cancelled.cancel()
+            let outcome = await cancelled.result
+            #expect(throws: CancellationError.self) { try outcome.get() }
+            #expect(patient.pool.waiterCount == 0 && patient.pool.queuedReadCount == 0, "its batch left the queue")
+            try await patientHolder.release()
+            await patient.close()
+        }
+    }
+
+    @Test(
+        "in a coalesced getMulti, the keys of a server that refuses fail in failures, named without the prefix, as alone"
+    )
+    func coalescedGetMultiServerFailure() async throws {
+        try await withMemcached { cluster in
+            let refused = try unusedLoopbackPort()
+            let client = try Self.client(cluster.addresses + ["127.0.0.1:\(refused)"], connections: 1)
+            let keys = (0..<12).map { "spread:\($0)" }
+            var owners: [String: String] = [:]
+            for key in keys {
+                owners[key] = try await client.withConnection { try $0.server(forKey: "p:" + key) }
+                if owners[key] == cluster.addresses[0] {
+                    try await client.set("p:" + key, "value of \(key)")
+                }
+            }
+            let onRefused = Set(keys.filter { owners[$0] != cluster.addresses[0] })
+            #expect(!onRefused.isEmpty && onRefused.count < keys.count, "keys on both servers")
+            let (read, holder) = try await Self.withQueuedReads(client, count: keys.count) {
+                Task(executorPreference: ThreadPerJobExecutor()) {
+                    try await client.getMulti(keys, keyPrefix: "p:", as: String.self)
+                }
+            }
+            try await holder.release()
+            let coalesced = try await read.value
+            let alone = try await client.withConnection { try $0.getMulti(keys, keyPrefix: "p:", as: String.self) }
+            #expect(Set(coalesced.failures.keys) == onRefused)
+            #expect(coalesced.failures.allSatisfy { $0.key == $0.value.key }, "named without the prefix")
+            #expect(coalesced.hits == alone.hits)
+            #expect(Set(alone.failures.keys) == onRefused)
+            await client.close()
+        }
+    }
+
     @Test("a getMulti over the limit waits for a connection of its own; Unicode-equal keys fail at once")
     func largeOrInvalidGetMultiIsNotCoalesced() async throws {
         try await withMemcached { cluster in

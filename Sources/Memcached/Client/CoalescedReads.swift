@@ -101,14 +101,15 @@ final class CoalescedRead: @unchecked Sendable {
     /// Answers once the batch's read is over: the key's failure, else its decoded hit, else a miss.
     func settle(_ failure: MemcachedError?) {
         if let failure {
-            fail(failure)
+            answer(.failure(failure), ofKey: true)
         } else {
-            answer(decoded ?? .success(nil))
+            answer(decoded ?? .success(nil), ofKey: true)
         }
     }
 
-    /// Answers with an error, unless the read was answered already.
-    func fail(_ error: any Error) { answer(.failure(error)) }
+    /// Answers with an error that is not the key's own (the batch's read failed as a whole, the
+    /// wait for a connection ended, the pool closed), unless the read was answered already.
+    func fail(_ error: any Error) { answer(.failure(error), ofKey: false) }
 
     /// The task was cancelled: answers with `CancellationError` now, or, before the read has its
     /// continuation, makes ``wait(with:)`` do it.
@@ -143,7 +144,9 @@ final class CoalescedRead: @unchecked Sendable {
         }
     }
 
-    private func answer(_ result: Result<(any Sendable)?, any Error>) {
+    /// - Parameter ofKey: Whether a failure is the key's own (its server's, its value's), which
+    ///   a multi-get reports per key; any other fails a multi-get as a whole.
+    private func answer(_ result: Result<(any Sendable)?, any Error>, ofKey: Bool) {
         let target = state.withLockedValue { state -> State? in
             switch state {
             case .waiting, .part:
@@ -157,11 +160,22 @@ final class CoalescedRead: @unchecked Sendable {
         case .waiting(let continuation):
             continuation.resume(with: result)
         case .part(let group, let index):
-            group.deliver(result, at: index)
+            if ofKey, case .failure(let error as MemcachedError) = result {
+                group.deliver(.failure(CoalescedKeyFailure(error: error)), at: index)
+            } else {
+                group.deliver(result, at: index)
+            }
         case nil, .pending, .cancelledEarly, .answered:
             break
         }
     }
+}
+
+/// A key's own failure in a ``MultiKeyRead``, which its multi-get reports in
+/// ``MemcachedGetMultiResult/failures``; every other error fails the call.
+@usableFromInline
+struct CoalescedKeyFailure: Error {
+    @usableFromInline let error: MemcachedError
 }
 
 /// A small multi-get that found every connection busy: one ``CoalescedRead`` per key, answered

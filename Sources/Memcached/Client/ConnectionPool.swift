@@ -556,26 +556,29 @@ final class ConnectionPool: Sendable {
         }
     }
 
-    /// What ``readMany(_:decode:alone:)`` did: ran the caller's own multi-get on a free
-    /// connection, or served each key as a read in the batches.
+    /// What ``readMany(_:decode:alone:)`` did: ran the caller's own multi-get on a connection of
+    /// its own, or served each key as a read in one batch.
     @usableFromInline
     enum ReadManyOutcome<Alone: Sendable>: Sendable {
         case alone(Alone)
-        /// Each key's value, miss or error, in the order of the keys.
-        case coalesced([Result<(any Sendable)?, any Error>])
+        /// The keys as the caller knows them (without repeats), and each one's value, miss or
+        /// error, in that order. A key's own failure is a ``CoalescedKeyFailure``.
+        case coalesced(keys: [String], answers: [Result<(any Sendable)?, any Error>])
     }
 
-    /// Reads a few keys (a small `getMulti`): with a connection free, runs `alone` on it; otherwise
-    /// each key joins the batches as a single read would, and the call resumes once all are
-    /// answered.
+    /// Reads a few keys (a small `getMulti`): with a connection free, runs `alone` on it;
+    /// otherwise its keys join one batch together, each as a single read would, and the call
+    /// resumes once all are answered. Keys that do not fit in one batch wait for a connection of
+    /// their own instead: split over batches, they would cost a hand-off and a round trip each.
     ///
     /// - Parameters:
-    ///   - keys: Distinct keys as sent (prefix included), checked by the caller.
+    ///   - prepareKeys: Checks the keys and returns them without repeats, as the caller knows
+    ///     them and as sent (prefixed); called only when no connection is free.
     ///   - decode: Decodes a hit as the caller's type.
-    ///   - alone: The caller's own multi-get, for a free connection.
+    ///   - alone: The caller's own multi-get, for a connection of its own.
     @usableFromInline
     func readMany<Alone: Sendable>(
-        _ keys: [String],
+        _ prepareKeys: () throws -> (keys: [String], sent: [String]),
         decode: @escaping ReadDecoder,
         alone: @escaping @Sendable (MemcachedConnection) throws -> Alone
     ) async throws -> ReadManyOutcome<Alone> {
@@ -583,26 +586,36 @@ final class ConnectionPool: Sendable {
         if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
             return .alone(try await runImmediately(connection, alone))
         }
-        let group = MultiKeyRead(count: keys.count)
+        let (keys, sent) = try prepareKeys()
+        guard sent.count <= maximumBatchSize else {
+            let cancellation = LeaseCancellation()
+            return .alone(
+                try await withTaskCancellationHandler {
+                    try await waitForConnection(alone, cancellation)
+                } onCancel: {
+                    cancellation.cancel()
+                }
+            )
+        }
+        let group = MultiKeyRead(count: sent.count)
         let deadline = ContinuousClock.now.advanced(by: waitTimeout)
-        let parts = keys.enumerated().map { index, key in
+        let parts = sent.enumerated().map { index, key in
             CoalescedRead(key: key, deadline: deadline, decode: decode, partOf: group, index: index)
         }
-        return .coalesced(
-            try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { continuation in
-                    if group.wait(with: continuation) {
-                        join(parts)
-                    }
-                }
-            } onCancel: {
-                group.cancel()
-                for part in parts {
-                    part.cancel()
-                    readCancelled(part)
+        let answers = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if group.wait(with: continuation) {
+                    join(parts, together: true)
                 }
             }
-        )
+        } onCancel: {
+            group.cancel()
+            for part in parts {
+                part.cancel()
+                readCancelled(part)
+            }
+        }
+        return .coalesced(keys: keys, answers: answers)
     }
 
     /// A batch whose every read was cancelled leaves the queue: nobody waits for it any more.
@@ -634,18 +647,24 @@ final class ConnectionPool: Sendable {
 
     /// Adds reads to the batch being formed, or starts batches for them (as many reads in each
     /// as it takes), each of which waits for a connection or gets one at once.
-    private func join(_ reads: [CoalescedRead]) {
+    ///
+    /// - Parameter together: Whether the reads must share one batch (a multi-get's keys, at most
+    ///   a batch's worth, distinct): they join the forming batch only when all fit in it.
+    private func join(_ reads: [CoalescedRead], together: Bool = false) {
         var run: [(ReadBatch, PooledConnection)] = []
         var failed: [(ReadBatch, any Error)] = []
         state.withLockedValue { state in
             // Reads cancelled on their way here are answered already, and counted in no batch.
             var pending = reads.filter(\.isWaiting)[...]
-            while let read = pending.first, let batch = state.formingBatch, batch.count < maximumBatchSize,
-                batch.canTake(read)
+            if let batch = state.formingBatch,
+                !together
+                    || (batch.count + pending.count <= maximumBatchSize && pending.allSatisfy { batch.canTake($0) })
             {
-                batch.add(read)
-                state.queuedReads += 1
-                pending.removeFirst()
+                while let read = pending.first, batch.count < maximumBatchSize, batch.canTake(read) {
+                    batch.add(read)
+                    state.queuedReads += 1
+                    pending.removeFirst()
+                }
             }
             while let first = pending.popFirst() {
                 let batch = ReadBatch(first)
@@ -976,6 +995,11 @@ final class ConnectionPool: Sendable {
     /// Reads waiting in batches for a connection (``MemcachedClient/Options/coalescesReads``).
     var queuedReadCount: Int {
         state.withLockedValue { $0.queuedReads }
+    }
+
+    /// How many reads the batch that later reads join holds; 0 when there is none.
+    var formingBatchCount: Int {
+        state.withLockedValue { $0.formingBatch?.count ?? 0 }
     }
 
     /// Batches of coalesced reads served so far, and the reads they served.

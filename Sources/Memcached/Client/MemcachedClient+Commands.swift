@@ -44,9 +44,13 @@ extension MemcachedClient {
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` does, or
     ///   as ``get(_:as:)`` does when no connection could be leased.
     ///
-    /// A call of at most ``coalescedMultiGetLimit`` keys that finds every connection busy joins the
-    /// coalesced reads (``Options/coalescesReads``): each of its keys is read in the batch as a
-    /// `get` would be, and the result is the one the call would have returned on its own.
+    /// A call of at most ``coalescedMultiGetLimit`` keys (repeats counted) that finds every
+    /// connection busy joins the coalesced reads (``Options/coalescesReads``): its keys are read
+    /// together in one batch, each as a `get` would be, and reported as the call reports them on
+    /// a connection of its own (hits, misses, each key's own failure keyed without the prefix;
+    /// cancellation, ``MemcachedError/Code/poolTimeout`` and ``MemcachedError/Code/poolClosed``
+    /// thrown). Like a coalesced `get`, it waits at least ``Options/connectionWaitTimeout`` and at
+    /// most twice that before ``MemcachedError/Code/poolTimeout``.
     @inlinable
     public func getMulti<Value: MemcachedValue & Sendable>(
         _ keys: some Collection<String>,
@@ -60,9 +64,8 @@ extension MemcachedClient {
         guard options.coalescesReads, !keys.isEmpty, keys.count <= Self.coalescedMultiGetLimit else {
             return try await withConnection(alone)
         }
-        let (distinct, sent) = try Self.coalescedKeys(keys, keyPrefix: keyPrefix)
         let outcome = try await pool.readMany(
-            sent,
+            { try Self.coalescedKeys(keys, keyPrefix: keyPrefix) },
             decode: { bytes, flags, _, context in
                 try Value(memcachedBytes: bytes, flags: flags, context: context)
             },
@@ -71,7 +74,7 @@ extension MemcachedClient {
         switch outcome {
         case .alone(let result):
             return result
-        case .coalesced(let answers):
+        case .coalesced(let distinct, let answers):
             var result = MemcachedGetMultiResult<Value>()
             for (key, answer) in zip(distinct, answers) {
                 switch answer {
@@ -94,7 +97,7 @@ extension MemcachedClient {
     /// The keys of a small `getMulti` without repeats, and as sent (prefixed). Checked as the
     /// connection's `getMulti` checks them, so that the call fails the same way either path.
     @usableFromInline
-    static func coalescedKeys(_ keys: [String], keyPrefix: String) throws -> (distinct: [String], sent: [String]) {
+    static func coalescedKeys(_ keys: [String], keyPrefix: String) throws -> (keys: [String], sent: [String]) {
         // The checks of the connection's multi-get: every key with the prefix, and no two keys
         // that Swift calls equal but whose bytes differ (a `Set` below would merge them).
         _ = try KeyBatch(keys: keys, prefix: KeyPrefix(keyPrefix))
@@ -103,16 +106,16 @@ extension MemcachedClient {
         return (distinct, keyPrefix.isEmpty ? distinct : distinct.map { keyPrefix + $0 })
     }
 
-    /// What a coalesced key's error is in a ``MemcachedGetMultiResult``: its own failure (keyed
-    /// by the caller's key, without the prefix), or, for what fails a multi-get as a whole
-    /// (cancellation, a pool that timed out or closed, an invalid call), thrown.
+    /// What a coalesced key's error is in a ``MemcachedGetMultiResult``: the key's own failure
+    /// (its server's or its value's), named by the caller's key without the prefix; anything
+    /// else (cancellation, the wait for a connection, the pool closing, the batch's read failing
+    /// as a whole) fails the call, as it would have failed the call on its own connection.
     @usableFromInline
     static func keyFailure(_ error: any Error, key: String) throws -> MemcachedError {
-        guard var failure = error as? MemcachedError, !failure.code.failsTheWholeCall,
-            failure.code != .poolTimeout, failure.code != .poolClosed
-        else {
+        guard let own = error as? CoalescedKeyFailure else {
             throw error
         }
+        var failure = own.error
         failure.key = key
         return failure
     }

@@ -103,7 +103,7 @@ public final class MemcachedClient: Sendable {
 
         /// Whether reads that find every connection busy are served together: ``get(_:as:)``,
         /// ``gets(_:as:)`` and small ``getMulti(_:keyPrefix:as:)`` calls (at most
-        /// ``MemcachedClient/coalescedMultiGetLimit`` keys) waiting for a connection join one batch, which the next free connection reads
+        /// ``MemcachedClient/coalescedMultiGetLimit`` keys) waiting for a connection join a batch, which the next free connection reads
         /// with one multi-get (one round trip per server) before answering each caller with its
         /// own value, miss or error, decoded as its own type.
         ///
