@@ -77,9 +77,12 @@ struct ClusterTests {
     @Test("with one of 3 servers down: its keys fail or miss, the others keep working")
     func oneServerDown() throws {
         try withMemcached(servers: 3) { cluster in
+            // The dead server refuses at once, so the timeouts only bound the live servers'
+            // answers: generous, since a loaded machine took over 300 ms for a fresh server's
+            // first write (1 of 20 loaded suite runs).
             let memc = try connect(cluster) {
-                $0.connectTimeout = .milliseconds(300)
-                $0.timeout = .milliseconds(300)
+                $0.connectTimeout = .seconds(10)
+                $0.timeout = .seconds(10)
             }
             let keys = (0..<90).map { "key-\($0)" }
             #expect(try memc.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, $0) })).keysNotApplied.isEmpty)

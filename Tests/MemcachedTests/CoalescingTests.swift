@@ -381,6 +381,8 @@ struct CoalescingTests {
             var options = MemcachedClient.Options()
             options.maximumConnections = 1
             options.maximumCoalescedReads = 4
+            // A loaded machine took over 5 s to start the reads (1 of 20 loaded suite runs).
+            options.connectionWaitTimeout = .seconds(120)
             let client = try MemcachedClient(configuration: configuration, options: options)
             let keys = (0..<5).map { "together:\($0)" }
             for key in keys {
@@ -518,6 +520,7 @@ struct CoalescingTests {
             var options = MemcachedClient.Options()
             options.maximumConnections = 1
             options.maximumCoalescedReads = 4
+            options.connectionWaitTimeout = .seconds(120)
             let client = try MemcachedClient(configuration: configuration, options: options)
             try await client.set("a", "value of a")
             let before = try await Self.requestedKeys(client)

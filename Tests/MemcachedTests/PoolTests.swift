@@ -26,23 +26,11 @@ struct PoolTests {
                 waitTimeout: .seconds(120),
                 coalescesReads: coalescesReads
             )
-            let models = try await runOnDispatchThreads {
-                try await withThrowingTaskGroup(of: TaskModel.self) { group in
-                    for task in 0..<64 {
-                        group.addTask { try await runMixedOperations(task: task, operations: 500, client: client) }
-                    }
-                    return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
-                }
-            }
-
-            let mismatches = models.flatMap(\.mismatches)
-            #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
+            let models = try await runMixedTasks(client, operations: 500)
 
             // Read everything back in one batch, on the pool, and from the servers' own counts.
-            let expectedText = models.reduce(into: [String: String]()) { $0.merge($1.text) { a, _ in a } }
-            let expectedCounters = models.reduce(into: [String: Int]()) { all, model in
-                if let counter = model.counter { all[model.counterKey] = counter }
-            }
+            let expectedText = models.expectedText
+            let expectedCounters = models.expectedCounters
             let allTextKeys = models.flatMap(\.textKeys)
             let text = try await client.getMulti(allTextKeys, as: String.self).hits
             #expect(text == expectedText)
@@ -266,25 +254,12 @@ struct PoolTests {
                     try? await Task.sleep(for: .milliseconds(1))
                 }
             }
-            let models = try await runOnDispatchThreads {
-                try await withThrowingTaskGroup(of: TaskModel.self) { group in
-                    for task in 0..<64 {
-                        group.addTask { try await runMixedOperations(task: task, operations: 200, client: client) }
-                    }
-                    return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
-                }
-            }
+            let models = try await runMixedTasks(client, operations: 200)
             done.withLock { $0 = true }
             await sampler.value
 
-            let mismatches = models.flatMap(\.mismatches)
-            #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
-            let expectedText = models.reduce(into: [String: String]()) { $0.merge($1.text) { a, _ in a } }
-            let expectedCounters = models.reduce(into: [String: Int]()) { all, model in
-                if let counter = model.counter { all[model.counterKey] = counter }
-            }
-            #expect(try await client.getMulti(models.flatMap(\.textKeys), as: String.self).hits == expectedText)
-            #expect(try await client.getMulti(models.map(\.counterKey), as: Int.self).hits == expectedCounters)
+            #expect(try await client.getMulti(models.flatMap(\.textKeys), as: String.self).hits == models.expectedText)
+            #expect(try await client.getMulti(models.map(\.counterKey), as: Int.self).hits == models.expectedCounters)
             #expect(peakWaiters.value > 0, "tasks did queue for the two connections")
             #expect(client.pool.waiterCount == 0)
             #expect(client.pool.openConnectionCount == 2, "no connection was discarded or lost")
@@ -439,10 +414,11 @@ struct PoolTests {
                 #expect(elapsed < Duration.milliseconds(200).scaledForTests, "the cancelled wait lasted \(elapsed)")
                 #expect(client.pool.waiterCount == 2)
 
-                for holder in holders {
-                    try await holder.release()
-                }
+                // One connection back at a time: the first goes to the first waiter still queued.
+                // Released together, the two waiters' commands run on two threads in either order.
+                try await holders[0].release()
                 try await waiters[0].value
+                try await holders[1].release()
                 try await waiters[2].value
                 #expect(order.value == [0, 2])
                 #expect(client.pool.waiterCount == 0)
@@ -878,12 +854,47 @@ struct ConnectionHolder {
     }
 }
 
-/// Runs `body` and the tasks it starts on Dispatch threads rather than the suite's thread per
-/// job: 64 tasks of hundreds of operations each resume tens of thousands of times, and a new thread
-/// for each starved other tests' tasks for over 30 s in loaded runs.
-func runOnDispatchThreads<R: Sendable>(_ body: () async throws -> R) async throws -> R {
-    try await withTaskExecutorPreference(ConcurrentTestExecutor(label: "mixed-operations")) {
-        try await body()
+/// Runs `tasks` concurrent tasks of `operations` mixed commands each on `client`
+/// (``runMixedOperations(task:operations:client:)``) and records every wrong answer any of them saw.
+///
+/// - Parameter executor: Where the tasks run. By default Dispatch threads rather than the suite's
+///   thread per job: 64 tasks of hundreds of operations each resume tens of thousands of times,
+///   and a new thread for each starved other tests' tasks for over 30 s in loaded runs.
+func runMixedTasks(
+    _ client: MemcachedClient,
+    tasks: Int = 64,
+    operations: Int,
+    on executor: any TaskExecutor = ConcurrentTestExecutor(label: "mixed-operations"),
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> [TaskModel] {
+    let models = try await withTaskExecutorPreference(executor) {
+        try await withThrowingTaskGroup(of: TaskModel.self) { group in
+            for task in 0..<tasks {
+                group.addTask { try await runMixedOperations(task: task, operations: operations, client: client) }
+            }
+            return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
+        }
+    }
+    let mismatches = models.flatMap(\.mismatches)
+    #expect(
+        mismatches.isEmpty,
+        "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))",
+        sourceLocation: sourceLocation
+    )
+    return models
+}
+
+extension [TaskModel] {
+    /// What every task's text keys should hold.
+    var expectedText: [String: String] {
+        reduce(into: [:]) { $0.merge($1.text) { a, _ in a } }
+    }
+
+    /// What every task's counter should hold.
+    var expectedCounters: [String: Int] {
+        reduce(into: [:]) { all, model in
+            if let counter = model.counter { all[model.counterKey] = counter }
+        }
     }
 }
 

@@ -53,19 +53,11 @@ struct TaskExecutorTests {
                 waitTimeout: .seconds(120),
                 coalescesReads: coalescesReads
             )
-            let models = try await withTaskExecutorPreference(client.taskExecutor) {
-                try await withThrowingTaskGroup(of: TaskModel.self) { group in
-                    for task in 0..<64 {
-                        group.addTask { try await runMixedOperations(task: task, operations: 500, client: client) }
-                    }
-                    return try await group.reduce(into: [TaskModel]()) { $0.append($1) }
-                }
-            }
-            let mismatches = models.flatMap(\.mismatches)
-            #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
-            let expectedText = models.reduce(into: [String: String]()) { $0.merge($1.text) { a, _ in a } }
+            let models = try await runMixedTasks(client, operations: 500, on: client.taskExecutor)
             let text = try await client.getMulti(models.flatMap(\.textKeys), as: String.self).hits
-            #expect(text == expectedText)
+            #expect(text == models.expectedText)
+            let counters = try await client.getMulti(models.map(\.counterKey), as: Int.self).hits
+            #expect(counters == models.expectedCounters)
             #expect(client.pool.openConnectionCount <= 8)
             await client.close()
             #expect(client.pool.liveHandleCount == 0)
