@@ -56,7 +56,11 @@ struct MultiServerFailureTests {
                     if owners[key] == cluster.addresses[0] {
                         #expect(read.hits[key] == "value of \(key)", "round \(round): \(key)")
                     } else {
-                        #expect(read.failures[key] != nil, "round \(round): \(key) of \(owners[key]!) is not a miss")
+                        let kind = owners[key] == refusing ? "the refusing server" : "the silent server"
+                        #expect(
+                            read.failures[key] != nil,
+                            "round \(round): \(key) of \(kind) \(owners[key]!) is not a miss (hit: \(read.hits[key] != nil))"
+                        )
                     }
                 }
             }
