@@ -588,14 +588,7 @@ final class ConnectionPool: Sendable {
         }
         let (keys, sent) = try prepareKeys()
         guard sent.count <= maximumBatchSize else {
-            let cancellation = LeaseCancellation()
-            return .alone(
-                try await withTaskCancellationHandler {
-                    try await waitForConnection(alone, cancellation)
-                } onCancel: {
-                    cancellation.cancel()
-                }
-            )
+            return .alone(try await withConnection(alone))
         }
         let group = MultiKeyRead(count: sent.count)
         let deadline = ContinuousClock.now.advanced(by: waitTimeout)
