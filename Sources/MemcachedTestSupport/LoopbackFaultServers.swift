@@ -6,18 +6,50 @@ import Glibc
 import Darwin
 #endif
 
-/// Returns a loopback TCP port that nothing is listening on right now.
+/// A loopback TCP port that refuses every connection for as long as this value is open: the
+/// fixture for "server is down".
 ///
-/// The port is found by binding 127.0.0.1:0 and closing the socket again, so a
-/// connection attempt to it is refused — the fixture for "server is down". Another
-/// process could take the port in between, which is unlikely enough for tests.
+/// The port stays bound (to a socket that never listens) until ``release()``, so the kernel
+/// answers each connection attempt with a reset, and no other socket can take the port in the
+/// meantime: not a memcached or scripted server another test starts on a kernel-chosen port
+/// (which would turn the "down" server into a live one answering misses), and not the client's
+/// own outgoing socket (which would connect to itself). The socket does not set
+/// `SO_REUSEADDR`, so even a server that does cannot bind beside it.
 ///
-/// - Returns: A port number in the kernel's ephemeral range.
-/// - Throws: ``MemcachedFixtureError/socketFailure(operation:errno:)`` if no socket can be bound.
-public func unusedLoopbackPort() throws -> Int {
-    let (descriptor, port) = try bindLoopbackSocket(listening: false)
-    close(descriptor)
-    return port
+/// Tests keep it open across the code under test with `defer { refusing.release() }`: Swift may
+/// end an object's life right after its last use, and this one must outlive the address.
+public final class RefusingLoopbackPort: Sendable {
+    private let descriptor: Locked<Int32?>
+
+    /// The refusing port.
+    public let port: Int
+
+    /// The port's address as `host:port`.
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// Binds a socket to a kernel-chosen port of 127.0.0.1 and holds it without listening.
+    ///
+    /// - Throws: ``MemcachedFixtureError/socketFailure(operation:errno:)`` if no socket can be bound.
+    public init() throws {
+        let (descriptor, port) = try bindLoopbackSocket(listening: false)
+        self.descriptor = Locked(descriptor)
+        self.port = port
+    }
+
+    deinit {
+        release()
+    }
+
+    /// Releases the port; another socket may take it from then on. Calling it again does nothing.
+    public func release() {
+        let open = descriptor.withLock { descriptor in
+            defer { descriptor = nil }
+            return descriptor
+        }
+        if let open {
+            close(open)
+        }
+    }
 }
 
 /// A TCP server on 127.0.0.1 that accepts connections and never answers — the

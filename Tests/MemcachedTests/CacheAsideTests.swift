@@ -210,7 +210,9 @@ struct CacheAsideTests {
             await client.close()
         }
         // No server at all: the call still returns the loaded value.
-        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        var configuration = try MemcachedConfiguration(servers: [refusing.address])
         configuration.connectTimeout = .milliseconds(300)
         let client = try MemcachedClient(configuration: configuration)
         let value = try await client.get("anything", as: Int.self, orSet: .seconds(60)) { 42 }
@@ -277,7 +279,9 @@ struct CacheAsideTests {
             await client.close()
         }
         // No server: every read fails and the store fails; the loaded value is still returned.
-        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        var configuration = try MemcachedConfiguration(servers: [refusing.address])
         configuration.connectTimeout = .milliseconds(300)
         let client = try MemcachedClient(configuration: configuration)
         let unreachable: MemcachedCacheAsideResult<Int>

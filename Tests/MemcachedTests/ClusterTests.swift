@@ -34,8 +34,9 @@ struct ClusterTests {
 
     @Test("a server that is not running gives a typed connection error quickly")
     func serverNotRunning() throws {
-        let port = try unusedLoopbackPort()
-        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(port)"])
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        var configuration = try MemcachedConfiguration(servers: [refusing.address])
         configuration.connectTimeout = .milliseconds(500)
         configuration.timeout = .milliseconds(500)
         let memc = try MemcachedConnection(configuration: configuration)
@@ -52,7 +53,7 @@ struct ClusterTests {
             try memc.set("k", "v")
             Issue.record("a set to a server that is not running must fail")
         } catch let error as MemcachedError {
-            #expect(error.server == "127.0.0.1:\(port)")
+            #expect(error.server == refusing.address)
             // libmemcached's handle address and source location are stripped from the message.
             #expect(!error.message.contains("0x") && !error.message.contains("->") && !error.message.contains(".cc"))
             #expect(!error.message.isEmpty)

@@ -458,8 +458,9 @@ struct CoalescingTests {
     )
     func coalescedGetMultiServerFailure() async throws {
         try await withMemcached { cluster in
-            let refused = try unusedLoopbackPort()
-            let client = try Self.client(cluster.addresses + ["127.0.0.1:\(refused)"], connections: 1)
+            let refused = try RefusingLoopbackPort()
+            defer { refused.release() }
+            let client = try Self.client(cluster.addresses + [refused.address], connections: 1)
             let keys = (0..<12).map { "spread:\($0)" }
             var owners: [String: String] = [:]
             for key in keys {

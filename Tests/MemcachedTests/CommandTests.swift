@@ -417,7 +417,9 @@ struct CommandTests {
 
     @Test("a fire-and-forget write to a server that is down still fails with a typed error")
     func noReplyDeadServer() throws {
-        var configuration = try MemcachedConfiguration(servers: ["127.0.0.1:\(try unusedLoopbackPort())"])
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        var configuration = try MemcachedConfiguration(servers: [refusing.address])
         configuration.noReply = true
         configuration.connectTimeout = .milliseconds(300)
         let memc = try MemcachedConnection(configuration: configuration)

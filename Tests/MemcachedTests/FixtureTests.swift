@@ -173,18 +173,44 @@ struct FixtureTests {
         #expect(receivedLines.withLock { $0 } == ["one", "two", "quit"])
     }
 
-    @Test("An unused loopback port refuses connections")
-    func unusedPortRefusesConnections() throws {
-        let port = try unusedLoopbackPort()
-        #expect((1...65535).contains(port))
+    @Test("A refusing loopback port refuses connections, and no other socket can take it until released")
+    func refusingPortRefusesConnections() throws {
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        #expect((1...65535).contains(refusing.port))
         let error = #expect(throws: MemcachedFixtureError.self) {
-            try rawLoopbackCommand("version\r\n", port: port, until: "\r\n", timeout: .seconds(2))
+            try rawLoopbackCommand("version\r\n", port: refusing.port, until: "\r\n", timeout: .seconds(2))
         }
         guard case .socketFailure(_, let code)? = error else {
             Issue.record("expected a refused connection, got \(String(describing: error))")
             return
         }
         #expect(code == ECONNREFUSED)
+        // A server binding the port as memcached does (SO_REUSEADDR) is turned away while it is
+        // held, so a "down" server never comes to life in the middle of a test.
+        #expect(Self.bindWithReuseAddress(port: refusing.port) == EADDRINUSE)
+        refusing.release()
+        #expect(Self.bindWithReuseAddress(port: refusing.port) == 0)
+    }
+
+    /// Binds a fresh `SO_REUSEADDR` socket to 127.0.0.1:`port`, closes it, and returns `bind`'s
+    /// errno (0 when it bound).
+    private static func bindWithReuseAddress(port: Int) -> Int32 {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { return errno }
+        defer { close(descriptor) }
+        var one: Int32 = 1
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port)).bigEndian
+        address.sin_addr.s_addr = in_addr_t(0x7F00_0001).bigEndian
+        let result = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        return result == 0 ? 0 : errno
     }
 
     @Test("withMemcached stops its servers when the async body throws")

@@ -342,8 +342,9 @@ struct HostileServerTests {
                 #expect((try? versions[0].result.get())?.isEmpty == false, "\(wireProtocol): \(versions)")
             }
         }
-        let dead = try unusedLoopbackPort()
-        let memc = try MemcachedConnection(configuration: try MemcachedConfiguration(servers: ["127.0.0.1:\(dead)"]))
+        let dead = try RefusingLoopbackPort()
+        defer { dead.release() }
+        let memc = try MemcachedConnection(configuration: try MemcachedConfiguration(servers: [dead.address]))
         let versions = try memc.versions()
         let error = try #require(
             versions.first.flatMap { result -> MemcachedError? in

@@ -14,7 +14,8 @@ struct MemorySafetyTests {
     @Test("mixed operations with errors, on one connection and through pools that come and go")
     func mixedRun() async throws {
         try await withMemcached(servers: 2) { cluster in
-            let deadPort = try unusedLoopbackPort()
+            let deadPort = try RefusingLoopbackPort()
+            defer { deadPort.release() }
             let silent = try SilentServer()
             defer { silent.stop() }
             var configuration = try MemcachedConfiguration(servers: cluster.addresses)
@@ -22,7 +23,7 @@ struct MemorySafetyTests {
             configuration.connectTimeout = .milliseconds(200)
             configuration.compressionThreshold = 512
             var withDead = configuration
-            withDead.servers.append(MemcachedServer(host: "127.0.0.1", port: deadPort))
+            withDead.servers.append(MemcachedServer(host: "127.0.0.1", port: deadPort.port))
             var hung = configuration
             hung.servers = [try MemcachedServer(parsing: silent.address)]
 

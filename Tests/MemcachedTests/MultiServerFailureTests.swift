@@ -42,7 +42,9 @@ struct MultiServerFailureTests {
         try withMemcached { cluster in
             let silent = try SilentServer()
             defer { silent.stop() }
-            let refusing = "127.0.0.1:\(try unusedLoopbackPort())"
+            let refusingPort = try RefusingLoopbackPort()
+            defer { refusingPort.release() }
+            let refusing = refusingPort.address
             let memc = try Self.connect([cluster.addresses[0], refusing, silent.address])
             let direct = try Self.connect([cluster.addresses[0]], timeout: .seconds(10))
             let (keys, owners) = try Self.keysByServer(memc)
@@ -108,7 +110,9 @@ struct MultiServerFailureTests {
     @Test("a server that refuses connections: its keys fail, are not stored, not deleted; the others work")
     func serverDown() throws {
         try withMemcached { cluster in
-            let down = "127.0.0.1:\(try unusedLoopbackPort())"
+            let downPort = try RefusingLoopbackPort()
+            defer { downPort.release() }
+            let down = downPort.address
             let memc = try Self.connect([cluster.addresses[0], down], timeout: .seconds(10))
             let (keys, owners) = try Self.keysByServer(memc)
             let downKeys = Set(keys.filter { owners[$0] == down })

@@ -758,8 +758,9 @@ struct PoolTests {
 
     @Test("a refused connection keeps the pooled connection, with libmemcached's memory of the failure")
     func refusedConnectionIsKept() async throws {
-        let port = try unusedLoopbackPort()
-        let client = try makeClient(servers: ["127.0.0.1:\(port)"], maximumConnections: 1) {
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        let client = try makeClient(servers: [refusing.address], maximumConnections: 1) {
             $0.timeout = .milliseconds(300)
             $0.connectTimeout = .milliseconds(300)
         }
