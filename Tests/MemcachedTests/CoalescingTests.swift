@@ -83,7 +83,7 @@ struct CoalescingTests {
                 }
                 return try await group.reduce(into: []) { $0 += $1 }
             }
-            let (batches, reads) = client.pool.coalescedReads
+            let (batches, reads) = client.pool.coalescedCommands
             print(
                 "coalescing: \(64 * readsPerTask) reads, \(reads) of them in \(batches) batches, \(wrong.count) wrong"
             )
@@ -102,7 +102,7 @@ struct CoalescingTests {
     ) async throws -> (Result, ConnectionHolder) {
         let holder = try await ConnectionHolder(client)
         let result = queue()
-        try await waitUntil { client.pool.queuedReadCount == count }
+        try await waitUntil { client.pool.queuedCommandCount == count }
         return (result, holder)
     }
 
@@ -196,7 +196,7 @@ struct CoalescingTests {
                 read.cancel()
                 _ = await read.result
             }
-            #expect(client.pool.waiterCount == 0 && client.pool.queuedReadCount == 0)
+            #expect(client.pool.waiterCount == 0 && client.pool.queuedCommandCount == 0)
             try await secondHolder.release()
             await client.close()
         }
@@ -225,7 +225,7 @@ struct CoalescingTests {
             #expect(error?.code == .undecodableValue && error?.key == "shared")
             #expect(try await reads.3.value == 42)
             #expect(try await reads.4.value == nil)
-            #expect(client.pool.coalescedReads.batches == 1)
+            #expect(client.pool.coalescedCommands.batches == 1)
             await client.close()
         }
     }
@@ -254,7 +254,7 @@ struct CoalescingTests {
                 return getsReads + [plain, missing]
             }
             try await holder.release()
-            #expect(client.pool.coalescedReads.batches == 1)
+            #expect(client.pool.coalescedCommands.batches == 1)
             var tokens: [String: MemcachedCASToken] = [:]
             for (key, read) in zip(keys, reads) {
                 let hit = try #require(try await read.value)
@@ -292,7 +292,7 @@ struct CoalescingTests {
         let error = await #expect(throws: MemcachedError.self) { try await reads.0.value }
         #expect(error?.code == .protocolError && error?.key == "bad", "\(String(describing: error))")
         #expect(try await reads.1.value == "x")
-        #expect(client.pool.coalescedReads.batches == 1)
+        #expect(client.pool.coalescedCommands.batches == 1)
         await client.close()
     }
 
@@ -319,7 +319,7 @@ struct CoalescingTests {
             try await holder.release()
             let coalesced = try await reads.0.value
             #expect(try await reads.1.value == "value of b")
-            #expect(client.pool.coalescedReads == (batches: 1, reads: 5))
+            #expect(client.pool.coalescedCommands == (batches: 1, commands: 5))
             let alone = try await client.withConnection { try $0.getMulti(keys, keyPrefix: "pre:", as: String.self) }
             #expect(coalesced.hits == ["a": "value of a", "b": "value of b", "c": "value of c"])
             #expect(coalesced.hits == alone.hits)
@@ -344,7 +344,7 @@ struct CoalescingTests {
             #expect(result.hits == ["number": 5])
             #expect(result.failures["word"]?.code == .undecodableValue)
             #expect(result.failures["word"]?.key == "word")
-            #expect(client.pool.coalescedReads.batches == 1)
+            #expect(client.pool.coalescedCommands.batches == 1)
             await client.close()
         }
     }
@@ -380,7 +380,7 @@ struct CoalescingTests {
             configuration.timeout = .seconds(5)
             var options = MemcachedClient.Options()
             options.maximumConnections = 1
-            options.maximumCoalescedReads = 4
+            options.maximumCoalescedCommands = 4
             // A loaded machine took over 5 s to start the reads (1 of 20 loaded suite runs).
             options.connectionWaitTimeout = .seconds(120)
             let client = try MemcachedClient(configuration: configuration, options: options)
@@ -397,7 +397,7 @@ struct CoalescingTests {
             let pair = Task(executorPreference: ThreadPerJobExecutor()) {
                 try await client.getMulti(Array(keys[3..<5]), as: String.self).hits
             }
-            try await waitUntil { client.pool.queuedReadCount == 5 }
+            try await waitUntil { client.pool.queuedCommandCount == 5 }
             let reads = (singles, pair)
             #expect(client.pool.waiterCount == 2, "3 reads in one batch, the pair in a second")
             #expect(client.pool.formingBatchCount == 2, "the pair was not split")
@@ -406,7 +406,7 @@ struct CoalescingTests {
                 try await client.getMulti(keys, as: String.self).hits
             }
             try await waitUntil { client.pool.waiterCount == 3 }
-            #expect(client.pool.queuedReadCount == 5)
+            #expect(client.pool.queuedCommandCount == 5)
             try await holder.release()
             for (key, read) in zip(keys, reads.0) {
                 #expect(try await read.value == "value of \(key)")
@@ -415,7 +415,7 @@ struct CoalescingTests {
                 try await reads.1.value == ["together:3": "value of together:3", "together:4": "value of together:4"]
             )
             #expect(try await five.value.count == 5)
-            #expect(client.pool.coalescedReads == (batches: 2, reads: 5))
+            #expect(client.pool.coalescedCommands == (batches: 2, commands: 5))
             await client.close()
         }
     }
@@ -433,7 +433,7 @@ struct CoalescingTests {
             }
             #expect(error?.code == .poolTimeout)
             #expect(start.duration(to: clock.now) >= wait * 0.9)
-            #expect(client.pool.waiterCount == 0 && client.pool.queuedReadCount == 0)
+            #expect(client.pool.waiterCount == 0 && client.pool.queuedCommandCount == 0)
             try await holder.release()
             await client.close()
 
@@ -443,11 +443,11 @@ struct CoalescingTests {
             let cancelled = Task(executorPreference: ThreadPerJobExecutor()) {
                 try await patient.getMulti(["gone:1", "gone:2", "gone:3"], as: String.self)
             }
-            try await waitUntil { patient.pool.queuedReadCount == 3 }
+            try await waitUntil { patient.pool.queuedCommandCount == 3 }
             cancelled.cancel()
             let outcome = await cancelled.result
             #expect(throws: CancellationError.self) { try outcome.get() }
-            #expect(patient.pool.waiterCount == 0 && patient.pool.queuedReadCount == 0, "its batch left the queue")
+            #expect(patient.pool.waiterCount == 0 && patient.pool.queuedCommandCount == 0, "its batch left the queue")
             try await patientHolder.release()
             await patient.close()
         }
@@ -500,7 +500,7 @@ struct CoalescingTests {
                 try await client.getMulti(keys, as: String.self)
             }
             try await waitUntil { client.pool.waiterCount == 1 }
-            #expect(client.pool.queuedReadCount == 0, "not in a batch")
+            #expect(client.pool.queuedCommandCount == 0, "not in a batch")
             // Precomposed and decomposed "café": one Swift string, two memcached keys.
             let error = await #expect(throws: MemcachedError.self) {
                 try await client.getMulti(["caf\u{E9}", "cafe\u{301}"], as: String.self)
@@ -513,14 +513,14 @@ struct CoalescingTests {
         }
     }
 
-    @Test("a batch holds at most maximumCoalescedReads reads, and reads of one key in a batch share one fetch")
+    @Test("a batch holds at most maximumCoalescedCommands reads, and reads of one key in a batch share one fetch")
     func batchCapAndSharedFetches() async throws {
         try await withMemcached { cluster in
             var configuration = try MemcachedConfiguration(servers: cluster.addresses)
             configuration.timeout = .seconds(5)
             var options = MemcachedClient.Options()
             options.maximumConnections = 1
-            options.maximumCoalescedReads = 4
+            options.maximumCoalescedCommands = 4
             options.connectionWaitTimeout = .seconds(120)
             let client = try MemcachedClient(configuration: configuration, options: options)
             try await client.set("a", "value of a")
@@ -536,7 +536,7 @@ struct CoalescingTests {
             for (key, read) in zip(keys, reads) {
                 #expect(try await read.value == "value of \(key)")
             }
-            #expect(client.pool.coalescedReads == (batches: 3, reads: 10))
+            #expect(client.pool.coalescedCommands == (batches: 3, commands: 10))
             // Each batch asked for "a" once: 3 keys requested, not 10.
             let requested = try await Self.requestedKeys(client) - before
             #expect(requested == 3, "\(requested) keys requested")

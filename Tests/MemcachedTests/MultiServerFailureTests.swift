@@ -202,4 +202,47 @@ struct MultiServerFailureTests {
             }
         }
     }
+
+    @Test(
+        "fire-and-forget setMulti and deleteMulti with a server that takes no bytes: no key is reported applied unless it was"
+    )
+    func noReplyWritesToAStalledServer() throws {
+        try withMemcached { cluster in
+            let silent = try SilentServer()
+            defer { silent.stop() }
+            var configuration = try MemcachedConfiguration(servers: [cluster.addresses[0], silent.address])
+            configuration.noReply = true
+            configuration.timeout = .milliseconds(500)
+            configuration.connectTimeout = .milliseconds(500)
+            // Larger than memcached takes, which the silent server never reads anyway: more than
+            // a socket nobody reads holds, so that write blocks until the deadline.
+            configuration.maximumValueLength = 16 << 20
+            let memc = try MemcachedConnection(configuration: configuration)
+            let direct = try Self.connect([cluster.addresses[0]], timeout: .seconds(10))
+            var items: [String: String] = [:]
+            var stalled: String?
+            for index in 0..<40 {
+                let key = "stalled:\(index)"
+                if try memc.server(forKey: key) == silent.address {
+                    if stalled == nil {
+                        stalled = key
+                        items[key] = String(repeating: "x", count: 16 << 20)
+                    }
+                } else {
+                    items[key] = "small"
+                    try direct.set(key, "before")
+                }
+            }
+            // The dictionary's order decides which keys are buffered before the stalled write.
+            let set = try memc.setMulti(items)
+            #expect(set[stalled!]?.error != nil, "the stalled server's write failed")
+            for (key, outcome) in set where outcome == .applied {
+                #expect(eventually(direct, key, holds: "small"), "\(key) was reported applied")
+            }
+            let deleted = try memc.deleteMulti(Array(items.keys))
+            for (key, outcome) in deleted where outcome == .applied && key != stalled {
+                #expect(eventually(direct, key, holds: nil), "\(key) was reported deleted")
+            }
+        }
+    }
 }

@@ -172,3 +172,15 @@ func result<Value>(_ body: () async throws -> Value) async -> Result<Value, any 
         return .failure(error)
     }
 }
+
+/// Whether `key` holds `value` (`nil`: is missing) on `connection` within 30 s. A fire-and-forget
+/// write returns once its bytes are written; memcached applies it a moment later, and another
+/// connection may look first.
+func eventually(_ connection: MemcachedConnection, _ key: String, holds value: String?) -> Bool {
+    let deadline = ContinuousClock.now + .seconds(30)
+    while (try? connection.get(key, as: String.self)) != value {
+        guard ContinuousClock.now < deadline else { return false }
+        Thread.sleep(forTimeInterval: 0.01)
+    }
+    return true
+}

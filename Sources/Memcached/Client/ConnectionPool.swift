@@ -135,7 +135,7 @@ extension NIOLockedValueBox where Value == LeaseCancellationState {
 @usableFromInline
 final class ConnectionPool: Sendable {
     /// A task queued for a connection, with the work it runs once it has one; or a batch of
-    /// single-key reads (``ReadBatch``).
+    /// coalesced commands (``CommandBatch``).
     protocol Waiter: AnyObject, Sendable {
         /// Runs the waiter's work on `connection`, on one of the pool's threads, takes the
         /// connection back and resumes the waiter with the result.
@@ -209,18 +209,18 @@ final class ConnectionPool: Sendable {
         var closeFollowers: [CheckedContinuation<Void, Never>] = []
         /// Whether ``close()`` has finished: the threads are stopped too.
         var closed = false
-        /// The batch of reads that later reads join: queued, not yet handed a connection.
-        var formingBatch: ReadBatch?
-        /// Reads in batches waiting for a connection.
-        var queuedReads = 0
-        /// Batches served, and the reads they served.
+        /// The batch that later commands join: queued, not yet handed a connection.
+        var formingBatch: CommandBatch?
+        /// Commands in batches waiting for a connection.
+        var queuedCommands = 0
+        /// Batches served, and the commands they served.
         var batchesServed = 0
-        var readsServedInBatches = 0
+        var commandsServedInBatches = 0
 
-        /// Called whenever a waiter leaves the machine's queue: a batch that left takes no more reads.
+        /// Called whenever a waiter leaves the machine's queue: a batch that left takes no more commands.
         mutating func left(_ waiter: any Waiter) {
-            guard let batch = waiter as? ReadBatch else { return }
-            queuedReads -= batch.count
+            guard let batch = waiter as? CommandBatch else { return }
+            queuedCommands -= batch.count
             if batch === formingBatch {
                 formingBatch = nil
             }
@@ -229,7 +229,7 @@ final class ConnectionPool: Sendable {
 
     let maximumConnections: Int
     let waitTimeout: Duration
-    /// The most reads one ``ReadBatch`` serves.
+    /// The most commands one ``CommandBatch`` serves.
     let maximumBatchSize: Int
     private let logger: Logger
     private let threadPool: NIOThreadPool
@@ -250,7 +250,7 @@ final class ConnectionPool: Sendable {
             throw MemcachedError(code: .invalidConfiguration, message: "maximumConnections must be at least 1")
         }
         guard maximumBatchSize >= 1 else {
-            throw MemcachedError(code: .invalidConfiguration, message: "maximumCoalescedReads must be at least 1")
+            throw MemcachedError(code: .invalidConfiguration, message: "maximumCoalescedCommands must be at least 1")
         }
         guard waitTimeout >= .zero else {
             throw MemcachedError(code: .invalidConfiguration, message: "connectionWaitTimeout must not be negative")
@@ -517,7 +517,7 @@ final class ConnectionPool: Sendable {
 
     /// Reads one key. With a connection free, as a lease of its own; otherwise the read joins the
     /// batch that waits for the next free connection (or starts one), and that connection serves
-    /// the whole batch with one multi-get (``ReadBatch``).
+    /// the whole batch with one multi-get (``CommandBatch``).
     ///
     /// - Parameters:
     ///   - requiresCAS: Whether the caller needs the hit's CAS token (a `gets`).
@@ -552,7 +552,38 @@ final class ConnectionPool: Sendable {
             }
         } onCancel: {
             read.cancel()
-            readCancelled(read)
+            commandCancelled(read)
+        }
+    }
+
+    /// Runs a fire-and-forget write (of a client configured with
+    /// ``MemcachedConfiguration/noReply``). With a connection free, as a lease of its own;
+    /// otherwise it joins the batch that waits for the next free connection (or starts one),
+    /// which sends it with the batch's other writes in one write per server
+    /// (``MemcachedClient/Options/coalescesWrites``).
+    ///
+    /// - Parameters:
+    ///   - key: The key it writes, for telling which writes share a server.
+    ///   - command: The write on a connection; in a batch, its flush is held back.
+    /// - Returns: What `command` returned, once its bytes are written.
+    /// - Throws: As ``withConnection(_:)`` does, and the write's own failure, the flush's, or that
+    ///   of another write to its server in the same batch.
+    func write(_ key: String, _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool) async throws -> Bool
+    {
+        try Task.checkCancellation()
+        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+            return try await runImmediately(connection, command)
+        }
+        let write = QueuedWrite(key: key, deadline: .now.advanced(by: waitTimeout), command: command)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if write.wait(with: continuation) {
+                    join([write])
+                }
+            }
+        } onCancel: {
+            write.cancel()
+            commandCancelled(write)
         }
     }
 
@@ -605,65 +636,62 @@ final class ConnectionPool: Sendable {
             group.cancel()
             for part in parts {
                 part.cancel()
-                readCancelled(part)
+                commandCancelled(part)
             }
         }
         return .coalesced(keys: keys, answers: answers)
     }
 
-    /// A batch whose every read was cancelled leaves the queue: nobody waits for it any more.
-    private func readCancelled(_ read: CoalescedRead) {
+    /// A batch whose every command was cancelled leaves the queue: nobody waits for it any more.
+    private func commandCancelled(_ command: any BatchedCommand) {
         state.withLockedValue { state in
-            guard let batch = read.batch else { return }
-            batch.waitingReads -= 1
-            if batch.waitingReads == 0, state.machine.cancelled(WaiterID(waiter: batch)) {
+            guard let batch = command.batch else { return }
+            batch.waitingCommands -= 1
+            if batch.waitingCommands == 0, state.machine.cancelled(WaiterID(waiter: batch)) {
                 state.left(batch)
             }
         }
     }
 
-    /// A batch waited ``waitTimeout``: its reads that waited that long fail with
+    /// A batch waited ``waitTimeout``: its commands that waited that long fail with
     /// ``MemcachedError/Code/poolTimeout``; those that joined later wait on in the next batch,
-    /// so that each read waits at least its own full ``waitTimeout`` (and at most twice that).
-    func batchTimedOut(_ batch: ReadBatch) {
+    /// so that each command waits at least its own full ``waitTimeout`` (and at most twice that).
+    func batchTimedOut(_ batch: CommandBatch) {
         let now = ContinuousClock.now
-        for reads in batch.reads.values {
-            for read in reads where read.isWaiting {
-                if read.deadline <= now {
-                    read.fail(timeoutError())
-                } else {
-                    join([read])
-                }
+        for command in batch.commands where command.isWaiting {
+            if command.deadline <= now {
+                command.fail(timeoutError())
+            } else {
+                join([command])
             }
         }
     }
 
-    /// Adds reads to the batch being formed, or starts batches for them (as many reads in each
-    /// as it takes), each of which waits for a connection or gets one at once.
+    /// Adds commands to the batch being formed, or starts batches for them (as many commands in
+    /// each as it takes), each of which waits for a connection or gets one at once.
     ///
-    /// - Parameter together: Whether the reads must share one batch (a multi-get's keys, at most
-    ///   a batch's worth, distinct): they join the forming batch only when all fit in it.
-    private func join(_ reads: [CoalescedRead], together: Bool = false) {
-        var run: [(ReadBatch, PooledConnection)] = []
-        var failed: [(ReadBatch, any Error)] = []
+    /// - Parameter together: Whether the commands must share one batch (a multi-get's keys, at
+    ///   most a batch's worth, distinct): they join the forming batch only when all fit in it.
+    private func join(_ commands: [any BatchedCommand], together: Bool = false) {
+        var run: [(CommandBatch, PooledConnection)] = []
+        var failed: [(CommandBatch, any Error)] = []
         state.withLockedValue { state in
-            // Reads cancelled on their way here are answered already, and counted in no batch.
-            var pending = reads.filter(\.isWaiting)[...]
+            // Commands cancelled on their way here are answered already, and counted in no batch.
+            var pending = commands.filter(\.isWaiting)[...]
             if let batch = state.formingBatch,
                 !together
                     || (batch.count + pending.count <= maximumBatchSize && pending.allSatisfy { batch.canTake($0) })
             {
-                while let read = pending.first, batch.count < maximumBatchSize, batch.canTake(read) {
-                    batch.add(read)
-                    state.queuedReads += 1
+                while let command = pending.first, batch.count < maximumBatchSize, batch.canTake(command) {
+                    batch.add(command)
+                    state.queuedCommands += 1
                     pending.removeFirst()
                 }
             }
             while let first = pending.popFirst() {
-                let batch = ReadBatch(first)
-                first.batch = batch
-                while let read = pending.first, batch.count < maximumBatchSize, batch.canTake(read) {
-                    batch.add(read)
+                let batch = CommandBatch(first)
+                while let command = pending.first, batch.count < maximumBatchSize, batch.canTake(command) {
+                    batch.add(command)
                     pending.removeFirst()
                 }
                 switch state.machine.leaseRequested(WaiterID(waiter: batch), now: .now) {
@@ -680,7 +708,7 @@ final class ConnectionPool: Sendable {
                         state.timer = scheduleTimer(at: timerDeadline)
                     }
                     state.formingBatch = batch
-                    state.queuedReads += batch.count
+                    state.queuedCommands += batch.count
                 case .fail(let refusal):
                     failed.append((batch, error(refusal)))
                 }
@@ -702,12 +730,12 @@ final class ConnectionPool: Sendable {
 
     /// Serves a batch on `connection` and takes the connection back, as ``runLease`` does for one
     /// lease. Called on one of the pool's threads.
-    func runBatch(_ batch: ReadBatch, on connection: PooledConnection) -> Plan {
+    func runBatch(_ batch: CommandBatch, on connection: PooledConnection) -> Plan {
         state.withLockedValue { state in
             state.batchesServed += 1
-            state.readsServedInBatches += batch.count
+            state.commandsServedInBatches += batch.count
         }
-        let outcome = connection.run({ try batch.read(on: $0) }, cancellation: LeaseCancellation())
+        let outcome = connection.run({ try batch.serve(on: $0) }, cancellation: LeaseCancellation())
         if case .failure(let error) = outcome.result {
             batch.fail(error)
         }
@@ -906,7 +934,7 @@ final class ConnectionPool: Sendable {
                 state.template = nil
                 state.liveHandles -= 1
                 state.formingBatch = nil
-                state.queuedReads = 0
+                state.queuedCommands = 0
                 defer { state.timer = nil }
                 return .first(idle: idle, waiters: waiters, timer: state.timer)
             }
@@ -985,19 +1013,20 @@ final class ConnectionPool: Sendable {
         state.withLockedValue { $0.machine.waiterCount }
     }
 
-    /// Reads waiting in batches for a connection (``MemcachedClient/Options/coalescesReads``).
-    var queuedReadCount: Int {
-        state.withLockedValue { $0.queuedReads }
+    /// Commands waiting in batches for a connection (``MemcachedClient/Options/coalescesReads``,
+    /// ``MemcachedClient/Options/coalescesWrites``).
+    var queuedCommandCount: Int {
+        state.withLockedValue { $0.queuedCommands }
     }
 
-    /// How many reads the batch that later reads join holds; 0 when there is none.
+    /// How many commands the batch that later commands join holds; 0 when there is none.
     var formingBatchCount: Int {
         state.withLockedValue { $0.formingBatch?.count ?? 0 }
     }
 
-    /// Batches of coalesced reads served so far, and the reads they served.
-    var coalescedReads: (batches: Int, reads: Int) {
-        state.withLockedValue { ($0.batchesServed, $0.readsServedInBatches) }
+    /// Batches of coalesced commands served so far, and the commands they served.
+    var coalescedCommands: (batches: Int, commands: Int) {
+        state.withLockedValue { ($0.batchesServed, $0.commandsServedInBatches) }
     }
 
     /// Whether the timer is set: from the first queued waiter until it fires and finds the queue

@@ -176,6 +176,9 @@ extension MemcachedClient {
     /// - Returns: `true` when stored; `false` when the server declined.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/set(_:_:expiration:compression:noReply:)`` does, or as
     ///   ``get(_:as:)`` does when no connection could be leased.
+    ///
+    /// With ``MemcachedConfiguration/noReply`` on, a call that finds every connection busy joins
+    /// the next batch, which sends its writes with one write per server (``Options/coalescesWrites``).
     @discardableResult
     public func set<Value: MemcachedValue & Sendable>(
         _ key: String,
@@ -184,9 +187,13 @@ extension MemcachedClient {
         compression: MemcachedCompression = .configured,
         noReply: Bool = false
     ) async throws -> Bool {
-        try await withConnection {
+        let command: @Sendable (MemcachedConnection) throws -> Bool = {
             try $0.set(key, value, expiration: expiration, compression: compression, noReply: noReply)
         }
+        guard batchesWrites else {
+            return try await withConnection(command)
+        }
+        return try await pool.write(key, command)
     }
 
     /// Stores many values, as python-memcached's `set_multi`.
@@ -339,9 +346,15 @@ extension MemcachedClient {
     /// - Returns: `true` when the key was deleted, `false` when it was missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/delete(_:noReply:)`` does, or as
     ///   ``get(_:as:)`` does when no connection could be leased.
+    ///
+    /// With ``MemcachedConfiguration/noReply`` on, it joins batches as ``set(_:_:expiration:compression:noReply:)`` does.
     @discardableResult
     public func delete(_ key: String, noReply: Bool = false) async throws -> Bool {
-        try await withConnection { try $0.delete(key, noReply: noReply) }
+        let command: @Sendable (MemcachedConnection) throws -> Bool = { try $0.delete(key, noReply: noReply) }
+        guard batchesWrites else {
+            return try await withConnection(command)
+        }
+        return try await pool.write(key, command)
     }
 
     /// Deletes many keys, as python-memcached's `delete_multi`, and reports each key's outcome.

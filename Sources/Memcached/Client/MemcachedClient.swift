@@ -113,9 +113,24 @@ public final class MemcachedClient: Sendable {
         /// at once and the others are not disturbed. The default is `true`.
         public var coalescesReads = true
 
-        /// The most reads one coalesced batch serves (``coalescesReads``); later reads start the
-        /// next batch. Must be at least 1. The default is 64.
-        public var maximumCoalescedReads = 64
+        /// Whether fire-and-forget writes that find every connection busy are sent together:
+        /// with ``MemcachedConfiguration/noReply`` on (text protocol), ``set(_:_:expiration:compression:noReply:)``
+        /// and ``delete(_:noReply:)`` calls waiting for a connection join the batch that reads
+        /// join, and the next free connection sends them all with one write per server, before
+        /// the batch's reads. Each call returns once the write that carried it is done, as it
+        /// would on a connection of its own.
+        ///
+        /// A write never waits for a batch to fill. A failed flush fails every write of the batch,
+        /// and a write that breaks a connection (or runs out of time) fails the writes buffered
+        /// before it too: their bytes may have been lost with it, and a fire-and-forget write is
+        /// never reported sent when that is not known. Without ``MemcachedConfiguration/noReply`` writes wait for
+        /// their replies and are never batched. The default is `true`.
+        public var coalescesWrites = true
+
+        /// The most commands (reads and fire-and-forget writes) one coalesced batch serves
+        /// (``coalescesReads``, ``coalescesWrites``); later commands start the next batch. Must be
+        /// at least 1. The default is 64.
+        public var maximumCoalescedCommands = 64
 
         /// Creates options with every field at its default.
         public init() {}
@@ -129,6 +144,10 @@ public final class MemcachedClient: Sendable {
 
     @usableFromInline
     let pool: ConnectionPool
+
+    /// Whether ``set(_:_:expiration:compression:noReply:)`` and ``delete(_:noReply:)`` join
+    /// batches: ``Options/coalescesWrites``, for a configuration whose writes skip their replies.
+    let batchesWrites: Bool
 
     /// The cache-aside loads in progress, so that tasks missing the same key share one load.
     let loadFlights = LoadFlights()
@@ -151,8 +170,9 @@ public final class MemcachedClient: Sendable {
             configuration: configuration,
             maximumConnections: options.maximumConnections,
             waitTimeout: options.connectionWaitTimeout,
-            maximumBatchSize: options.maximumCoalescedReads
+            maximumBatchSize: options.maximumCoalescedCommands
         )
+        batchesWrites = options.coalescesWrites && configuration.noReply && configuration.wireProtocol == .ascii
     }
 
     /// Creates a client for servers written as strings, with every other setting at its default.

@@ -267,47 +267,100 @@ extension MemcachedConnection {
     }
 
     /// Runs one single-key command per key under the call's deadline and collects the outcomes:
-    /// the one loop of every multi-key write and delete. Once the deadline has passed, the
-    /// remaining keys fail with its error and nothing more is sent.
+    /// the one loop of every multi-key write and delete (``sendEach(_:_:)``), with each key's
+    /// failure reported as its outcome and a failure about the call as a whole thrown.
     func eachKey(
         _ keys: [String],
         _ batch: KeyBatch,
         _ command: (_ key: (index: Int, prepared: PreparedKey)) throws -> Bool
     ) throws -> [String: MemcachedKeyOutcome] {
+        let results = try sendEach(keys.count) { index in
+            try batch.withKey(at: index) { keyBytes in
+                try command((index, PreparedKey(bytes: keyBytes, key: keys[index])))
+            }
+        }
         var outcomes: [String: MemcachedKeyOutcome] = [:]
         outcomes.reserveCapacity(keys.count)
-        for index in keys.indices {
+        for (key, result) in zip(keys, results) {
+            switch result {
+            case .success(let applied):
+                outcomes[key] = applied ? .applied : .declined
+            case .failure(let error as MemcachedError) where !error.code.failsTheWholeCall:
+                outcomes[key] = .failed(error.with(key: key))
+            case .failure(let error):
+                throw error
+            }
+        }
+        return outcomes
+    }
+
+    /// Runs `count` writes in a row under the current call's deadline, with the flush of
+    /// fire-and-forget ones held back, then flushes them once: one write per server for all.
+    ///
+    /// A write whose command returned is not yet known to have arrived when it skipped its reply
+    /// under ``MemcachedConfiguration/noReply``: its bytes wait in a buffer. They are lost when the
+    /// flush fails, and may be when a later command resets the connections (a timeout or a
+    /// broken socket resets them all; the reset sends what is buffered only as far as each socket
+    /// still works, and the watchdog shuts them all down at the deadline). Such writes fail, so a
+    /// write is never reported done when that is not known.
+    ///
+    /// - Parameter write: Sends the write at an index; returns its outcome (`true` applied).
+    /// - Returns: By index: what the write returned; its own error; the deadline's, when it
+    ///   passed before the write was sent (nothing more is sent then); or the failure that leaves
+    ///   it unknown whether the write arrived.
+    /// - Throws: `CancellationError` when the call's task was cancelled (through a client).
+    func sendEach(_ count: Int, _ write: (Int) throws -> Bool) throws -> [Result<Bool, any Error>] {
+        var results: [Result<Bool, any Error>] = []
+        results.reserveCapacity(count)
+        // Writes before this index were buffered when a command reset every connection.
+        var bufferedBeforeReset = 0
+        var reset: MemcachedError?
+        handle.holdsWriteFlush = true
+        defer { handle.holdsWriteFlush = false }
+        for index in 0..<count {
             if handle.isPastDeadline {
                 if handle.deadline.isCancelled {
                     throw CancellationError()
                 }
-                let error = handle.deadlineError()
-                for late in keys[index...] {
-                    outcomes[late] = .failed(error.with(key: late))
-                }
-                break
+                results.append(.failure(handle.deadlineError()))
+                continue
             }
-            do {
-                let applied = try batch.withKey(at: index) { keyBytes in
-                    try command((index, PreparedKey(bytes: keyBytes, key: keys[index])))
+            let mark = stepMark
+            results.append(Result { try write(index) })
+            if stepMark != mark {
+                bufferedBeforeReset = index
+                if case .failure(let error as MemcachedError) = results[index] {
+                    reset = error
                 }
-                outcomes[keys[index]] = applied ? .applied : .declined
-            } catch let error as MemcachedError where !error.code.failsTheWholeCall {
-                outcomes[keys[index]] = .failed(error.with(key: keys[index]))
             }
         }
+        handle.holdsWriteFlush = false
+        var lost: MemcachedError?
         do {
             try handle.flushWrites()
         } catch let error as MemcachedError {
-            // Which server's batch failed is not known: every key shares the failure.
-            for key in keys {
-                outcomes[key] = .failed(error.with(key: key))
-            }
+            lost = error
         }
         // Stopped by the cancellation of its task (through a client): not a result to return.
         if handle.deadline.isCancelled {
             throw CancellationError()
         }
-        return outcomes
+        for index in results.indices {
+            guard case .success = results[index] else { continue }
+            if let lost {
+                results[index] = .failure(lost)
+            } else if handle.noReply, index < bufferedBeforeReset {
+                results[index] = .failure(
+                    MemcachedError(
+                        code: reset?.code ?? .writeFailure,
+                        message:
+                            "not known to have reached the server: the connections were reset while it waited to be flushed"
+                            + (reset.map { " (\($0.message))" } ?? ""),
+                        server: reset?.server
+                    )
+                )
+            }
+        }
+        return results
     }
 }

@@ -813,9 +813,10 @@ extension Handle {
     }
 
     /// Writes what fire-and-forget commands left in the write buffers. A no-op without
-    /// ``noReply``. The corresponding C function is `memcached_flush_buffers`.
+    /// ``noReply``, and while ``holdsWriteFlush`` (a batch of writes flushes once, at its end).
+    /// The corresponding C function is `memcached_flush_buffers`.
     func flushWrites() throws {
-        guard noReply else { return }
+        guard noReply, !holdsWriteFlush else { return }
         let rc = memcached_flush_buffers(try live())
         guard memcached_success(rc) else {
             throw failure(rc, command: "flush_buffers")

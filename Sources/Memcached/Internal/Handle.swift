@@ -386,6 +386,10 @@ final class Handle {
     /// to notice trouble the lease holder caught and did not rethrow.
     private(set) var connectionResets = 0
 
+    /// Whether ``flushWrites()`` leaves the buffered fire-and-forget writes in place, so that
+    /// the writes of a coalesced batch go out together (``MemcachedConnection/holdingWriteFlush(_:)``).
+    var holdsWriteFlush = false
+
     /// Closes every server connection; the next command reconnects.
     func resetConnections() {
         connectionResets &+= 1

@@ -7,13 +7,13 @@ typealias ReadDecoder =
     @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCASToken, MemcachedCodingContext) throws ->
     any Sendable
 
-/// One caller's single-key read waiting in a ``ReadBatch``: its key, how its value decodes, and
+/// One caller's single-key read waiting in a ``CommandBatch``: its key, how its value decodes, and
 /// how it is answered. Answered exactly once: with its value, a miss, an error, or
 /// `CancellationError` when its task is cancelled first (then the batch's answer is dropped).
 ///
 /// `@unchecked Sendable` for ``batch``, which only the pool's lock guards, and for the decoded
 /// hit, which only the thread running the batch touches.
-final class CoalescedRead: @unchecked Sendable {
+final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     private enum State {
         /// Made, not yet given its continuation.
         case pending
@@ -32,7 +32,7 @@ final class CoalescedRead: @unchecked Sendable {
     /// When the read has waited ``ConnectionPool/waitTimeout`` for a connection.
     let deadline: ContinuousClock.Instant
     /// The batch the read waits in. Under the pool's lock.
-    weak var batch: ReadBatch?
+    weak var batch: CommandBatch?
     private let decode: ReadDecoder
     private let state = NIOLockedValueBox(State.pending)
     /// The hit, decoded while its bytes were valid, kept until the whole reply has been checked.
@@ -263,40 +263,162 @@ final class MultiKeyRead: Sendable {
     }
 }
 
-/// Single-key reads (`get` and `gets`) that found every connection leased, served together by one multi-get on the
-/// next connection that comes free: one hand-off to the thread and one round trip per server for
-/// all of them (``MemcachedClient/Options/coalescesReads``).
-///
-/// To the pool it is one waiter. While it waits, more reads join it, up to the pool's batch size;
-/// once a connection is handed to it, it takes no more (the pool forgets it under the same lock).
-/// Reads of one key share one fetch, each decoding as its own type. Keys Swift calls equal but
-/// whose bytes differ (Unicode equivalents) are different memcached keys: the second such read
-/// starts another batch rather than share the first one's fetch.
-final class ReadBatch: ConnectionPool.Waiter, @unchecked Sendable {
-    /// The reads by key. Guarded by the pool's lock while the batch can be joined; from then on
-    /// read only by the one thread that runs it. Hence `@unchecked Sendable`.
-    private(set) var reads: [String: [CoalescedRead]]
-    /// How many reads joined.
-    private(set) var count = 1
-    /// How many of them were not cancelled. Under the pool's lock.
-    var waitingReads = 1
+/// A command waiting in a ``CommandBatch``: a coalesced read (``CoalescedRead``) or a
+/// fire-and-forget write (``QueuedWrite``). Answered exactly once.
+protocol BatchedCommand: AnyObject, Sendable {
+    /// When it has waited ``ConnectionPool/waitTimeout`` for a connection.
+    var deadline: ContinuousClock.Instant { get }
+    /// The batch it waits in. Under the pool's lock.
+    var batch: CommandBatch? { get set }
+    /// Whether it still waits for its answer (it was not cancelled or answered).
+    var isWaiting: Bool { get }
+    /// Answers with an error that is not the command's own: the batch failed as a whole, the
+    /// wait for a connection ended, the pool closed. Does nothing once answered.
+    func fail(_ error: any Error)
+}
 
-    init(_ first: CoalescedRead) {
-        reads = [first.key: [first]]
+/// One caller's fire-and-forget write (``MemcachedClient/set(_:_:expiration:compression:noReply:)``
+/// or ``MemcachedClient/delete(_:noReply:)`` of a client whose configuration has
+/// ``MemcachedConfiguration/noReply``) waiting in a ``CommandBatch``.
+///
+/// Its command runs with the flush held back, so that the batch's writes leave in one write per
+/// server; the caller hears its outcome only once that flush is done. Answered exactly once:
+/// with its outcome, an error, or `CancellationError` when its task is cancelled first (a
+/// write cancelled while its batch runs may still be applied, as one cancelled on a connection
+/// of its own may).
+///
+/// `@unchecked Sendable` for ``batch``, which only the pool's lock guards.
+final class QueuedWrite: BatchedCommand, @unchecked Sendable {
+    private enum State {
+        /// Made, not yet given its continuation.
+        case pending
+        /// Its task was cancelled before it had a continuation.
+        case cancelledEarly
+        case waiting(CheckedContinuation<Bool, any Error>)
+        case answered
     }
 
-    /// Whether `read` can share this batch: its key is new, or the very same bytes as a key here.
-    func canTake(_ read: CoalescedRead) -> Bool {
-        guard let index = reads.index(forKey: read.key) else { return true }
+    /// The key it writes, for the errors it is answered with.
+    let key: String
+    let deadline: ContinuousClock.Instant
+    weak var batch: CommandBatch?
+    /// The write, run by the batch with its flush held back.
+    let command: @Sendable (MemcachedConnection) throws -> Bool
+    private let state = NIOLockedValueBox(State.pending)
+
+    init(
+        key: String,
+        deadline: ContinuousClock.Instant,
+        command: @escaping @Sendable (MemcachedConnection) throws -> Bool
+    ) {
+        self.key = key
+        self.deadline = deadline
+        self.command = command
+    }
+
+    /// Gives the write its continuation; `false`, with the continuation resumed with
+    /// `CancellationError`, when its task was cancelled before.
+    func wait(with continuation: CheckedContinuation<Bool, any Error>) -> Bool {
+        let cancelled = state.withLockedValue { state -> Bool in
+            guard case .pending = state else { return true }
+            state = .waiting(continuation)
+            return false
+        }
+        if cancelled {
+            continuation.resume(throwing: CancellationError())
+        }
+        return !cancelled
+    }
+
+    /// Answers with the outcome of sending it, its key named in a failure of the library's.
+    func answer(_ result: Result<Bool, any Error>) {
+        if case .failure(var error as MemcachedError) = result {
+            error.key = key
+            answer(.failure(error), early: false)
+        } else {
+            answer(result, early: false)
+        }
+    }
+
+    func fail(_ error: any Error) { answer(.failure(error), early: false) }
+
+    /// The task was cancelled: answers with `CancellationError` now, or, before the write has its
+    /// continuation, makes ``wait(with:)`` do it.
+    func cancel() { answer(.failure(CancellationError()), early: true) }
+
+    var isWaiting: Bool {
+        state.withLockedValue { state in
+            if case .waiting = state { true } else { false }
+        }
+    }
+
+    private func answer(_ result: Result<Bool, any Error>, early: Bool) {
+        let continuation = state.withLockedValue { state -> CheckedContinuation<Bool, any Error>? in
+            switch state {
+            case .pending:
+                if early { state = .cancelledEarly }
+                return nil
+            case .waiting(let continuation):
+                state = .answered
+                return continuation
+            case .cancelledEarly, .answered:
+                return nil
+            }
+        }
+        continuation?.resume(with: result)
+    }
+}
+
+/// Commands that found every connection leased, served together by the next connection that
+/// comes free, with one hand-off to its thread: single-key reads (`get`, `gets`, the keys of a
+/// small `getMulti`) by one multi-get, one round trip per server
+/// (``MemcachedClient/Options/coalescesReads``), and fire-and-forget writes by one write per
+/// server (``MemcachedClient/Options/coalescesWrites``).
+///
+/// To the pool it is one waiter. While it waits, more commands join it, up to the pool's batch
+/// size; once a connection is handed to it, it takes no more (the pool forgets it under the same
+/// lock). Reads of one key share one fetch, each decoding as its own type. Keys Swift calls equal
+/// but whose bytes differ (Unicode equivalents) are different memcached keys: the second such
+/// read starts another batch rather than share the first one's fetch. The writes go first and
+/// are flushed before the reads are sent, so that a failed flush is known before the reads'
+/// multi-get could send what it left behind.
+final class CommandBatch: ConnectionPool.Waiter, @unchecked Sendable {
+    /// The reads by key and the writes in the order they came. Guarded by the pool's lock while
+    /// the batch can be joined; from then on read only by the one thread that runs it. Hence
+    /// `@unchecked Sendable`.
+    private(set) var reads: [String: [CoalescedRead]] = [:]
+    private(set) var writes: [QueuedWrite] = []
+    /// How many commands joined.
+    private(set) var count = 0
+    /// How many of them were not cancelled. Under the pool's lock.
+    var waitingCommands = 0
+
+    init(_ first: any BatchedCommand) {
+        add(first)
+    }
+
+    /// Whether `command` can share this batch: a write, or a read of a new key or of the very
+    /// same bytes as a key here.
+    func canTake(_ command: any BatchedCommand) -> Bool {
+        guard let read = command as? CoalescedRead, let index = reads.index(forKey: read.key) else { return true }
         return reads.keys[index].utf8.elementsEqual(read.key.utf8)
     }
 
-    /// Adds a read. Under the pool's lock, while the batch waits.
-    func add(_ read: CoalescedRead) {
-        reads[read.key, default: []].append(read)
-        read.batch = self
+    /// Adds a command. Under the pool's lock, while the batch waits.
+    func add(_ command: any BatchedCommand) {
+        if let read = command as? CoalescedRead {
+            reads[read.key, default: []].append(read)
+        } else if let write = command as? QueuedWrite {
+            writes.append(write)
+        }
+        command.batch = self
         count += 1
-        waitingReads += 1
+        waitingCommands += 1
+    }
+
+    /// Every command of the batch.
+    var commands: [any BatchedCommand] {
+        writes.map { $0 as any BatchedCommand } + reads.values.joined().map { $0 as any BatchedCommand }
     }
 
     func run(_ connection: PooledConnection, in pool: ConnectionPool) -> ConnectionPool.Plan {
@@ -308,9 +430,38 @@ final class ReadBatch: ConnectionPool.Waiter, @unchecked Sendable {
     }
 
     func fail(_ error: any Error) {
-        for reads in reads.values {
-            for read in reads {
-                read.fail(error)
+        for command in commands {
+            command.fail(error)
+        }
+    }
+
+    /// Serves every command on `connection`: the writes, then the reads. A failure that may have
+    /// left the connection out of step resets it, which the pool sees (``PooledConnection``).
+    func serve(on connection: MemcachedConnection) throws {
+        if !writes.isEmpty {
+            write(on: connection)
+        }
+        if !reads.isEmpty {
+            try read(on: connection)
+        }
+    }
+
+    /// Sends every write still waiting with one deadline and one flush (one write per server,
+    /// ``MemcachedConnection/sendEach(_:_:)``), then answers each: its outcome, or its own
+    /// failure, or the failure that leaves it unknown whether it arrived. A write cancelled
+    /// before it is sent is not sent.
+    private func write(on connection: MemcachedConnection) {
+        let sending = writes.filter(\.isWaiting)
+        do {
+            let results = try connection.handle.withDeadline {
+                try connection.sendEach(sending.count) { index in try sending[index].command(connection) }
+            }
+            for (write, result) in zip(sending, results) {
+                write.answer(result)
+            }
+        } catch {
+            for write in sending {
+                write.fail(error)
             }
         }
     }
@@ -318,7 +469,7 @@ final class ReadBatch: ConnectionPool.Waiter, @unchecked Sendable {
     /// Reads every key with one multi-get on `connection` and, once the whole reply is checked,
     /// answers each read: its value (as its own type), a miss, or its key's failure; every read
     /// fails when the call as a whole does. Reads answered already (cancelled) are skipped.
-    func read(on connection: MemcachedConnection) throws {
+    private func read(on connection: MemcachedConnection) throws {
         let keys = Array(reads.keys)
         let context = connection.codingContext
         let failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false) {
