@@ -203,9 +203,7 @@ struct MultiServerFailureTests {
         }
     }
 
-    @Test(
-        "fire-and-forget setMulti and deleteMulti with a server that takes no bytes: no key is reported applied unless it was"
-    )
+    @Test("fire-and-forget setMulti with a server that takes no bytes: no key is reported applied unless it was")
     func noReplyWritesToAStalledServer() throws {
         try withMemcached { cluster in
             let silent = try SilentServer()
@@ -219,29 +217,27 @@ struct MultiServerFailureTests {
             configuration.maximumValueLength = 16 << 20
             let memc = try MemcachedConnection(configuration: configuration)
             let direct = try Self.connect([cluster.addresses[0]], timeout: .seconds(10))
-            var items: [String: String] = [:]
-            var stalled: String?
-            for index in 0..<40 {
-                let key = "stalled:\(index)"
-                if try memc.server(forKey: key) == silent.address {
-                    if stalled == nil {
-                        stalled = key
-                        items[key] = String(repeating: "x", count: 16 << 20)
+            // The dictionary's order decides which keys are buffered before the stalled write:
+            // three rounds of different keys make it all but certain that some are.
+            for round in 0..<3 {
+                var items: [String: String] = [:]
+                var stalled: String?
+                for index in 0..<40 {
+                    let key = "stalled:\(round):\(index)"
+                    if try memc.server(forKey: key) == silent.address {
+                        if stalled == nil {
+                            stalled = key
+                            items[key] = String(repeating: "x", count: 16 << 20)
+                        }
+                    } else {
+                        items[key] = "small"
                     }
-                } else {
-                    items[key] = "small"
-                    try direct.set(key, "before")
                 }
-            }
-            // The dictionary's order decides which keys are buffered before the stalled write.
-            let set = try memc.setMulti(items)
-            #expect(set[stalled!]?.error != nil, "the stalled server's write failed")
-            for (key, outcome) in set where outcome == .applied {
-                #expect(eventually(direct, key, holds: "small"), "\(key) was reported applied")
-            }
-            let deleted = try memc.deleteMulti(Array(items.keys))
-            for (key, outcome) in deleted where outcome == .applied && key != stalled {
-                #expect(eventually(direct, key, holds: nil), "\(key) was reported deleted")
+                let set = try memc.setMulti(items)
+                #expect(set[stalled!]?.error != nil, "round \(round): the stalled server's write")
+                for (key, outcome) in set where outcome == .applied {
+                    #expect(eventually(direct, key, holds: "small"), "round \(round): \(key) was reported applied")
+                }
             }
         }
     }

@@ -160,11 +160,10 @@ struct WriteCoalescingTests {
             try await holder.release()
             for (index, (key, task)) in zip(keys, tasks).enumerated() {
                 let result = await task.result
-                if index == 3 {
-                    let error = #expect(throws: MemcachedError.self, "\(key) is on the silent server") {
-                        try result.get()
-                    }
-                    #expect(error?.code == .timeout)
+                if index >= 3 {
+                    // The stalled write ran out the batch's time: it, and the writes not yet sent, fail.
+                    let error = #expect(throws: MemcachedError.self, "\(key) at \(index)") { try result.get() }
+                    #expect(error?.code == .timeout, "\(String(describing: error))")
                 } else if (try? result.get()) == true {
                     #expect(eventually(direct, key, holds: "small \(index)"), "\(key) was reported written")
                 }
@@ -224,6 +223,30 @@ struct WriteCoalescingTests {
             #expect(eventually(direct, after, holds: "small after"))
             await client.close()
         }
+    }
+
+    @Test("a write that breaks its server's socket fails the write buffered for that server before it")
+    func brokenSocketFailsTheWriteBufferedBeforeIt() async throws {
+        // Hangs up on the first line it reads, with the rest of a large value unread: the client's
+        // write then fails with a reset connection, and libmemcached drops that socket's buffer.
+        let hangingUp = try ScriptedServer { _ in nil }
+        defer { hangingUp.stop() }
+        let client = try Self.client([hangingUp.address], maximumValueLength: 16 << 20)
+        let large = String(repeating: "x", count: 16 << 20)
+        let (tasks, holder) = try await Self.queued(client, count: 2) { index in
+            try await client.set("broken:\(index)", index == 0 ? "small" : large)
+        }
+        try await holder.release()
+        let buffered = await #expect(throws: MemcachedError.self, "its bytes went with the broken socket") {
+            try await tasks[0].value
+        }
+        #expect(
+            buffered?.message.contains("not known to have reached the server") == true,
+            "\(String(describing: buffered))"
+        )
+        #expect(buffered?.key == "broken:0")
+        await #expect(throws: MemcachedError.self, "the write the server hung up on") { try await tasks[1].value }
+        await client.close()
     }
 
     @Test("a write cancelled while its batch waits is answered at once and never sent; the others are written")

@@ -70,7 +70,8 @@ final class Suite {
         binary: Bool = false,
         noReply: Bool = false,
         maximumConnections: Int? = nil,
-        coalescesReads: Bool = true
+        coalescesReads: Bool = true,
+        coalescesWrites: Bool = true
     ) throws -> MemcachedClient {
         if let existing = clients[name] { return existing }
         var options = MemcachedClient.Options()
@@ -78,6 +79,7 @@ final class Suite {
             options.maximumConnections = maximumConnections
         }
         options.coalescesReads = coalescesReads
+        options.coalescesWrites = coalescesWrites
         let client = try MemcachedClient(
             configuration: configuration(binary: binary, noReply: noReply),
             options: options
@@ -112,6 +114,7 @@ final class Suite {
             ("W7", { try self.multiSet() }),
             ("W8", { try self.concurrency() }),
             ("W8g", { try self.getOnlyConcurrency() }),
+            ("W8s", { try self.setOnlyConcurrency() }),
             ("W1b", { try self.getHit(id: "W1b", binary: true) }),
             ("W4b", { try self.multiGet(id: "W4b", binary: true) }),
         ]
@@ -579,17 +582,44 @@ final class Suite {
         )
     }
 
+    /// W8s: fire-and-forget sets (`noReply`) over W6's 10,000 keys, split over concurrent tasks,
+    /// with and without coalesced writes, beside raw C with reply-less sets on 1 and 2 threads
+    /// (issue 14). Each of our sets returns once its bytes are written, as raw C's do.
+    func setOnlyConcurrency() throws -> Workload {
+        let operations = MixedOperations.make(count: scaled(200_000), keyCount: mixedKeys.count)
+            .map { $0 | MixedOperations.setBit }
+        let coalescing = try self.client("pool-noreply", noReply: true)
+        let plain = try self.client("pool-noreply, not coalescing", noReply: true, coalescesWrites: false)
+        return try concurrentWorkload(
+            id: "W8s",
+            title: "fire-and-forget sets over 10,000 keys with concurrency (pool of 8 connections)",
+            operations: operations,
+            pools: [
+                ConcurrentPool("pool, 1 task", coalescing, tasks: 1),
+                ConcurrentPool("pool, 16 tasks", coalescing, tasks: 16),
+                ConcurrentPool("pool, 64 tasks", coalescing, tasks: 64),
+                ConcurrentPool("pool, 16 tasks, not coalescing", plain, tasks: 16),
+                ConcurrentPool("pool, 64 tasks, not coalescing", plain, tasks: 64),
+                ConcurrentPool("pool, 64 tasks, client's executor", coalescing, tasks: 64, onClientExecutor: true),
+            ],
+            noReply: true
+        )
+    }
+
     /// A workload of `operations` over W6's stored keys: raw C with 1 and 2 threads, and each
-    /// pool with its number of tasks; every get must hit.
+    /// pool with its number of tasks; every get must hit. With `noReply`, raw C's sets skip their
+    /// replies too.
     private func concurrentWorkload(
         id: String,
         title: String,
         operations: [UInt32],
-        pools: [ConcurrentPool]
+        pools: [ConcurrentPool],
+        noReply: Bool = false
     ) throws -> Workload {
         let keys = mixedKeys
-        let rawSingle = try rawConnection("raw-thread-0")
-        let rawSecond = try rawConnection("raw-thread-1")
+        let suffix = noReply ? "-noreply" : ""
+        let rawSingle = try rawConnection("raw-thread-0\(suffix)", noReply: noReply)
+        let rawSecond = try rawConnection("raw-thread-1\(suffix)", noReply: noReply)
         try storeMixedKeys(rawSingle)
         let strings = keys.strings
         let value = Self.smallValue

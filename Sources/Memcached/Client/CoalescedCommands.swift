@@ -446,8 +446,8 @@ final class CommandBatch: ConnectionPool.Waiter, @unchecked Sendable {
         }
     }
 
-    /// Sends every write still waiting with one deadline and one flush (one write per server,
-    /// ``MemcachedConnection/sendEach(_:_:)``), then answers each: its outcome, or its own
+    /// Sends every write still waiting with one deadline and one flush
+    /// (``MemcachedConnection/sendEach(_:stopsOn:_:)``), then answers each: its outcome, or its own
     /// failure, or the failure that leaves it unknown whether it arrived. A write cancelled
     /// before it is sent is not sent.
     private func write(on connection: MemcachedConnection) {

@@ -563,7 +563,7 @@ final class ConnectionPool: Sendable {
     /// (``MemcachedClient/Options/coalescesWrites``).
     ///
     /// - Parameters:
-    ///   - key: The key it writes, for telling which writes share a server.
+    ///   - key: The key it writes, named in the errors it may be answered with.
     ///   - command: The write on a connection; in a batch, its flush is held back.
     /// - Returns: What `command` returned, once its bytes are written.
     /// - Throws: As ``withConnection(_:)`` does, and the write's own failure, the flush's, or that

@@ -116,14 +116,17 @@ public final class MemcachedClient: Sendable {
         /// Whether fire-and-forget writes that find every connection busy are sent together:
         /// with ``MemcachedConfiguration/noReply`` on (text protocol), ``set(_:_:expiration:compression:noReply:)``
         /// and ``delete(_:noReply:)`` calls waiting for a connection join the batch that reads
-        /// join, and the next free connection sends them all with one write per server, before
-        /// the batch's reads. Each call returns once the write that carried it is done, as it
-        /// would on a connection of its own.
+        /// join, and the next free connection sends them all with one flush, before the batch's
+        /// reads. Each call returns once the write that carried it is done, as it would on a
+        /// connection of its own.
         ///
-        /// A write never waits for a batch to fill. A failed flush fails every write of the batch,
-        /// and a write that breaks a connection (or runs out of time) fails the writes buffered
-        /// before it too: their bytes may have been lost with it, and a fire-and-forget write is
-        /// never reported sent when that is not known. Without ``MemcachedConfiguration/noReply`` writes wait for
+        /// A write never waits for a batch to fill. The batch's writes share one
+        /// ``MemcachedConfiguration/timeout``: a server that takes no bytes runs it out, and the
+        /// writes not yet sent then fail too, as the keys of a `setMulti` do (until the server is
+        /// marked down, ``MemcachedConfiguration/serverFailureLimit``). A failed flush fails every
+        /// write of the batch, and a write that breaks a connection (or runs out of time) fails
+        /// the writes buffered before it too: their bytes may have been lost with it, and a
+        /// fire-and-forget write is never reported sent when that is not known. Without ``MemcachedConfiguration/noReply`` writes wait for
         /// their replies and are never batched. The default is `true`.
         public var coalescesWrites = true
 

@@ -267,14 +267,18 @@ extension MemcachedConnection {
     }
 
     /// Runs one single-key command per key under the call's deadline and collects the outcomes:
-    /// the one loop of every multi-key write and delete (``sendEach(_:_:)``), with each key's
+    /// the one loop of every multi-key write and delete (``sendEach(_:stopsOn:_:)``), with each key's
     /// failure reported as its outcome and a failure about the call as a whole thrown.
     func eachKey(
         _ keys: [String],
         _ batch: KeyBatch,
         _ command: (_ key: (index: Int, prepared: PreparedKey)) throws -> Bool
     ) throws -> [String: MemcachedKeyOutcome] {
-        let results = try sendEach(keys.count) { index in
+        // A failure about the call as a whole ends it, as it would before anything was sent.
+        let endsTheCall: (any Error) -> Bool = { error in
+            (error as? MemcachedError).map(\.code.failsTheWholeCall) ?? true
+        }
+        let results = try sendEach(keys.count, stopsOn: endsTheCall) { index in
             try batch.withKey(at: index) { keyBytes in
                 try command((index, PreparedKey(bytes: keyBytes, key: keys[index])))
             }
@@ -295,21 +299,29 @@ extension MemcachedConnection {
     }
 
     /// Runs `count` writes in a row under the current call's deadline, with the flush of
-    /// fire-and-forget ones held back, then flushes them once: one write per server for all.
+    /// fire-and-forget ones held back, then flushes them once: one flush for all.
     ///
     /// A write whose command returned is not yet known to have arrived when it skipped its reply
     /// under ``MemcachedConfiguration/noReply``: its bytes wait in a buffer. They are lost when the
-    /// flush fails, and may be when a later command resets the connections (a timeout or a
-    /// broken socket resets them all; the reset sends what is buffered only as far as each socket
-    /// still works, and the watchdog shuts them all down at the deadline). Such writes fail, so a
-    /// write is never reported done when that is not known.
+    /// flush fails, when a later write breaks its server's socket (libmemcached closes it and
+    /// drops its buffer), and may be when a later command resets the connections (a timeout or a
+    /// protocol failure resets them all; the reset sends what is buffered only as far as each
+    /// socket still works, and the watchdog shuts them all down at the deadline). Such writes
+    /// fail, so a write is never reported done when that is not known.
     ///
-    /// - Parameter write: Sends the write at an index; returns its outcome (`true` applied).
+    /// - Parameters:
+    ///   - write: Sends the write at an index; returns its outcome (`true` applied).
+    ///   - stopsOn: Whether a write's error ends the call: nothing more is sent or flushed, and
+    ///     the results end with that write's.
     /// - Returns: By index: what the write returned; its own error; the deadline's, when it
     ///   passed before the write was sent (nothing more is sent then); or the failure that leaves
     ///   it unknown whether the write arrived.
     /// - Throws: `CancellationError` when the call's task was cancelled (through a client).
-    func sendEach(_ count: Int, _ write: (Int) throws -> Bool) throws -> [Result<Bool, any Error>] {
+    func sendEach(
+        _ count: Int,
+        stopsOn: (any Error) -> Bool = { _ in false },
+        _ write: (Int) throws -> Bool
+    ) throws -> [Result<Bool, any Error>] {
         var results: [Result<Bool, any Error>] = []
         results.reserveCapacity(count)
         // Writes before this index were buffered when a command reset every connection.
@@ -326,12 +338,15 @@ extension MemcachedConnection {
                 continue
             }
             let mark = stepMark
-            results.append(Result { try write(index) })
-            if stepMark != mark {
+            let result = Result { try write(index) }
+            results.append(result)
+            guard case .failure(let error) = result else { continue }
+            if stopsOn(error) {
+                return results
+            }
+            if stepMark != mark || handle.lastFailureBrokeASocket {
                 bufferedBeforeReset = index
-                if case .failure(let error as MemcachedError) = results[index] {
-                    reset = error
-                }
+                reset = error as? MemcachedError
             }
         }
         handle.holdsWriteFlush = false
@@ -350,13 +365,13 @@ extension MemcachedConnection {
             if let lost {
                 results[index] = .failure(lost)
             } else if handle.noReply, index < bufferedBeforeReset {
+                // Which server it went to is not looked up: the failure is named, with its server.
                 results[index] = .failure(
                     MemcachedError(
                         code: reset?.code ?? .writeFailure,
                         message:
-                            "not known to have reached the server: the connections were reset while it waited to be flushed"
-                            + (reset.map { " (\($0.message))" } ?? ""),
-                        server: reset?.server
+                            "not known to have reached the server: a later write in the same call broke a connection while it waited to be flushed"
+                            + (reset.map { " (\($0.message)\($0.server.map { ", server \($0)" } ?? ""))" } ?? "")
                     )
                 )
             }

@@ -1,6 +1,12 @@
 internal import CLibMemcached
 import Logging
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// libmemcached's return codes turned into ``MemcachedError``s that name the key and its server,
 /// with libmemcached's messages cleaned of its own addresses and source locations.
 extension Handle {
@@ -88,5 +94,16 @@ extension Handle {
             ]
         )
         return error
+    }
+
+    /// Whether the failure just reported broke a socket that was connected (the server reset or
+    /// closed it while a request was being written): libmemcached then closes that socket and
+    /// drops what was buffered for it. A refused connection is not one: nothing was buffered.
+    var lastFailureBrokeASocket: Bool {
+        guard let pointer else { return false }
+        switch memcached_last_error_errno(pointer) {
+        case ECONNRESET, EPIPE, ENOTCONN, ECONNABORTED: return true
+        default: return false
+        }
     }
 }

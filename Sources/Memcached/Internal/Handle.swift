@@ -387,7 +387,7 @@ final class Handle {
     private(set) var connectionResets = 0
 
     /// Whether ``flushWrites()`` leaves the buffered fire-and-forget writes in place, so that
-    /// the writes of a coalesced batch go out together (``MemcachedConnection/holdingWriteFlush(_:)``).
+    /// writes sent in a row go out together (``MemcachedConnection/sendEach(_:stopsOn:_:)``).
     var holdsWriteFlush = false
 
     /// Closes every server connection; the next command reconnects.
