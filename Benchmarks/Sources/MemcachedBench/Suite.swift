@@ -571,15 +571,21 @@ final class Suite {
             id: "W8g",
             title: "gets only over 10,000 keys with concurrency (pool of 8 connections)",
             operations: operations,
-            pools: [
-                ConcurrentPool("pool, 1 task", coalescing, tasks: 1),
-                ConcurrentPool("pool, 16 tasks", coalescing, tasks: 16),
-                ConcurrentPool("pool, 64 tasks", coalescing, tasks: 64),
-                ConcurrentPool("pool, 16 tasks, not coalescing", plain, tasks: 16),
-                ConcurrentPool("pool, 64 tasks, not coalescing", plain, tasks: 64),
-                ConcurrentPool("pool, 64 tasks, client's executor", coalescing, tasks: 64, onClientExecutor: true),
-            ]
+            pools: Self.coalescingRows(coalescing, plain)
         )
+    }
+
+    /// The pools of a workload that compares coalescing with none: 1, 16 and 64 tasks coalescing,
+    /// 16 and 64 not, and 64 on the client's executor.
+    private static func coalescingRows(_ coalescing: MemcachedClient, _ plain: MemcachedClient) -> [ConcurrentPool] {
+        [
+            ConcurrentPool("pool, 1 task", coalescing, tasks: 1),
+            ConcurrentPool("pool, 16 tasks", coalescing, tasks: 16),
+            ConcurrentPool("pool, 64 tasks", coalescing, tasks: 64),
+            ConcurrentPool("pool, 16 tasks, not coalescing", plain, tasks: 16),
+            ConcurrentPool("pool, 64 tasks, not coalescing", plain, tasks: 64),
+            ConcurrentPool("pool, 64 tasks, client's executor", coalescing, tasks: 64, onClientExecutor: true),
+        ]
     }
 
     /// W8s: fire-and-forget sets (`noReply`) over W6's 10,000 keys, split over concurrent tasks,
@@ -594,14 +600,7 @@ final class Suite {
             id: "W8s",
             title: "fire-and-forget sets over 10,000 keys with concurrency (pool of 8 connections)",
             operations: operations,
-            pools: [
-                ConcurrentPool("pool, 1 task", coalescing, tasks: 1),
-                ConcurrentPool("pool, 16 tasks", coalescing, tasks: 16),
-                ConcurrentPool("pool, 64 tasks", coalescing, tasks: 64),
-                ConcurrentPool("pool, 16 tasks, not coalescing", plain, tasks: 16),
-                ConcurrentPool("pool, 64 tasks, not coalescing", plain, tasks: 64),
-                ConcurrentPool("pool, 64 tasks, client's executor", coalescing, tasks: 64, onClientExecutor: true),
-            ],
+            pools: Self.coalescingRows(coalescing, plain),
             noReply: true
         )
     }

@@ -7,6 +7,70 @@ typealias ReadDecoder =
     @Sendable (UnsafeRawBufferPointer, MemcachedFlags, MemcachedCASToken, MemcachedCodingContext) throws ->
     any Sendable
 
+/// Where a queued command's caller waits for its answer: resumed exactly once, with the answer
+/// or with `CancellationError` when its task is cancelled first, even before it has handed over
+/// its continuation. A struct around one lock-guarded box, so it costs no allocation of its own;
+/// copies share the box.
+struct AwaitingCaller<Value: Sendable>: Sendable {
+    private enum State {
+        /// Made, not yet given its continuation.
+        case pending
+        /// Its task was cancelled before it had a continuation.
+        case cancelledEarly
+        case waiting(CheckedContinuation<Value, any Error>)
+        case answered
+    }
+
+    private let state = NIOLockedValueBox(State.pending)
+
+    /// Takes the caller's continuation; `false`, with the continuation resumed with
+    /// `CancellationError`, when its task was cancelled before.
+    func wait(with continuation: CheckedContinuation<Value, any Error>) -> Bool {
+        let cancelled = state.withLockedValue { state -> Bool in
+            guard case .pending = state else { return true }
+            state = .waiting(continuation)
+            return false
+        }
+        if cancelled {
+            continuation.resume(throwing: CancellationError())
+        }
+        return !cancelled
+    }
+
+    /// Resumes the caller, unless it was answered or cancelled already.
+    func answer(_ result: Result<Value, any Error>) {
+        take(cancelling: false)?.resume(with: result)
+    }
+
+    /// The task was cancelled: answers with `CancellationError` now, or, before the caller has
+    /// handed over its continuation, makes ``wait(with:)`` do it.
+    func cancel() {
+        take(cancelling: true)?.resume(throwing: CancellationError())
+    }
+
+    /// Whether the caller still waits for its answer.
+    var isWaiting: Bool {
+        state.withLockedValue { state in
+            if case .waiting = state { true } else { false }
+        }
+    }
+
+    private func take(cancelling: Bool) -> CheckedContinuation<Value, any Error>? {
+        state.withLockedValue { state in
+            switch state {
+            case .pending:
+                if cancelling { state = .cancelledEarly }
+                return nil
+            case .waiting(let continuation):
+                state = .answered
+                return continuation
+            case .cancelledEarly, .answered:
+                return nil
+            }
+        }
+    }
+}
+
 /// One caller's single-key read waiting in a ``CommandBatch``: its key, how its value decodes, and
 /// how it is answered. Answered exactly once: with its value, a miss, an error, or
 /// `CancellationError` when its task is cancelled first (then the batch's answer is dropped).
@@ -14,15 +78,12 @@ typealias ReadDecoder =
 /// `@unchecked Sendable` for ``batch``, which only the pool's lock guards, and for the decoded
 /// hit, which only the thread running the batch touches.
 final class CoalescedRead: BatchedCommand, @unchecked Sendable {
-    private enum State {
-        /// Made, not yet given its continuation.
-        case pending
-        /// Its task was cancelled before it had a continuation.
-        case cancelledEarly
-        case waiting(CheckedContinuation<(any Sendable)?, any Error>)
-        /// One key of a small multi-get (``MultiKeyRead``), which its caller waits for as a whole.
-        case part(of: MultiKeyRead, index: Int)
-        case answered
+    private enum Delivery {
+        /// A caller of its own.
+        case caller(AwaitingCaller<(any Sendable)?>)
+        /// One key of a small multi-get (``MultiKeyRead``), which its caller waits for as a whole;
+        /// whether this part was answered (or cancelled).
+        case part(of: MultiKeyRead, index: Int, answered: NIOLockedValueBox<Bool>)
     }
 
     let key: String
@@ -34,7 +95,7 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     /// The batch the read waits in. Under the pool's lock.
     weak var batch: CommandBatch?
     private let decode: ReadDecoder
-    private let state = NIOLockedValueBox(State.pending)
+    private let delivery: Delivery
     /// The hit, decoded while its bytes were valid, kept until the whole reply has been checked.
     private var decoded: Result<(any Sendable)?, any Error>?
 
@@ -43,6 +104,7 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
         self.requiresCAS = requiresCAS
         self.deadline = deadline
         self.decode = decode
+        self.delivery = .caller(AwaitingCaller())
     }
 
     /// A read answered into `group`'s place `index` rather than a continuation of its own.
@@ -57,21 +119,14 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
         self.requiresCAS = false
         self.deadline = deadline
         self.decode = decode
-        state.withLockedValue { $0 = .part(of: group, index: index) }
+        self.delivery = .part(of: group, index: index, answered: NIOLockedValueBox(false))
     }
 
     /// Gives the read its continuation; `false`, with the continuation resumed with
-    /// `CancellationError`, when its task was cancelled before.
+    /// `CancellationError`, when its task was cancelled before. Only for a read of its own.
     func wait(with continuation: CheckedContinuation<(any Sendable)?, any Error>) -> Bool {
-        let cancelled = state.withLockedValue { state -> Bool in
-            guard case .pending = state else { return true }
-            state = .waiting(continuation)
-            return false
-        }
-        if cancelled {
-            continuation.resume(throwing: CancellationError())
-        }
-        return !cancelled
+        guard case .caller(let caller) = delivery else { preconditionFailure("a multi-get's part has no caller") }
+        return caller.wait(with: continuation)
     }
 
     /// Decodes a hit while its bytes are valid. The caller hears of it only in ``settle(_:)``,
@@ -116,57 +171,39 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     ///
     /// A part of a ``MultiKeyRead`` is only marked answered: its group answers its caller.
     func cancel() {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<(any Sendable)?, any Error>? in
-            switch state {
-            case .pending:
-                state = .cancelledEarly
-                return nil
-            case .waiting(let continuation):
-                state = .answered
-                return continuation
-            case .part:
-                state = .answered
-                return nil
-            case .cancelledEarly, .answered:
-                return nil
-            }
+        switch delivery {
+        case .caller(let caller):
+            caller.cancel()
+        case .part(_, _, let answered):
+            answered.withLockedValue { $0 = true }
         }
-        continuation?.resume(throwing: CancellationError())
     }
 
     /// Whether the read still waits for its answer.
     var isWaiting: Bool {
-        state.withLockedValue { state in
-            switch state {
-            case .waiting, .part: true
-            case .pending, .cancelledEarly, .answered: false
-            }
+        switch delivery {
+        case .caller(let caller): caller.isWaiting
+        case .part(_, _, let answered): !answered.withLockedValue { $0 }
         }
     }
 
     /// - Parameter ofKey: Whether a failure is the key's own (its server's, its value's), which
     ///   a multi-get reports per key; any other fails a multi-get as a whole.
     private func answer(_ result: Result<(any Sendable)?, any Error>, ofKey: Bool) {
-        let target = state.withLockedValue { state -> State? in
-            switch state {
-            case .waiting, .part:
-                defer { state = .answered }
-                return state
-            case .pending, .cancelledEarly, .answered:
-                return nil
+        switch delivery {
+        case .caller(let caller):
+            caller.answer(result)
+        case .part(let group, let index, let answered):
+            let first = answered.withLockedValue { answered in
+                defer { answered = true }
+                return !answered
             }
-        }
-        switch target {
-        case .waiting(let continuation):
-            continuation.resume(with: result)
-        case .part(let group, let index):
+            guard first else { return }
             if ofKey, case .failure(let error as MemcachedError) = result {
                 group.deliver(.failure(CoalescedKeyFailure(error: error)), at: index)
             } else {
                 group.deliver(result, at: index)
             }
-        case nil, .pending, .cancelledEarly, .answered:
-            break
         }
     }
 }
@@ -289,22 +326,13 @@ protocol BatchedCommand: AnyObject, Sendable {
 ///
 /// `@unchecked Sendable` for ``batch``, which only the pool's lock guards.
 final class QueuedWrite: BatchedCommand, @unchecked Sendable {
-    private enum State {
-        /// Made, not yet given its continuation.
-        case pending
-        /// Its task was cancelled before it had a continuation.
-        case cancelledEarly
-        case waiting(CheckedContinuation<Bool, any Error>)
-        case answered
-    }
-
-    /// The key it writes, for the errors it is answered with.
+    /// The key it writes, named in the errors it is answered with.
     let key: String
     let deadline: ContinuousClock.Instant
     weak var batch: CommandBatch?
     /// The write, run by the batch with its flush held back.
     let command: @Sendable (MemcachedConnection) throws -> Bool
-    private let state = NIOLockedValueBox(State.pending)
+    private let caller = AwaitingCaller<Bool>()
 
     init(
         key: String,
@@ -319,54 +347,26 @@ final class QueuedWrite: BatchedCommand, @unchecked Sendable {
     /// Gives the write its continuation; `false`, with the continuation resumed with
     /// `CancellationError`, when its task was cancelled before.
     func wait(with continuation: CheckedContinuation<Bool, any Error>) -> Bool {
-        let cancelled = state.withLockedValue { state -> Bool in
-            guard case .pending = state else { return true }
-            state = .waiting(continuation)
-            return false
-        }
-        if cancelled {
-            continuation.resume(throwing: CancellationError())
-        }
-        return !cancelled
+        caller.wait(with: continuation)
     }
 
     /// Answers with the outcome of sending it, its key named in a failure of the library's.
     func answer(_ result: Result<Bool, any Error>) {
         if case .failure(var error as MemcachedError) = result {
             error.key = key
-            answer(.failure(error), early: false)
+            caller.answer(.failure(error))
         } else {
-            answer(result, early: false)
+            caller.answer(result)
         }
     }
 
-    func fail(_ error: any Error) { answer(.failure(error), early: false) }
+    func fail(_ error: any Error) { caller.answer(.failure(error)) }
 
     /// The task was cancelled: answers with `CancellationError` now, or, before the write has its
     /// continuation, makes ``wait(with:)`` do it.
-    func cancel() { answer(.failure(CancellationError()), early: true) }
+    func cancel() { caller.cancel() }
 
-    var isWaiting: Bool {
-        state.withLockedValue { state in
-            if case .waiting = state { true } else { false }
-        }
-    }
-
-    private func answer(_ result: Result<Bool, any Error>, early: Bool) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<Bool, any Error>? in
-            switch state {
-            case .pending:
-                if early { state = .cancelledEarly }
-                return nil
-            case .waiting(let continuation):
-                state = .answered
-                return continuation
-            case .cancelledEarly, .answered:
-                return nil
-            }
-        }
-        continuation?.resume(with: result)
-    }
+    var isWaiting: Bool { caller.isWaiting }
 }
 
 /// Commands that found every connection leased, served together by the next connection that
