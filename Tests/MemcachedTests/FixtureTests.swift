@@ -189,8 +189,7 @@ struct FixtureTests {
         // A server binding the port as memcached does (SO_REUSEADDR) is turned away while it is
         // held, so a "down" server never comes to life in the middle of a test.
         #expect(Self.bindWithReuseAddress(port: refusing.port) == EADDRINUSE)
-        refusing.release()
-        #expect(Self.bindWithReuseAddress(port: refusing.port) == 0)
+        // Not checked after `release()`: from then on any test running beside this one may take it.
     }
 
     /// Binds a fresh `SO_REUSEADDR` socket to 127.0.0.1:`port`, closes it, and returns `bind`'s
