@@ -544,30 +544,21 @@ final class ConnectionPool: Sendable {
             deadline: .now.advanced(by: waitTimeout),
             decode: decode
         )
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                if read.wait(with: continuation) {
-                    join([read])
-                }
-            }
-        } onCancel: {
-            read.cancel()
-            commandCancelled(read)
-        }
+        return try await joinAndWait([read], handingOver: read.wait(with:), cancel: read.cancel)
     }
 
     /// Runs a fire-and-forget write (of a client configured with
     /// ``MemcachedConfiguration/noReply``). With a connection free, as a lease of its own;
     /// otherwise it joins the batch that waits for the next free connection (or starts one),
-    /// which sends it with the batch's other writes in one write per server
+    /// which sends it with the batch's other writes in one flush
     /// (``MemcachedClient/Options/coalescesWrites``).
     ///
     /// - Parameters:
     ///   - key: The key it writes, named in the errors it may be answered with.
     ///   - command: The write on a connection; in a batch, its flush is held back.
     /// - Returns: What `command` returned, once its bytes are written.
-    /// - Throws: As ``withConnection(_:)`` does, and the write's own failure, the flush's, or that
-    ///   of another write to its server in the same batch.
+    /// - Throws: As ``withConnection(_:)`` does, and the write's own failure, or the failure that
+    ///   leaves it unknown whether it arrived (``MemcachedConnection/sendEach(_:stopsOn:_:)``).
     func write(_ key: String, _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool) async throws -> Bool
     {
         try Task.checkCancellation()
@@ -575,15 +566,32 @@ final class ConnectionPool: Sendable {
             return try await runImmediately(connection, command)
         }
         let write = QueuedWrite(key: key, deadline: .now.advanced(by: waitTimeout), command: command)
-        return try await withTaskCancellationHandler {
+        return try await joinAndWait([write], handingOver: write.wait(with:), cancel: write.cancel)
+    }
+
+    /// Hands the caller's continuation over (`handingOver`, which answers it at once when the task
+    /// was cancelled first), then adds `commands` to the batch being formed, and waits for the
+    /// answer. Cancellation runs `cancel`, which answers the caller, and takes the commands out
+    /// of their batch.
+    ///
+    /// - Parameter together: Whether the commands must share one batch (``join(_:together:)``).
+    private func joinAndWait<Value: Sendable>(
+        _ commands: [any BatchedCommand],
+        together: Bool = false,
+        handingOver: (CheckedContinuation<Value, any Error>) -> Bool,
+        cancel: @escaping @Sendable () -> Void
+    ) async throws -> Value {
+        try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                if write.wait(with: continuation) {
-                    join([write])
+                if handingOver(continuation) {
+                    join(commands, together: together)
                 }
             }
         } onCancel: {
-            write.cancel()
-            commandCancelled(write)
+            cancel()
+            for command in commands {
+                commandCancelled(command)
+            }
         }
     }
 
@@ -626,17 +634,10 @@ final class ConnectionPool: Sendable {
         let parts = sent.enumerated().map { index, key in
             CoalescedRead(key: key, deadline: deadline, decode: decode, partOf: group, index: index)
         }
-        let answers = try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                if group.wait(with: continuation) {
-                    join(parts, together: true)
-                }
-            }
-        } onCancel: {
+        let answers = try await joinAndWait(parts, together: true, handingOver: group.wait(with:)) {
             group.cancel()
             for part in parts {
                 part.cancel()
-                commandCancelled(part)
             }
         }
         return .coalesced(keys: keys, answers: answers)
