@@ -249,6 +249,34 @@ struct WriteCoalescingTests {
         await client.close()
     }
 
+    @Test("a write the caller's input fails (a key, a value too large) fails alone; the writes around it are written")
+    func invalidWriteFailsAlone() async throws {
+        try await withMemcached { cluster in
+            let client = try Self.client(cluster.addresses)
+            let direct = try MemcachedConnection(configuration: MemcachedConfiguration(servers: cluster.addresses))
+            defer { direct.close() }
+            let tooLarge = String(repeating: "x", count: 2 << 20)
+            let (tasks, holder) = try await Self.queued(client, count: 4) { index in
+                switch index {
+                case 1: try await client.set("bad key", "value")
+                case 2: try await client.set("large", tooLarge)
+                default: try await client.set("good:\(index)", "value \(index)")
+                }
+            }
+            try await holder.release()
+            let badKey = await #expect(throws: MemcachedError.self) { try await tasks[1].value }
+            #expect(badKey?.code == .invalidKeyCharacters, "\(String(describing: badKey))")
+            let large = await #expect(throws: MemcachedError.self) { try await tasks[2].value }
+            #expect(large?.code == .valueTooLarge, "\(String(describing: large))")
+            for index in [0, 3] {
+                #expect(try await tasks[index].value, "good:\(index)")
+                #expect(eventually(direct, "good:\(index)", holds: "value \(index)"))
+            }
+            #expect(client.pool.coalescedCommands == (batches: 1, commands: 4))
+            await client.close()
+        }
+    }
+
     @Test("a write cancelled while its batch waits is answered at once and never sent; the others are written")
     func cancelledWriteIsNotSent() async throws {
         try await withMemcached { cluster in

@@ -344,7 +344,10 @@ extension MemcachedConnection {
             if stopsOn(error) {
                 return results
             }
-            if stepMark != mark || handle.lastFailureBrokeASocket {
+            // Only a failure libmemcached reported can have broken a socket; the library's own
+            // checks (a key, a value) fail before libmemcached runs, with its last error stale.
+            let fromLibmemcached = (error as? MemcachedError)?.code.isLibmemcachedCode == true
+            if stepMark != mark || (fromLibmemcached && handle.lastFailureBrokeASocket) {
                 bufferedBeforeReset = index
                 reset = error as? MemcachedError
             }
