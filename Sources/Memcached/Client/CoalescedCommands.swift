@@ -87,7 +87,7 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     }
 
     let key: String
-    /// Whether the caller needs the hit's CAS token (``MemcachedClient/gets(_:as:)``): a hit
+    /// Whether the caller needs the hit's CAS token (``MemcachedClient/gets(_:as:logger:)``): a hit
     /// without one is then a malformed reply, as it is for the connection's `gets`.
     let requiresCAS: Bool
     /// When the read has waited ``ConnectionPool/waitTimeout`` for a connection.
@@ -98,6 +98,19 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     private let delivery: Delivery
     /// The hit, decoded while its bytes were valid, kept until the whole reply has been checked.
     private var decoded: Result<(any Sendable)?, any Error>?
+
+    /// The value decoded from the batch's reply, if it had one for this key.
+    var decodedValue: Result<(any Sendable)?, any Error>? { decoded }
+
+    /// The multi-get this read is a key of, if any.
+    var group: MultiKeyRead? {
+        if case .part(let group, _, _) = delivery { group } else { nil }
+    }
+
+    /// The command its caller made, as metrics count it.
+    var command: MemcachedCommand {
+        group != nil ? .getMulti : requiresCAS ? .gets : .get
+    }
 
     init(key: String, requiresCAS: Bool, deadline: ContinuousClock.Instant, decode: @escaping ReadDecoder) {
         self.key = key
@@ -217,7 +230,7 @@ struct CoalescedKeyFailure: Error {
 
 /// A small multi-get that found every connection busy: one ``CoalescedRead`` per key, answered
 /// into one place each, and one continuation resumed when the last key is answered
-/// (``MemcachedClient/getMulti(_:keyPrefix:as:)``). Its parts join batches as single reads do.
+/// (``MemcachedClient/getMulti(_:keyPrefix:as:logger:)``). Its parts join batches as single reads do.
 final class MultiKeyRead: Sendable {
     private enum State {
         case pending(answered: [Result<(any Sendable)?, any Error>?], left: Int)
@@ -232,7 +245,11 @@ final class MultiKeyRead: Sendable {
 
     private let state: NIOLockedValueBox<State>
 
+    /// The keys of the multi-get.
+    let count: Int
+
     init(count: Int) {
+        self.count = count
         state = NIOLockedValueBox(.pending(answered: Array(repeating: nil, count: count), left: count))
     }
 
@@ -314,8 +331,8 @@ protocol BatchedCommand: AnyObject, Sendable {
     func fail(_ error: any Error)
 }
 
-/// One caller's fire-and-forget write (``MemcachedClient/set(_:_:expiration:compression:noReply:)``
-/// or ``MemcachedClient/delete(_:noReply:)`` of a client whose configuration has
+/// One caller's fire-and-forget write (``MemcachedClient/set(_:_:expiration:compression:noReply:logger:)``
+/// or ``MemcachedClient/delete(_:noReply:logger:)`` of a client whose configuration has
 /// ``MemcachedConfiguration/noReply``) waiting in a ``CommandBatch``.
 ///
 /// Its command runs with the flush held back, so that the batch's writes leave in one write per
@@ -472,19 +489,61 @@ final class CommandBatch: ConnectionPool.Waiter, @unchecked Sendable {
     private func read(on connection: MemcachedConnection) throws {
         let keys = Array(reads.keys)
         let context = connection.codingContext
-        let failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false) {
-            index,
-            bytes,
-            flags,
-            cas in
-            for read in reads[keys[index]]! {
-                read.decodeHit(bytes, flags, cas, context)
+        let metrics = connection.handle.metrics
+        let start = metrics == nil ? 0 : DeadlineClock.precise()
+        let failures: [String: MemcachedError]
+        do {
+            failures = try connection.fetchMulti(keys, keyPrefix: "", stopOnHitError: false, measured: false) {
+                index,
+                bytes,
+                flags,
+                cas in
+                for read in reads[keys[index]]! {
+                    read.decodeHit(bytes, flags, cas, context)
+                }
             }
+        } catch {
+            metrics.map { record(in: $0, failures: [:], failingAll: error, start: start) }
+            throw error
         }
+        metrics.map { record(in: $0, failures: failures, failingAll: nil, start: start) }
         for (key, reads) in reads {
             let failure = failures[key]
             for read in reads {
                 read.settle(failure)
+            }
+        }
+    }
+
+    /// Counts each read still waiting as its caller's command (a `get`, a `gets`, a key of a
+    /// `get_multi`) with its outcome, and the batch's multi-get as the time of each caller's call.
+    private func record(
+        in metrics: CommandMetrics,
+        failures: [String: MemcachedError],
+        failingAll error: (any Error)?,
+        start: UInt64
+    ) {
+        let elapsed = Int64(clamping: DeadlineClock.precise() &- start)
+        var groups = Set<ObjectIdentifier>()
+        for (key, reads) in reads {
+            for read in reads where read.isWaiting {
+                let command = read.command
+                if let error = error ?? failures[key] {
+                    metrics.countError(command, error)
+                } else {
+                    switch read.decodedValue {
+                    case .success(nil), nil: metrics.count(command, .miss)
+                    case .success: metrics.count(command, .hit)
+                    case .failure(let error): metrics.countError(command, error)
+                    }
+                }
+                if let group = read.group {
+                    if groups.insert(ObjectIdentifier(group)).inserted {
+                        metrics.recordCall(.getMulti, keys: group.count, nanoseconds: elapsed)
+                    }
+                } else {
+                    metrics.recordCall(command, keys: 1, nanoseconds: elapsed)
+                }
             }
         }
     }

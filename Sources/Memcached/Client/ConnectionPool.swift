@@ -232,6 +232,8 @@ final class ConnectionPool: Sendable {
     /// The most commands one ``CommandBatch`` serves.
     let maximumBatchSize: Int
     private let logger: Logger
+    /// The client's metrics, shared with every connection; `nil` when they go nowhere.
+    private let metrics: CommandMetrics?
     private let threadPool: NIOThreadPool
     /// Threads for tasks that want their commands run where they are (``MemcachedClient/taskExecutor``).
     let taskExecutor: ClientTaskExecutor
@@ -262,6 +264,7 @@ final class ConnectionPool: Sendable {
         // A century stands in for "for ever", so that a huge timeout cannot overflow the clock.
         self.waitTimeout = min(waitTimeout, .seconds(100 * 365 * 86_400))
         self.logger = configuration.logger
+        self.metrics = template.metrics
         let machine = PoolStateMachine<PooledConnection, WaiterID>(
             maximumConnections: maximumConnections,
             waitTimeout: self.waitTimeout
@@ -309,7 +312,7 @@ final class ConnectionPool: Sendable {
     ///   before `body` starts or `body` fails after the task was cancelled.
     func withConnection<R: Sendable>(_ body: @escaping @Sendable (MemcachedConnection) throws -> R) async throws -> R {
         try Task.checkCancellation()
-        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+        if let connection = try withState({ try immediateConnection(&$0) }) {
             return try await runImmediately(connection, body)
         }
         let cancellation = LeaseCancellation()
@@ -465,7 +468,7 @@ final class ConnectionPool: Sendable {
                 enqueue(waiter)
             }
         } onCancel: {
-            if state.withLockedValue({ $0.machine.cancelled(WaiterID(waiter: waiter)) }) {
+            if withState({ $0.machine.cancelled(WaiterID(waiter: waiter)) }) {
                 waiter.fail(CancellationError())
             }
         }
@@ -478,7 +481,7 @@ final class ConnectionPool: Sendable {
     }
 
     private func enqueue<R: Sendable>(_ waiter: PendingLease<R>) {
-        let enqueued = state.withLockedValue { state -> Enqueued in
+        let enqueued = withState { state -> Enqueued in
             // Cancellation may have come before the waiter was queued, when it found nothing to
             // remove: check here, under the same lock.
             if Task.isCancelled {
@@ -521,6 +524,8 @@ final class ConnectionPool: Sendable {
     ///
     /// - Parameters:
     ///   - requiresCAS: Whether the caller needs the hit's CAS token (a `gets`).
+    ///   - context: The caller's logger and span, for a read on a connection of its own; a batch
+    ///     logs with the configuration's logger.
     ///   - decode: Decodes a hit as the caller's type.
     /// - Returns: The decoded value, or `nil` for a miss.
     /// - Throws: As ``withConnection(_:)`` does, and the key's own error: an invalid key (before
@@ -529,14 +534,18 @@ final class ConnectionPool: Sendable {
     func read(
         _ key: String,
         requiresCAS: Bool = false,
+        context: CallContext,
         decode: @escaping ReadDecoder
     ) async throws -> (any Sendable)? {
         try Task.checkCancellation()
         // An invalid key fails alone, never the batch it would join.
         var bytes = key
         try bytes.withUTF8 { _ = try validateKey($0, key: key) }
-        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
-            return try await runImmediately(connection) { try $0.read(key, requiresCAS: requiresCAS, decode: decode) }
+        if let connection = try withState({ try immediateConnection(&$0) }) {
+            return try await runImmediately(
+                connection,
+                context.applied { try $0.read(key, requiresCAS: requiresCAS, decode: decode) }
+            )
         }
         let read = CoalescedRead(
             key: key,
@@ -562,7 +571,7 @@ final class ConnectionPool: Sendable {
     func write(_ key: String, _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool) async throws -> Bool
     {
         try Task.checkCancellation()
-        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+        if let connection = try withState({ try immediateConnection(&$0) }) {
             return try await runImmediately(connection, command)
         }
         let write = QueuedWrite(key: key, deadline: .now.advanced(by: waitTimeout), command: command)
@@ -622,7 +631,7 @@ final class ConnectionPool: Sendable {
         alone: @escaping @Sendable (MemcachedConnection) throws -> Alone
     ) async throws -> ReadManyOutcome<Alone> {
         try Task.checkCancellation()
-        if let connection = try state.withLockedValue({ try immediateConnection(&$0) }) {
+        if let connection = try withState({ try immediateConnection(&$0) }) {
             return .alone(try await runImmediately(connection, alone))
         }
         let (keys, sent) = try prepareKeys()
@@ -645,7 +654,7 @@ final class ConnectionPool: Sendable {
 
     /// A batch whose every command was cancelled leaves the queue: nobody waits for it any more.
     private func commandCancelled(_ command: any BatchedCommand) {
-        state.withLockedValue { state in
+        withState { state in
             guard let batch = command.batch else { return }
             batch.waitingCommands -= 1
             if batch.waitingCommands == 0, state.machine.cancelled(WaiterID(waiter: batch)) {
@@ -676,7 +685,7 @@ final class ConnectionPool: Sendable {
     private func join(_ commands: [any BatchedCommand], together: Bool = false) {
         var run: [(CommandBatch, PooledConnection)] = []
         var failed: [(CommandBatch, any Error)] = []
-        state.withLockedValue { state in
+        withState { state in
             // Commands cancelled on their way here are answered already, and counted in no batch.
             var pending = commands.filter(\.isWaiting)[...]
             if let batch = state.formingBatch,
@@ -732,10 +741,11 @@ final class ConnectionPool: Sendable {
     /// Serves a batch on `connection` and takes the connection back, as ``runLease`` does for one
     /// lease. Called on one of the pool's threads.
     func runBatch(_ batch: CommandBatch, on connection: PooledConnection) -> Plan {
-        state.withLockedValue { state in
+        withState { state in
             state.batchesServed += 1
             state.commandsServedInBatches += batch.count
         }
+        metrics?.recordBatch(commands: batch.count)
         let outcome = connection.run({ try batch.serve(on: $0) }, cancellation: LeaseCancellation())
         if case .failure(let error) = outcome.result {
             batch.fail(error)
@@ -759,7 +769,7 @@ final class ConnectionPool: Sendable {
     /// Fails the waiters whose deadline has passed with ``MemcachedError/Code/poolTimeout`` and
     /// sets the timer for the next one, as the machine says.
     private func timerFired(scheduledFor deadline: ContinuousClock.Instant) {
-        let expired = state.withLockedValue { state -> [WaiterID] in
+        let expired = withState { state -> [WaiterID] in
             let (expired, next) = state.machine.deadlinePassed(scheduledFor: deadline, now: .now)
             for waiter in expired {
                 state.left(waiter.waiter)
@@ -820,7 +830,7 @@ final class ConnectionPool: Sendable {
     private func plan(
         _ event: (inout State) -> PoolStateMachine<PooledConnection, WaiterID>.ReturnOutcome
     ) -> Plan {
-        state.withLockedValue { state in
+        withState { state in
             var plan = Plan()
             settle(event(&state), into: &plan, &state)
             return plan
@@ -902,7 +912,7 @@ final class ConnectionPool: Sendable {
 
     /// Counts a freed connection; resumes ``close()`` when it was the last.
     private func connectionFreed() -> Plan {
-        state.withLockedValue { state in
+        withState { state in
             state.liveHandles -= 1
             var plan = Plan()
             if state.machine.connectionFreed(), let drainWaiter = state.drainWaiter {
@@ -925,7 +935,7 @@ final class ConnectionPool: Sendable {
     /// the idle connections at once and the leased ones as they come back, then stops the
     /// threads. Returns when all of that is done; later calls wait for the first one.
     func close() async {
-        let step = state.withLockedValue { state -> CloseStep in
+        let step = withState { state -> CloseStep in
             switch state.machine.close() {
             case .alreadyClosing:
                 return state.closed ? .done : .follow
@@ -994,6 +1004,25 @@ final class ConnectionPool: Sendable {
                 follower.resume()
             }
             logger.debug("memcached pool closed")
+        }
+    }
+
+    /// Changes the pool's state under its lock, then reports the gauges of what it changed
+    /// (``MemcachedMetrics``): the one way the pool's state changes.
+    @inline(__always)
+    private func withState<Result>(_ body: (inout State) throws -> Result) rethrows -> Result {
+        try state.withLockedValue { state in
+            defer {
+                if let metrics {
+                    metrics.recordPool(
+                        open: state.machine.openConnections,
+                        leased: state.machine.openConnections - state.machine.idleCount,
+                        waitingLeases: state.machine.waiterCount,
+                        queuedCommands: state.queuedCommands
+                    )
+                }
+            }
+            return try body(&state)
         }
     }
 

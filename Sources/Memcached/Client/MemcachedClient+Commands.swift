@@ -1,3 +1,5 @@
+public import Logging
+
 // Every command leases a connection, runs the synchronous command of the same name on one of the
 // client's threads and hands the connection back: the semantics, and the docs, are the
 // connection's. Values cross threads, hence the `Sendable` requirements. The reads are inlinable,
@@ -11,6 +13,8 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - key: The key: 1 to 250 bytes of UTF-8 without spaces or control characters.
     ///   - type: The type to decode; inferred from context when omitted.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: The value, or `nil` when the key is missing. A stored empty value is not a miss.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/get(_:as:)`` does, with code
     ///   ``MemcachedError/Code/poolTimeout`` or ``MemcachedError/Code/poolClosed`` when no
@@ -22,15 +26,18 @@ extension MemcachedClient {
     @inlinable
     public func get<Value: MemcachedValue & Sendable>(
         _ key: String,
-        as type: Value.Type = Value.self
+        as type: Value.Type = Value.self,
+        logger: Logger? = nil
     ) async throws -> Value? {
-        guard options.coalescesReads else {
-            return try await withConnection { try $0.get(key, as: type) }
+        try await call(.get, key: key, logger: logger) { context in
+            guard options.coalescesReads else {
+                return try await withConnection(context) { try $0.get(key, as: type) }
+            }
+            let value = try await pool.read(key, context: context) { bytes, flags, _, context in
+                try Value(memcachedBytes: bytes, flags: flags, context: context)
+            }
+            return value.map { $0 as! Value }
         }
-        let value = try await pool.read(key) { bytes, flags, _, context in
-            try Value(memcachedBytes: bytes, flags: flags, context: context)
-        }
-        return value.map { $0 as! Value }
     }
 
     /// Reads many keys in one round trip per server, as python-memcached's `get_multi`.
@@ -39,10 +46,12 @@ extension MemcachedClient {
     ///   - keys: The keys. Each is checked, with the prefix, before anything is sent.
     ///   - keyPrefix: A prefix for every key on the server, as python-memcached's `key_prefix`.
     ///   - type: The type to decode; inferred from context when omitted.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: The hits and the keys that could not be read, as
     ///   ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` describes.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/getMulti(_:keyPrefix:as:)`` does, or
-    ///   as ``get(_:as:)`` does when no connection could be leased.
+    ///   as ``get(_:as:logger:)`` does when no connection could be leased.
     ///
     /// A call of at most ``coalescedMultiGetLimit`` keys (repeats counted) that finds every
     /// connection busy joins the coalesced reads (``Options/coalescesReads``): its keys are read
@@ -55,12 +64,24 @@ extension MemcachedClient {
     public func getMulti<Value: MemcachedValue & Sendable>(
         _ keys: some Collection<String>,
         keyPrefix: String = "",
-        as type: Value.Type = Value.self
+        as type: Value.Type = Value.self,
+        logger: Logger? = nil
     ) async throws -> MemcachedGetMultiResult<Value> {
         let keys = Array(keys)
-        let alone: @Sendable (MemcachedConnection) throws -> MemcachedGetMultiResult<Value> = {
-            try $0.getMulti(keys, keyPrefix: keyPrefix, as: type)
+        return try await call(.getMulti, keys: keys, logger: logger) { context in
+            try await getMulti(keys, keyPrefix: keyPrefix, as: type, context: context)
         }
+    }
+
+    /// ``getMulti(_:keyPrefix:as:logger:)`` in its call.
+    @inlinable
+    func getMulti<Value: MemcachedValue & Sendable>(
+        _ keys: [String],
+        keyPrefix: String,
+        as type: Value.Type,
+        context: CallContext
+    ) async throws -> MemcachedGetMultiResult<Value> {
+        let alone = context.applied { try $0.getMulti(keys, keyPrefix: keyPrefix, as: type) }
         guard options.coalescesReads, !keys.isEmpty, keys.count <= Self.coalescedMultiGetLimit else {
             return try await withConnection(alone)
         }
@@ -90,7 +111,7 @@ extension MemcachedClient {
         }
     }
 
-    /// The most keys a ``getMulti(_:keyPrefix:as:)`` may have to join the coalesced reads; larger
+    /// The most keys a ``getMulti(_:keyPrefix:as:logger:)`` may have to join the coalesced reads; larger
     /// calls wait for a connection of their own.
     public static let coalescedMultiGetLimit = 16
 
@@ -121,35 +142,40 @@ extension MemcachedClient {
     }
 
     /// Reads a key together with its compare-and-swap token, for a later
-    /// ``cas(_:_:token:expiration:compression:)``.
+    /// ``cas(_:_:token:expiration:compression:logger:)``.
     ///
     /// The token may be used on any connection: it is the item's version on the server.
     ///
     /// - Parameters:
     ///   - key: The key.
     ///   - type: The type to decode; inferred from context when omitted.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: The value and its token, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does.
+    /// - Throws: ``MemcachedError`` as ``get(_:as:logger:)`` does.
     ///
-    /// Like ``get(_:as:)``, it joins a coalesced batch when every connection is busy.
+    /// Like ``get(_:as:logger:)``, it joins a coalesced batch when every connection is busy.
     @inlinable
     public func gets<Value: MemcachedValue & Sendable>(
         _ key: String,
-        as type: Value.Type = Value.self
+        as type: Value.Type = Value.self,
+        logger: Logger? = nil
     ) async throws -> (value: Value, token: MemcachedCASToken)? {
-        guard options.coalescesReads else {
-            return try await withConnection { try $0.gets(key, as: type) }
-        }
-        let hit = try await pool.read(key, requiresCAS: true) { bytes, flags, token, context in
-            Hit(value: try Value(memcachedBytes: bytes, flags: flags, context: context), token: token)
-        }
-        return hit.map { hit in
-            let hit = hit as! Hit<Value>
-            return (hit.value, hit.token)
+        try await call(.gets, key: key, logger: logger) { context in
+            guard options.coalescesReads else {
+                return try await withConnection(context) { try $0.gets(key, as: type) }
+            }
+            let hit = try await pool.read(key, requiresCAS: true, context: context) { bytes, flags, token, context in
+                Hit(value: try Value(memcachedBytes: bytes, flags: flags, context: context), token: token)
+            }
+            return hit.map { hit in
+                let hit = hit as! Hit<Value>
+                return (hit.value, hit.token)
+            }
         }
     }
 
-    /// A ``gets(_:as:)`` hit on its way through the pool, which passes values as `any Sendable`.
+    /// A ``gets(_:as:logger:)`` hit on its way through the pool, which passes values as `any Sendable`.
     @usableFromInline
     struct Hit<Value: Sendable>: Sendable {
         @usableFromInline let value: Value
@@ -173,9 +199,11 @@ extension MemcachedClient {
     ///   - compression: Whether to compress the value. The default follows
     ///     ``MemcachedConfiguration/compressionThreshold``.
     ///   - noReply: Whether to send without waiting for the reply, as the connection's method says.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when stored; `false` when the server declined.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/set(_:_:expiration:compression:noReply:)`` does, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
     ///
     /// With ``MemcachedConfiguration/noReply`` on, a call that finds every connection busy joins
     /// the next batch, which sends its writes with one write per server (``Options/coalescesWrites``).
@@ -185,15 +213,27 @@ extension MemcachedClient {
         _ value: Value,
         expiration: MemcachedExpiration = .never,
         compression: MemcachedCompression = .configured,
-        noReply: Bool = false
+        noReply: Bool = false,
+        logger: Logger? = nil
     ) async throws -> Bool {
-        let command: @Sendable (MemcachedConnection) throws -> Bool = {
-            try $0.set(key, value, expiration: expiration, compression: compression, noReply: noReply)
+        try await call(.set, key: key, logger: logger) { context in
+            try await write(key, context) {
+                try $0.set(key, value, expiration: expiration, compression: compression, noReply: noReply)
+            }
         }
+    }
+
+    /// Runs a single-key write: in a batch when writes are batched (``batchesWrites``), else on a
+    /// connection of its own.
+    private func write(
+        _ key: String,
+        _ context: CallContext,
+        _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool
+    ) async throws -> Bool {
         guard batchesWrites else {
-            return try await withConnection(command)
+            return try await withConnection(context, command)
         }
-        return try await pool.write(key, command)
+        return try await pool.write(key, context.applied(to: command))
     }
 
     /// Stores many values, as python-memcached's `set_multi`.
@@ -205,26 +245,31 @@ extension MemcachedClient {
     ///   - compression: Whether to compress the value. The default follows
     ///     ``MemcachedConfiguration/compressionThreshold``.
     ///   - noReply: Whether to send without waiting for the reply, as the connection's method says.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: Each key's outcome, as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:compression:noReply:)``
     ///   describes.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/setMulti(_:expiration:keyPrefix:compression:noReply:)``
-    ///   does, or as ``get(_:as:)`` does when no connection could be leased.
+    ///   does, or as ``get(_:as:logger:)`` does when no connection could be leased.
     @discardableResult
     public func setMulti<Value: MemcachedValue & Sendable>(
         _ items: [String: Value],
         expiration: MemcachedExpiration = .never,
         keyPrefix: String = "",
         compression: MemcachedCompression = .configured,
-        noReply: Bool = false
+        noReply: Bool = false,
+        logger: Logger? = nil
     ) async throws -> [String: MemcachedKeyOutcome] {
-        try await withConnection {
-            try $0.setMulti(
-                items,
-                expiration: expiration,
-                keyPrefix: keyPrefix,
-                compression: compression,
-                noReply: noReply
-            )
+        try await call(.setMulti, keys: Array(items.keys), logger: logger) { context in
+            try await withConnection(context) {
+                try $0.setMulti(
+                    items,
+                    expiration: expiration,
+                    keyPrefix: keyPrefix,
+                    compression: compression,
+                    noReply: noReply
+                )
+            }
         }
     }
 
@@ -236,16 +281,23 @@ extension MemcachedClient {
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     ///   - compression: Whether to compress the value. The default follows
     ///     ``MemcachedConfiguration/compressionThreshold``.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when stored, `false` when the key already held a value.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:logger:)`` does.
     @discardableResult
     public func add<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
         expiration: MemcachedExpiration = .never,
-        compression: MemcachedCompression = .configured
+        compression: MemcachedCompression = .configured,
+        logger: Logger? = nil
     ) async throws -> Bool {
-        try await withConnection { try $0.add(key, value, expiration: expiration, compression: compression) }
+        try await call(.add, key: key, logger: logger) { context in
+            try await withConnection(context) {
+                try $0.add(key, value, expiration: expiration, compression: compression)
+            }
+        }
     }
 
     /// Stores a value only if the key already holds one, as python-memcached's `replace`.
@@ -256,39 +308,51 @@ extension MemcachedClient {
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     ///   - compression: Whether to compress the value. The default follows
     ///     ``MemcachedConfiguration/compressionThreshold``.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when stored, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:logger:)`` does.
     @discardableResult
     public func replace<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
         expiration: MemcachedExpiration = .never,
-        compression: MemcachedCompression = .configured
+        compression: MemcachedCompression = .configured,
+        logger: Logger? = nil
     ) async throws -> Bool {
-        try await withConnection { try $0.replace(key, value, expiration: expiration, compression: compression) }
+        try await call(.replace, key: key, logger: logger) { context in
+            try await withConnection(context) {
+                try $0.replace(key, value, expiration: expiration, compression: compression)
+            }
+        }
     }
 
-    /// Stores a value only if nobody changed the item since ``gets(_:as:)`` returned `token`.
+    /// Stores a value only if nobody changed the item since ``gets(_:as:logger:)`` returned `token`.
     ///
     /// - Parameters:
     ///   - key: The key.
     ///   - value: The new value.
-    ///   - token: The token ``gets(_:as:)`` returned with the value being replaced.
+    ///   - token: The token ``gets(_:as:logger:)`` returned with the value being replaced.
     ///   - expiration: When the item expires. The default is ``MemcachedExpiration/never``.
     ///   - compression: Whether to compress the value. The default follows
     ///     ``MemcachedConfiguration/compressionThreshold``.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when stored; `false` when the item changed or disappeared since.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:logger:)`` does.
     @discardableResult
     public func cas<Value: MemcachedValue & Sendable>(
         _ key: String,
         _ value: Value,
         token: MemcachedCASToken,
         expiration: MemcachedExpiration = .never,
-        compression: MemcachedCompression = .configured
+        compression: MemcachedCompression = .configured,
+        logger: Logger? = nil
     ) async throws -> Bool {
-        try await withConnection {
-            try $0.cas(key, value, token: token, expiration: expiration, compression: compression)
+        try await call(.cas, key: key, logger: logger) { context in
+            try await withConnection(context) {
+                try $0.cas(key, value, token: token, expiration: expiration, compression: compression)
+            }
         }
     }
 
@@ -301,25 +365,41 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - key: The key.
     ///   - value: The bytes to add, encoded as their type's stored form.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when appended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:logger:)`` does.
     @discardableResult
-    public func append<Value: MemcachedValue & Sendable>(_ key: String, _ value: Value) async throws -> Bool {
-        try await withConnection { try $0.append(key, value) }
+    public func append<Value: MemcachedValue & Sendable>(
+        _ key: String,
+        _ value: Value,
+        logger: Logger? = nil
+    ) async throws -> Bool {
+        try await call(.append, key: key, logger: logger) { context in
+            try await withConnection(context) { try $0.append(key, value) }
+        }
     }
 
     /// Adds bytes before an existing value, as python-memcached's `prepend`.
     ///
-    /// The rules of ``append(_:_:)`` apply.
+    /// The rules of ``append(_:_:logger:)`` apply.
     ///
     /// - Parameters:
     ///   - key: The key.
     ///   - value: The bytes to add.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when prepended, `false` when the key was missing.
-    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:)`` does.
+    /// - Throws: ``MemcachedError`` as ``set(_:_:expiration:compression:noReply:logger:)`` does.
     @discardableResult
-    public func prepend<Value: MemcachedValue & Sendable>(_ key: String, _ value: Value) async throws -> Bool {
-        try await withConnection { try $0.prepend(key, value) }
+    public func prepend<Value: MemcachedValue & Sendable>(
+        _ key: String,
+        _ value: Value,
+        logger: Logger? = nil
+    ) async throws -> Bool {
+        try await call(.prepend, key: key, logger: logger) { context in
+            try await withConnection(context) { try $0.prepend(key, value) }
+        }
     }
 
     /// Changes when an item expires without reading it, as python-memcached's `touch`.
@@ -328,12 +408,20 @@ extension MemcachedClient {
     ///   - key: The key.
     ///   - expiration: The new expiration. The default, ``MemcachedExpiration/never``, is
     ///     python-memcached's `time=0`.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when the item exists, `false` when it is missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/touch(_:expiration:)`` does, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
     @discardableResult
-    public func touch(_ key: String, expiration: MemcachedExpiration = .never) async throws -> Bool {
-        try await withConnection { try $0.touch(key, expiration: expiration) }
+    public func touch(
+        _ key: String,
+        expiration: MemcachedExpiration = .never,
+        logger: Logger? = nil
+    ) async throws -> Bool {
+        try await call(.touch, key: key, logger: logger) { context in
+            try await withConnection(context) { try $0.touch(key, expiration: expiration) }
+        }
     }
 
     // MARK: - Deleting and counting
@@ -343,18 +431,18 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - key: The key.
     ///   - noReply: Whether to send without waiting for the reply, as the connection's method says.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: `true` when the key was deleted, `false` when it was missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/delete(_:noReply:)`` does, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
     ///
-    /// With ``MemcachedConfiguration/noReply`` on, it joins batches as ``set(_:_:expiration:compression:noReply:)`` does.
+    /// With ``MemcachedConfiguration/noReply`` on, it joins batches as ``set(_:_:expiration:compression:noReply:logger:)`` does.
     @discardableResult
-    public func delete(_ key: String, noReply: Bool = false) async throws -> Bool {
-        let command: @Sendable (MemcachedConnection) throws -> Bool = { try $0.delete(key, noReply: noReply) }
-        guard batchesWrites else {
-            return try await withConnection(command)
+    public func delete(_ key: String, noReply: Bool = false, logger: Logger? = nil) async throws -> Bool {
+        try await call(.delete, key: key, logger: logger) { context in
+            try await write(key, context) { try $0.delete(key, noReply: noReply) }
         }
-        return try await pool.write(key, command)
     }
 
     /// Deletes many keys, as python-memcached's `delete_multi`, and reports each key's outcome.
@@ -363,18 +451,23 @@ extension MemcachedClient {
     ///   - keys: The keys.
     ///   - keyPrefix: A prefix for every key on the server.
     ///   - noReply: Whether to send without waiting for the replies, as the connection's method says.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: Each key's outcome, as ``MemcachedConnection/deleteMulti(_:keyPrefix:noReply:)``
     ///   describes.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/deleteMulti(_:keyPrefix:noReply:)``
-    ///   does, or as ``get(_:as:)`` does when no connection could be leased.
+    ///   does, or as ``get(_:as:logger:)`` does when no connection could be leased.
     @discardableResult
     public func deleteMulti(
         _ keys: some Collection<String>,
         keyPrefix: String = "",
-        noReply: Bool = false
+        noReply: Bool = false,
+        logger: Logger? = nil
     ) async throws -> [String: MemcachedKeyOutcome] {
         let keys = Array(keys)
-        return try await withConnection { try $0.deleteMulti(keys, keyPrefix: keyPrefix, noReply: noReply) }
+        return try await call(.deleteMulti, keys: keys, logger: logger) { context in
+            try await withConnection(context) { try $0.deleteMulti(keys, keyPrefix: keyPrefix, noReply: noReply) }
+        }
     }
 
     /// Adds to a counter, as python-memcached's `incr`.
@@ -382,12 +475,16 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - key: The key.
     ///   - delta: The amount to add. The default is 1.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: The new value, or `nil` when the key is missing.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/increment(_:by:)`` does, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
     @discardableResult
-    public func increment(_ key: String, by delta: UInt64 = 1) async throws -> UInt64? {
-        try await withConnection { try $0.increment(key, by: delta) }
+    public func increment(_ key: String, by delta: UInt64 = 1, logger: Logger? = nil) async throws -> UInt64? {
+        try await call(.increment, key: key, logger: logger) { context in
+            try await withConnection(context) { try $0.increment(key, by: delta) }
+        }
     }
 
     /// Subtracts from a counter, as python-memcached's `decr`; memcached stops at 0.
@@ -395,42 +492,63 @@ extension MemcachedClient {
     /// - Parameters:
     ///   - key: The key.
     ///   - delta: The amount to subtract. The default is 1.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: The new value, or `nil` when the key is missing.
-    /// - Throws: ``MemcachedError`` as ``increment(_:by:)`` does.
+    /// - Throws: ``MemcachedError`` as ``increment(_:by:logger:)`` does.
     @discardableResult
-    public func decrement(_ key: String, by delta: UInt64 = 1) async throws -> UInt64? {
-        try await withConnection { try $0.decrement(key, by: delta) }
+    public func decrement(_ key: String, by delta: UInt64 = 1, logger: Logger? = nil) async throws -> UInt64? {
+        try await call(.decrement, key: key, logger: logger) { context in
+            try await withConnection(context) { try $0.decrement(key, by: delta) }
+        }
     }
 
     // MARK: - Servers
 
     /// Invalidates every item on every server, as python-memcached's `flush_all`.
     ///
-    /// - Parameter delay: How long the servers wait before flushing, in whole seconds (rounded
-    ///   up). The default is to flush at once.
+    /// - Parameters:
+    ///   - delay: How long the servers wait before flushing, in whole seconds (rounded up). The
+    ///     default is to flush at once.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/flush(delay:)`` does, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
-    public func flush(delay: Duration = .zero) async throws {
-        try await withConnection { try $0.flush(delay: delay) }
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
+    public func flush(delay: Duration = .zero, logger: Logger? = nil) async throws {
+        try await call(.flush, logger: logger) { context in
+            try await withConnection(context) { try $0.flush(delay: delay) }
+        }
     }
 
     /// Reads every server's statistics, as python-memcached's `get_stats`.
     ///
-    /// - Parameter group: A statistics group such as `"settings"` or `"items"`; `nil` for the
-    ///   general statistics.
+    /// - Parameters:
+    ///   - group: A statistics group such as `"settings"` or `"items"`; `nil` for the general
+    ///     statistics.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     /// - Returns: One result per server, in configuration order.
     /// - Throws: ``MemcachedError`` as ``MemcachedConnection/stats(_:)`` does, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
-    public func stats(_ group: String? = nil) async throws -> [MemcachedServerResult<[String: String]>] {
-        try await withConnection { try $0.stats(group) }
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
+    public func stats(
+        _ group: String? = nil,
+        logger: Logger? = nil
+    ) async throws -> [MemcachedServerResult<[String: String]>] {
+        try await call(.stats, logger: logger) { context in
+            try await withConnection(context) { try $0.stats(group) }
+        }
     }
 
     /// Reads every server's version string, such as `"1.6.18"`.
     ///
+    /// - Parameter logger: The logger for what the call logs; `nil` for
+    ///   ``MemcachedConfiguration/logger``.
     /// - Returns: One result per server, in configuration order.
-    /// - Throws: ``MemcachedError`` as ``get(_:as:)`` does when no connection could be leased.
-    public func versions() async throws -> [MemcachedServerResult<String>] {
-        try await withConnection { try $0.versions() }
+    /// - Throws: ``MemcachedError`` as ``get(_:as:logger:)`` does when no connection could be leased.
+    public func versions(logger: Logger? = nil) async throws -> [MemcachedServerResult<String>] {
+        try await call(.version, logger: logger) { context in
+            try await withConnection(context) { try $0.versions() }
+        }
     }
 
     /// The server a key maps to under the configured hash and distribution.
@@ -438,7 +556,7 @@ extension MemcachedClient {
     /// - Parameter key: The key.
     /// - Returns: The server as `host:port`, `[v6]:port` or `unix:/path`.
     /// - Throws: ``MemcachedError`` for an invalid key or when no server is configured, or as
-    ///   ``get(_:as:)`` does when no connection could be leased.
+    ///   ``get(_:as:logger:)`` does when no connection could be leased.
     public func server(forKey key: String) async throws -> String {
         try await withConnection { try $0.server(forKey: key) }
     }

@@ -52,32 +52,32 @@
 /// - ``run()``
 ///
 /// ### Reading
-/// - ``get(_:as:)``
+/// - ``get(_:as:logger:)``
 /// - ``get(_:as:orSet:loadTimeout:load:)``
-/// - ``getMulti(_:keyPrefix:as:)``
+/// - ``getMulti(_:keyPrefix:as:logger:)``
 /// - ``coalescedMultiGetLimit``
-/// - ``gets(_:as:)``
+/// - ``gets(_:as:logger:)``
 ///
 /// ### Writing
-/// - ``set(_:_:expiration:compression:noReply:)``
-/// - ``setMulti(_:expiration:keyPrefix:compression:noReply:)``
-/// - ``add(_:_:expiration:compression:)``
-/// - ``replace(_:_:expiration:compression:)``
-/// - ``append(_:_:)``
-/// - ``prepend(_:_:)``
-/// - ``cas(_:_:token:expiration:compression:)``
-/// - ``touch(_:expiration:)``
+/// - ``set(_:_:expiration:compression:noReply:logger:)``
+/// - ``setMulti(_:expiration:keyPrefix:compression:noReply:logger:)``
+/// - ``add(_:_:expiration:compression:logger:)``
+/// - ``replace(_:_:expiration:compression:logger:)``
+/// - ``append(_:_:logger:)``
+/// - ``prepend(_:_:logger:)``
+/// - ``cas(_:_:token:expiration:compression:logger:)``
+/// - ``touch(_:expiration:logger:)``
 ///
 /// ### Deleting and counting
-/// - ``delete(_:noReply:)``
-/// - ``deleteMulti(_:keyPrefix:noReply:)``
-/// - ``increment(_:by:)``
-/// - ``decrement(_:by:)``
+/// - ``delete(_:noReply:logger:)``
+/// - ``deleteMulti(_:keyPrefix:noReply:logger:)``
+/// - ``increment(_:by:logger:)``
+/// - ``decrement(_:by:logger:)``
 ///
 /// ### Servers
-/// - ``flush(delay:)``
-/// - ``stats(_:)``
-/// - ``versions()``
+/// - ``flush(delay:logger:)``
+/// - ``stats(_:logger:)``
+/// - ``versions(logger:)``
 /// - ``server(forKey:)``
 public final class MemcachedClient: Sendable {
     /// How many connections the client keeps and how long a task waits for one.
@@ -101,8 +101,8 @@ public final class MemcachedClient: Sendable {
         /// negative.
         public var connectionWaitTimeout: Duration = .seconds(5)
 
-        /// Whether reads that find every connection busy are served together: ``get(_:as:)``,
-        /// ``gets(_:as:)`` and small ``getMulti(_:keyPrefix:as:)`` calls (at most
+        /// Whether reads that find every connection busy are served together: ``get(_:as:logger:)``,
+        /// ``gets(_:as:logger:)`` and small ``getMulti(_:keyPrefix:as:logger:)`` calls (at most
         /// ``MemcachedClient/coalescedMultiGetLimit`` keys) waiting for a connection join a batch, which the next free connection reads
         /// with one multi-get (one round trip per server) before answering each caller with its
         /// own value, miss or error, decoded as its own type.
@@ -114,8 +114,8 @@ public final class MemcachedClient: Sendable {
         public var coalescesReads = true
 
         /// Whether fire-and-forget writes that find every connection busy are sent together:
-        /// with ``MemcachedConfiguration/noReply`` on (text protocol), ``set(_:_:expiration:compression:noReply:)``
-        /// and ``delete(_:noReply:)`` calls waiting for a connection join the batch that reads
+        /// with ``MemcachedConfiguration/noReply`` on (text protocol), ``set(_:_:expiration:compression:noReply:logger:)``
+        /// and ``delete(_:noReply:logger:)`` calls waiting for a connection join the batch that reads
         /// join, and the next free connection sends them all with one flush, before the batch's
         /// reads. Each call returns once the write that carried it is done, as it would on a
         /// connection of its own.
@@ -148,12 +148,16 @@ public final class MemcachedClient: Sendable {
     @usableFromInline
     let pool: ConnectionPool
 
-    /// Whether ``set(_:_:expiration:compression:noReply:)`` and ``delete(_:noReply:)`` join
+    /// Whether ``set(_:_:expiration:compression:noReply:logger:)`` and ``delete(_:noReply:logger:)`` join
     /// batches: ``Options/coalescesWrites``, for a configuration whose writes skip their replies.
     let batchesWrites: Bool
 
     /// The cache-aside loads in progress, so that tasks missing the same key share one load.
     let loadFlights = LoadFlights()
+
+    /// The tracer the commands' spans go to, resolved once (``MemcachedTracing``).
+    @usableFromInline
+    let tracing: ClientTracing
 
     /// Creates a client; no connection or socket is opened until the first command.
     ///
@@ -176,6 +180,7 @@ public final class MemcachedClient: Sendable {
             maximumBatchSize: options.maximumCoalescedCommands
         )
         batchesWrites = options.coalescesWrites && configuration.noReply && configuration.wireProtocol == .ascii
+        tracing = ClientTracing(configuration)
     }
 
     /// Creates a client for servers written as strings, with every other setting at its default.
@@ -222,6 +227,15 @@ public final class MemcachedClient: Sendable {
         _ body: @escaping @Sendable (MemcachedConnection) throws -> Result
     ) async throws -> Result {
         try await pool.withConnection(body)
+    }
+
+    /// Runs one command of the client on a pooled connection, with its call's logger and span.
+    @usableFromInline
+    func withConnection<Result: Sendable>(
+        _ context: CallContext,
+        _ body: @escaping @Sendable (MemcachedConnection) throws -> Result
+    ) async throws -> Result {
+        try await pool.withConnection(context.applied(to: body))
     }
 
     /// Threads of the client's own on which tasks can run, so that their commands run on the

@@ -180,6 +180,14 @@ public struct MemcachedConfiguration: Sendable {
     /// everything.
     public var logger: Logger = Logger(label: "swift-libmemcached", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    /// Where commands are counted and timed, with swift-metrics; see ``MemcachedMetrics`` for the
+    /// metrics and their dimensions. The default uses the bootstrapped backend, if any.
+    public var metrics = MemcachedMetrics()
+
+    /// How a ``MemcachedClient`` traces its commands, with swift-distributed-tracing; see
+    /// ``MemcachedTracing`` for the spans. The default uses the bootstrapped tracer, if any.
+    public var tracing = MemcachedTracing()
+
     /// Creates a configuration for servers.
     ///
     /// - Parameter servers: The servers, in order.

@@ -14,13 +14,14 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_delete`.
     @discardableResult
     public func delete(_ key: String, noReply: Bool = false) throws -> Bool {
-        trace("delete")
         let noReply = skipsReply(noReply)
-        return try withKey(key) { prepared in
-            try handle.withDeadline {
-                let deleted = try handle.delete(key: prepared, noReply: noReply)
-                try handle.flushWrites()
-                return deleted
+        return try instrumented(.delete, key: key) {
+            try withKey(key) { prepared in
+                try handle.withDeadline {
+                    let deleted = try handle.delete(key: prepared, noReply: noReply)
+                    try handle.flushWrites()
+                    return deleted
+                }
             }
         }
     }
@@ -46,12 +47,13 @@ extension MemcachedConnection {
         keyPrefix: String = "",
         noReply: Bool = false
     ) throws -> [String: MemcachedKeyOutcome] {
-        trace("delete_multi", keys: keys.count)
         let keys = Array(keys)
-        let batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
-        let noReply = skipsReply(noReply)
-        return try handle.withDeadline {
-            try eachKey(keys, batch) { key in try handle.delete(key: key.prepared, noReply: noReply) }
+        return try instrumented(.deleteMulti, keys: keys.count) {
+            let batch = try KeyBatch(keys: keys, prefix: try KeyPrefix(keyPrefix))
+            let noReply = skipsReply(noReply)
+            return try handle.withDeadline {
+                try eachKey(keys, batch) { key in try handle.delete(key: key.prepared, noReply: noReply) }
+            }
         }
     }
 
@@ -70,9 +72,10 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_increment_by_key`.
     @discardableResult
     public func increment(_ key: String, by delta: UInt64 = 1) throws -> UInt64? {
-        trace("increment")
-        return try withKey(key) { prepared in
-            try handle.withDeadline { try handle.arithmetic(key: prepared, delta: delta, increment: true) }
+        try instrumented(.increment, key: key) {
+            try withKey(key) { prepared in
+                try handle.withDeadline { try handle.arithmetic(key: prepared, delta: delta, increment: true) }
+            }
         }
     }
 
@@ -86,9 +89,10 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_decrement_by_key`.
     @discardableResult
     public func decrement(_ key: String, by delta: UInt64 = 1) throws -> UInt64? {
-        trace("decrement")
-        return try withKey(key) { prepared in
-            try handle.withDeadline { try handle.arithmetic(key: prepared, delta: delta, increment: false) }
+        try instrumented(.decrement, key: key) {
+            try withKey(key) { prepared in
+                try handle.withDeadline { try handle.arithmetic(key: prepared, delta: delta, increment: false) }
+            }
         }
     }
 
@@ -105,9 +109,10 @@ extension MemcachedConnection {
     ///   The corresponding C function is `memcached_touch`.
     @discardableResult
     public func touch(_ key: String, expiration: MemcachedExpiration = .never) throws -> Bool {
-        trace("touch")
-        return try withKey(key) { prepared in
-            try handle.withDeadline { try handle.touch(key: prepared, expiration: try expiration.wireValue()) }
+        try instrumented(.touch, key: key) {
+            try withKey(key) { prepared in
+                try handle.withDeadline { try handle.touch(key: prepared, expiration: try expiration.wireValue()) }
+            }
         }
     }
 
@@ -120,11 +125,13 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError`` when a server fails; the others are still flushed.
     ///   The corresponding C function is `memcached_flush`.
     public func flush(delay: Duration = .zero) throws {
-        trace("flush_all", keys: 0)
-        let delaySeconds = Int64(try Handle.seconds(delay, "delay"))
-        try handle.withDeadline {
-            try handle.flush(delaySeconds: delaySeconds, noReply: handle.noReply)
-            try handle.flushWrites()
+        _ = try instrumented(.flush, keys: 0) {
+            let delaySeconds = Int64(try Handle.seconds(delay, "delay"))
+            try handle.withDeadline {
+                try handle.flush(delaySeconds: delaySeconds, noReply: handle.noReply)
+                try handle.flushWrites()
+            }
+            return CommandDone()
         }
     }
 
@@ -137,17 +144,18 @@ extension MemcachedConnection {
     ///   holding control characters, or ``MemcachedError/Code/connectionClosed``.
     ///   The corresponding C function is `memcached_stat_execute`.
     public func stats(_ group: String? = nil) throws -> [MemcachedServerResult<[String: String]>] {
-        trace("get_stats", keys: 0)
-        if let group {
-            // The group goes into the text protocol verbatim: refuse anything that could end the line.
-            guard !group.isEmpty, group.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }) else {
-                throw MemcachedError(
-                    code: .invalidArguments,
-                    message: "the statistics group holds control characters or is empty"
-                )
+        try instrumented(.stats, keys: 0) {
+            if let group {
+                // The group goes into the text protocol verbatim: refuse anything that could end the line.
+                guard !group.isEmpty, group.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }) else {
+                    throw MemcachedError(
+                        code: .invalidArguments,
+                        message: "the statistics group holds control characters or is empty"
+                    )
+                }
             }
+            return try handle.withDeadline { try handle.stats(group: group) }
         }
-        return try handle.withDeadline { try handle.stats(group: group) }
     }
 
     /// Reads every server's version string, such as `"1.6.18"`.
@@ -156,7 +164,8 @@ extension MemcachedConnection {
     /// - Throws: ``MemcachedError/Code/connectionClosed`` after ``close()``.
     ///   The corresponding C function is `memcached_version`.
     public func versions() throws -> [MemcachedServerResult<String>] {
-        trace("version", keys: 0)
-        return try handle.withDeadline { try handle.versions() }
+        try instrumented(.version, keys: 0) {
+            try handle.withDeadline { try handle.versions() }
+        }
     }
 }

@@ -1,3 +1,5 @@
+import Logging
+
 extension MemcachedConnection {
     // MARK: - get
 
@@ -68,11 +70,12 @@ extension MemcachedConnection {
         requiresCAS: Bool = false,
         _ hit: (UnsafeRawBufferPointer, MemcachedFlags, UInt64) throws -> Void
     ) throws {
-        trace(command)
-        try withKey(key) { prepared in
-            try handle.withDeadline {
-                _ = try handle.fetchOne(key: prepared, command: command, requiresCAS: requiresCAS) { item in
-                    try decode(item, key: key) { bytes, flags in try hit(bytes, flags, item.cas) }
+        _ = try instrumented(requiresCAS ? .gets : .get, key: key) {
+            try withKey(key) { prepared in
+                try handle.withDeadline {
+                    try handle.fetchOne(key: prepared, command: command, requiresCAS: requiresCAS) { item in
+                        try decode(item, key: key) { bytes, flags in try hit(bytes, flags, item.cas) }
+                    }
                 }
             }
         }
@@ -175,14 +178,37 @@ extension MemcachedConnection {
     /// A read that ends early fails every key not yet handed over with its error; a failure
     /// found after the whole reply was read (bytes after its end) fails every key, since the
     /// reply is then not trusted.
+    ///
+    /// Measured as one `get_multi` call unless `measured` is `false`: a coalesced batch counts
+    /// each of its reads as its caller's command instead (``CommandBatch``).
     @usableFromInline
     func fetchMulti(
         _ keys: [String],
         keyPrefix: String,
         stopOnHitError: Bool,
+        measured: Bool = true,
         _ hit: (_ index: Int, _ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ cas: UInt64) throws -> Void
     ) throws -> [String: MemcachedError] {
-        trace("get_multi", keys: keys.count)
+        guard measured, handle.metrics != nil || handle.traceEnabled else {
+            return try fetchMultiUnmeasured(keys, keyPrefix: keyPrefix, stopOnHitError: stopOnHitError, hit)
+        }
+        return try instrumented(.getMulti, keys: keys.count) {
+            var hits = 0
+            let failures = try fetchMultiUnmeasured(keys, keyPrefix: keyPrefix, stopOnHitError: stopOnHitError) {
+                try hit($0, $1, $2, $3)
+                hits += 1
+            }
+            return MultiGetTally(keys: keys.count, hits: hits, failures: failures)
+        }.failures
+    }
+
+    /// ``fetchMulti(_:keyPrefix:stopOnHitError:measured:_:)`` without measuring or logging it.
+    private func fetchMultiUnmeasured(
+        _ keys: [String],
+        keyPrefix: String,
+        stopOnHitError: Bool,
+        _ hit: (_ index: Int, _ bytes: UnsafeRawBufferPointer, _ flags: MemcachedFlags, _ cas: UInt64) throws -> Void
+    ) throws -> [String: MemcachedError] {
         guard !keys.isEmpty else { return [:] }
         let prefix = try KeyPrefix(keyPrefix)
         var batch = try KeyBatch(keys: keys, prefix: prefix)
@@ -209,7 +235,12 @@ extension MemcachedConnection {
                             }
                         }
                         if kept.count < keys.count {
-                            trace("get_multi: keys of servers that are down left out", keys: keys.count - kept.count)
+                            if handle.traceEnabled {
+                                handle.logger.trace(
+                                    "memcached get_multi: keys of servers that are down left out",
+                                    metadata: ["keys": "\(keys.count - kept.count)"]
+                                )
+                            }
                             guard !kept.isEmpty else { return }
                             positions = kept
                             batch = try KeyBatch(keys: kept.map { keys[$0] }, prefix: prefix)

@@ -157,29 +157,32 @@ extension MemcachedConnection {
         compression: MemcachedCompression,
         noReply: Bool = false
     ) throws -> Bool {
-        try withKey(key) { prepared in
-            let payload = try payload(key: key, compression: compression) {
-                try value.memcachedPayload(context: codingContext)
-            }
-            trace(operation.name, bytes: payload.bytes.count)
-            return try handle.withDeadline {
-                if operation.extendsStoredValue {
-                    guard try storedValueCanBeExtended(prepared, key: key, operation: operation) else { return false }
+        try instrumented(operation.command, key: key) {
+            try withKey(key) { prepared in
+                let payload = try payload(key: key, compression: compression) {
+                    try value.memcachedPayload(context: codingContext)
                 }
-                let stored = try payload.bytes.withUnsafeBytes { bytes in
-                    try handle.store(
-                        operation,
-                        key: prepared,
-                        value: bytes,
-                        flags: payload.flags.rawValue,
-                        expiration: try expiration.wireValue(),
-                        noReply: noReply
-                    )
+                return try handle.withDeadline {
+                    if operation.extendsStoredValue {
+                        guard try storedValueCanBeExtended(prepared, key: key, operation: operation) else {
+                            return false
+                        }
+                    }
+                    let stored = try payload.bytes.withUnsafeBytes { bytes in
+                        try handle.store(
+                            operation,
+                            key: prepared,
+                            value: bytes,
+                            flags: payload.flags.rawValue,
+                            expiration: try expiration.wireValue(),
+                            noReply: noReply
+                        )
+                    }
+                    if noReply {
+                        try handle.flushWrites()
+                    }
+                    return stored
                 }
-                if noReply {
-                    try handle.flushWrites()
-                }
-                return stored
             }
         }
     }
@@ -234,7 +237,25 @@ extension MemcachedConnection {
         compression: MemcachedCompression = .configured,
         noReply: Bool = false
     ) throws -> [String: MemcachedKeyOutcome] {
-        trace("set_multi", keys: items.count)
+        try instrumented(.setMulti, keys: items.count) {
+            try storeEach(
+                items,
+                expiration: expiration,
+                keyPrefix: keyPrefix,
+                compression: compression,
+                noReply: noReply
+            )
+        }
+    }
+
+    /// ``setMulti(_:expiration:keyPrefix:compression:noReply:)``, unmeasured.
+    private func storeEach<Value: MemcachedValue>(
+        _ items: [String: Value],
+        expiration: MemcachedExpiration,
+        keyPrefix: String,
+        compression: MemcachedCompression,
+        noReply: Bool
+    ) throws -> [String: MemcachedKeyOutcome] {
         guard !items.isEmpty else { return [:] }
         let prefix = try KeyPrefix(keyPrefix)
         var keys: [String] = []

@@ -214,17 +214,73 @@ public final class MemcachedConnection {
         return MemcachedError(code: .undecodableValue, message: "cannot decode the value: \(error)", key: key)
     }
 
-    // MARK: - Logging
+    // MARK: - Instrumentation
 
-    /// Logs a command at trace level: its name and sizes, never keys or values.
+    /// Runs one call of `command`, the one place every command is logged and measured: logs it at
+    /// trace level (its name and key count, never keys or values), and, with metrics on, counts
+    /// its outcomes (``CommandResult``) or its error and records its time. For a single-key
+    /// command (`key`), the key's server is named in the metrics (when they label servers) and on
+    /// the caller's span (``Handle/callSpan``), once the command is done.
     @inline(__always)
-    func trace(_ command: StaticString, keys: Int = 1, bytes: Int? = nil) {
-        guard handle.traceEnabled else { return }
-        var metadata: Logger.Metadata = ["command": "\(command)", "keys": "\(keys)"]
-        if let bytes {
-            metadata["bytes"] = "\(bytes)"
+    func instrumented<Result: CommandResult>(
+        _ command: MemcachedCommand,
+        key: String? = nil,
+        keys: Int = 1,
+        _ body: () throws -> Result
+    ) throws -> Result {
+        if handle.traceEnabled {
+            handle.logger.trace("memcached command", metadata: ["command": "\(command.name)", "keys": "\(keys)"])
         }
-        handle.logger.trace("memcached command", metadata: metadata)
+        guard let metrics = handle.metrics else {
+            guard handle.callSpan != nil else { return try body() }
+            return try withServerOnSpan(key: key, body)
+        }
+        return try measured(command, key: key, keys: keys, metrics: metrics, body)
+    }
+
+    /// The rest of ``instrumented(_:key:keys:_:)`` with metrics on: out of line, so that the
+    /// commands' code stays small when they are off.
+    @inline(never)
+    private func measured<Result: CommandResult>(
+        _ command: MemcachedCommand,
+        key: String?,
+        keys: Int,
+        metrics: CommandMetrics,
+        _ body: () throws -> Result
+    ) throws -> Result {
+        let start = DeadlineClock.precise()
+        let result: Swift.Result<Result, any Error>
+        do {
+            result = .success(try withServerOnSpan(key: key, body))
+        } catch {
+            result = .failure(error)
+        }
+        let elapsed = DeadlineClock.precise() &- start
+        metrics.recordCall(command, keys: keys, nanoseconds: Int64(clamping: elapsed))
+        let server = metrics.labelsServers ? key.flatMap(server(ofValidKey:)) : nil
+        switch result {
+        case .success(let value):
+            value.record(command, keys: keys, in: metrics, server: server)
+        case .failure(let error):
+            metrics.countError(command, error, by: command.isMultiKey ? keys : 1, server: server)
+        }
+        return try result.get()
+    }
+
+    /// Runs `body`, then, when the caller has a span and the command has one key, names the
+    /// key's server on it (`server.address`, `server.port`).
+    private func withServerOnSpan<Result>(key: String?, _ body: () throws -> Result) throws -> Result {
+        let result = try body()
+        if let span = handle.callSpan, let key, let server = server(ofValidKey: key) {
+            ServerAddress(server).annotate(span)
+        }
+        return result
+    }
+
+    /// The server a key that passed the checks maps to, as `host:port`.
+    private func server(ofValidKey key: String) -> String? {
+        var key = key
+        return key.withUTF8 { handle.serverDescription(forKey: $0) }
     }
 }
 

@@ -23,6 +23,18 @@ enum StoreOperation {
         }
     }
 
+    /// The command as metrics and spans name it.
+    var command: MemcachedCommand {
+        switch self {
+        case .set: .set
+        case .add: .add
+        case .replace: .replace
+        case .append: .append
+        case .prepend: .prepend
+        case .cas: .cas
+        }
+    }
+
     /// Whether the command adds bytes to the stored value, keeping its flags.
     var extendsStoredValue: Bool {
         switch self {

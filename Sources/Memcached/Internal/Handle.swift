@@ -1,5 +1,6 @@
 internal import CLibMemcached
 import Logging
+import Tracing
 
 /// The one owner of a libmemcached `memcached_st` and its reusable `memcached_result_st`.
 ///
@@ -26,10 +27,20 @@ final class Handle {
 
     let configuration: MemcachedConfiguration
 
-    let logger: Logger
+    /// Where the handle logs: the configuration's logger, or a call's own for the length of the
+    /// call (``MemcachedConnection/withCallContext(_:_:)``).
+    var logger: Logger
 
-    /// Cached once: checking the log level on every command would cost an existential call.
-    let traceEnabled: Bool
+    /// Cached with ``logger``: checking the log level on every command would cost an existential call.
+    var traceEnabled: Bool
+
+    /// The metrics every connection of one client (or one standalone connection) records to;
+    /// `nil` when they would go nowhere (``CommandMetrics/make(_:)``).
+    let metrics: CommandMetrics?
+
+    /// The span of the client call running on this handle, which its command annotates with the
+    /// key's server; `nil` outside a traced call.
+    var callSpan: (any Span)?
 
     /// An object the C handle points into without owning it (the box of a custom hash function,
     /// whose pointer libhashkit copies into every clone and never releases). Every handle that
@@ -117,6 +128,8 @@ final class Handle {
         self.configuration = configuration
         self.logger = configuration.logger
         self.traceEnabled = configuration.logger.logLevel <= .trace
+        // The short-lived handles of `stats` and `versions` work inside a call that is measured.
+        self.metrics = parentDeadline == nil ? CommandMetrics.make(configuration.metrics) : nil
         self.noReply = configuration.noReply && configuration.wireProtocol == .ascii
         self.binary = configuration.wireProtocol == .binary
         self.checksConnectionState = parentDeadline == nil && ServerConnectionState.isAvailable
@@ -165,6 +178,7 @@ final class Handle {
         self.configuration = source.configuration
         self.logger = source.logger
         self.traceEnabled = source.traceEnabled
+        self.metrics = source.metrics
         self.keepAlive = source.keepAlive
         self.noReply = source.noReply
         self.binary = source.binary
