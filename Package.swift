@@ -22,12 +22,12 @@ let package = Package(
         .systemLibrary(
             name: "CLibMemcached",
             pkgConfig: "libmemcached",
-            providers: [.apt(["libmemcached-dev"])]
+            providers: [.apt(["libmemcached-dev"]), .brew(["libmemcached"])]
         ),
         .systemLibrary(
             name: "CZlib",
             pkgConfig: "zlib",
-            providers: [.apt(["zlib1g-dev"])]
+            providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]
         ),
         .target(
             name: "Memcached",

@@ -1,5 +1,5 @@
 // One process of the cross-process stampede test (CacheAsideTests): it waits until the test says
-// go, then misses one key from many tasks at once through `get(_:as:orSet:loadTimeout:load:)`,
+// go, then misses one key from many tasks at once through `get(_:as:orSet:loadTimeout:logger:load:)`,
 // counting its loads in memcached, and prints what it read as JSON.
 //
 //     CacheAsideProbe SERVER KEY TASKS

@@ -5,7 +5,7 @@ import Testing
 
 @testable import Memcached
 
-/// `get(_:as:orSet:loadTimeout:load:)`: the seed's cache-aside example in one call, and its
+/// `get(_:as:orSet:loadTimeout:logger:load:)`: the seed's cache-aside example in one call, and its
 /// stampede protection, against real memcached servers.
 @Suite("Cache-aside", .offCooperativePool, .timeLimit(.minutes(3)))
 struct CacheAsideTests {

@@ -212,7 +212,15 @@ struct ObservabilityTests {
             )
             try await client.set("hit:1", "one")
             try await client.set("hit:2", "two")
-            let gauge = { (name: String) in try metrics.expectGauge("memcached_pool_\(name)").lastValue }
+            let gauges = [
+                "connections_open": ("memcached_pool_connections", ("state", "open")),
+                "connections_leased": ("memcached_pool_connections", ("state", "leased")),
+                "waiting_leases": ("memcached_pool_waiting", ("of", "leases")),
+                "queued_commands": ("memcached_pool_waiting", ("of", "coalesced_commands")),
+            ]
+            let gauge = { (name: String) in
+                try metrics.expectGauge(gauges[name]!.0, [gauges[name]!.1]).lastValue
+            }
             #expect(try gauge("connections_open") == 1)
             #expect(try gauge("connections_leased") == 0)
 
@@ -243,12 +251,104 @@ struct ObservabilityTests {
             )
             #expect(try Self.calls(metrics, "get") == 3)
             #expect(try Self.calls(metrics, "get_multi") == 1)
-            #expect(try metrics.expectRecorder("memcached_pool_batch_commands").values == [6])
+            #expect(try metrics.expectRecorder("memcached_pool_batch_commands", [("batch", "coalesced")]).values == [6])
             #expect(try gauge("queued_commands") == 0)
             #expect(try gauge("waiting_leases") == 0)
             #expect(try gauge("connections_leased") == 0)
             await client.close()
             #expect(try gauge("connections_open") == 0)
+        }
+    }
+
+    @Test("calls that never reach a connection count too: poolTimeout, a cancelled task (once), an invalid key")
+    func failuresBeforeAConnection() async throws {
+        let silent = try SilentServer()
+        defer { silent.stop() }
+        let metrics = TestMetrics()
+        var options = MemcachedClient.Options()
+        options.maximumConnections = 1
+        options.connectionWaitTimeout = .milliseconds(200)
+        let client = try MemcachedClient(
+            configuration: Self.configuration([silent.address], metrics: metrics, timeout: .seconds(60)),
+            options: options
+        )
+        // The one connection hangs on the silent server until its task is cancelled.
+        let hanging = Task { try await client.set("hanging", "value") }
+        try await waitUntil { silent.acceptedConnectionCount == 1 }
+        await #expect(throws: MemcachedError.self) { try await client.add("waiting", "value") }
+        hanging.cancel()
+        await #expect(throws: CancellationError.self) { try await hanging.value }
+        await #expect(throws: MemcachedError.self) { try await client.get("bad key", as: String.self) }
+        #expect(Self.outcomes(metrics, "add", "error", error: "poolTimeout") == 1)
+        #expect(Self.outcomes(metrics, "set", "error", error: "cancelled") == 1)
+        #expect(Self.outcomes(metrics, "get", "error", error: "invalidKeyCharacters") == 1)
+        #expect(
+            Self.allOutcomes(metrics) == ["add/error": 1, "set/error": 1, "get/error": 1],
+            "the interrupted command was counted once, as cancelled, not also as a timeout"
+        )
+        await client.close()
+    }
+
+    @Test("coalesced fire-and-forget writes count once their batch is flushed")
+    func coalescedWritesCountedAfterFlush() async throws {
+        try await withMemcached { cluster in
+            let metrics = TestMetrics()
+            var configuration = try Self.configuration(cluster.addresses, metrics: metrics)
+            configuration.noReply = true
+            var options = MemcachedClient.Options()
+            options.maximumConnections = 1
+            options.connectionWaitTimeout = .seconds(120)
+            let client = try MemcachedClient(configuration: configuration, options: options)
+            let holder = try await ConnectionHolder(client)
+            let writes =
+                (0..<3).map { index in Task { try await client.set("w:\(index)", index) } }
+                + [Task { try await client.delete("w:0") }]
+            try await waitUntil { client.pool.queuedCommandCount == 4 }
+            #expect(Self.allOutcomes(metrics).isEmpty, "nothing is counted before the batch runs")
+            try await holder.release()
+            for write in writes {
+                #expect(try await write.value)
+            }
+            #expect(client.pool.coalescedCommands.batches == 1)
+            #expect(Self.allOutcomes(metrics) == ["set/stored": 3, "delete/hit": 1])
+            #expect(try Self.calls(metrics, "set") == 3)
+            await client.close()
+        }
+    }
+
+    @Test("cache-aside counts as the caller's get and, when it loads, its set; not its lock or second read")
+    func cacheAsideCountsTheCallersCommands() async throws {
+        try await withMemcached { cluster in
+            let metrics = TestMetrics()
+            let client = try MemcachedClient(configuration: Self.configuration(cluster.addresses, metrics: metrics))
+            let first = try await client.cacheAside("top5films", as: [String].self, expiration: .seconds(60)) {
+                ["ACE GOLDFINGER"]
+            }
+            let second = try await client.cacheAside("top5films", as: [String].self, expiration: .seconds(60)) {
+                ["not loaded"]
+            }
+            #expect(first.source == .loaded && second.source == .cache)
+            #expect(Self.allOutcomes(metrics) == ["get/miss": 1, "set/stored": 1, "get/hit": 1])
+            await client.close()
+        }
+    }
+
+    @Test("every metric carries the configured dimensions: outcomes, timers, key counts and the pool's")
+    func dimensionsOnEveryMetric() async throws {
+        try await withMemcached { cluster in
+            let metrics = TestMetrics()
+            var configuration = try Self.configuration(cluster.addresses, metrics: metrics)
+            configuration.metrics.dimensions = [("cluster", "films")]
+            let client = try MemcachedClient(configuration: configuration)
+            try await client.set("k", "v")
+            _ = try await client.getMulti(["k", "l"], as: String.self)
+            let cluster = ("cluster", "films")
+            let hasCluster = { (dimensions: [(String, String)]) in dimensions.contains { $0 == cluster } }
+            #expect(metrics.counters.filter { $0.totalValue > 0 }.allSatisfy { hasCluster($0.dimensions) })
+            #expect(!metrics.timers.isEmpty && metrics.timers.allSatisfy { hasCluster($0.dimensions) })
+            #expect(!metrics.recorders.isEmpty && metrics.recorders.allSatisfy { hasCluster($0.dimensions) })
+            #expect(try metrics.expectGauge("memcached_pool_connections", [("state", "open"), cluster]).lastValue == 1)
+            await client.close()
         }
     }
 
@@ -311,6 +411,38 @@ struct ObservabilityTests {
         // One server: every span names it.
         #expect(span.attributes["server.port"]?.toSpanAttribute() == .int64(Int64(silent.port)))
         await client.close()
+    }
+
+    @Test("a failed command's span names the server that failed; recordsKeys puts a multi-get's keys on its span")
+    func spanNamesTheFailingServer() async throws {
+        let silent = try SilentServer()
+        defer { silent.stop() }
+        try await withMemcached { cluster in
+            let tracer = InMemoryTracer()
+            var configuration = try Self.configuration(
+                [cluster.addresses[0], silent.address],
+                tracer: tracer,
+                timeout: .milliseconds(300)
+            )
+            configuration.tracing.recordsKeys = true
+            let client = try MemcachedClient(configuration: configuration)
+            var index = 0
+            while try await client.server(forKey: "k\(index)") != silent.address {
+                index += 1
+            }
+            let key = "k\(index)"
+            await #expect(throws: MemcachedError.self) { try await client.get(key, as: String.self) }
+            _ = try? await client.getMulti(["a", "b", "c"], as: String.self)
+            _ = try? await client.getMulti(["a"], as: String.self)
+            let spans = tracer.finishedSpans
+            try #require(spans.count == 3)
+            #expect(spans[0].attributes["server.port"]?.toSpanAttribute() == .int64(Int64(silent.port)))
+            #expect(spans[0].attributes["error.type"]?.toSpanAttribute() == .string("timeout"))
+            #expect(spans[1].attributes["memcached.keys"]?.toSpanAttribute() == .stringArray(["a", "b", "c"]))
+            #expect(spans[1].attributes["db.operation.batch.size"]?.toSpanAttribute() == .int64(3))
+            #expect(spans[2].attributes["db.operation.batch.size"] == nil, "one key is not a batch")
+            await client.close()
+        }
     }
 
     // MARK: - A logger per call

@@ -1,3 +1,4 @@
+import Logging
 import NIOConcurrencyHelpers
 
 /// Decodes a pooled read's hit as its caller's type, in code specialized for it: the value's
@@ -99,6 +100,9 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     /// The hit, decoded while its bytes were valid, kept until the whole reply has been checked.
     private var decoded: Result<(any Sendable)?, any Error>?
 
+    /// Whether the read counts in the metrics: not the second read of a cache-aside lookup.
+    let measured: Bool
+
     /// The value decoded from the batch's reply, if it had one for this key.
     var decodedValue: Result<(any Sendable)?, any Error>? { decoded }
 
@@ -112,9 +116,16 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
         group != nil ? .getMulti : requiresCAS ? .gets : .get
     }
 
-    init(key: String, requiresCAS: Bool, deadline: ContinuousClock.Instant, decode: @escaping ReadDecoder) {
+    init(
+        key: String,
+        requiresCAS: Bool,
+        measured: Bool = true,
+        deadline: ContinuousClock.Instant,
+        decode: @escaping ReadDecoder
+    ) {
         self.key = key
         self.requiresCAS = requiresCAS
+        self.measured = measured
         self.deadline = deadline
         self.decode = decode
         self.delivery = .caller(AwaitingCaller())
@@ -130,6 +141,7 @@ final class CoalescedRead: BatchedCommand, @unchecked Sendable {
     ) {
         self.key = key
         self.requiresCAS = false
+        self.measured = true
         self.deadline = deadline
         self.decode = decode
         self.delivery = .part(of: group, index: index, answered: NIOLockedValueBox(false))
@@ -345,6 +357,8 @@ protocol BatchedCommand: AnyObject, Sendable {
 final class QueuedWrite: BatchedCommand, @unchecked Sendable {
     /// The key it writes, named in the errors it is answered with.
     let key: String
+    /// The command, as the batch counts it once flushed.
+    let name: MemcachedCommand
     let deadline: ContinuousClock.Instant
     weak var batch: CommandBatch?
     /// The write, run by the batch with its flush held back.
@@ -353,10 +367,12 @@ final class QueuedWrite: BatchedCommand, @unchecked Sendable {
 
     init(
         key: String,
+        name: MemcachedCommand,
         deadline: ContinuousClock.Instant,
         command: @escaping @Sendable (MemcachedConnection) throws -> Bool
     ) {
         self.key = key
+        self.name = name
         self.deadline = deadline
         self.command = command
     }
@@ -469,17 +485,38 @@ final class CommandBatch: ConnectionPool.Waiter, @unchecked Sendable {
     /// before it is sent is not sent.
     private func write(on connection: MemcachedConnection) {
         let sending = writes.filter(\.isWaiting)
+        let handle = connection.handle
+        let start = handle.metrics == nil ? 0 : DeadlineClock.precise()
+        // Each write's outcome is known only after the flush: counted then, below.
+        handle.metricsSuspended = true
+        var results: [Result<Bool, any Error>] = []
+        var thrown: (any Error)?
         do {
-            let results = try connection.handle.withDeadline {
+            results = try handle.withDeadline {
                 try connection.sendEach(sending.count) { index in try sending[index].command(connection) }
             }
-            for (write, result) in zip(sending, results) {
-                write.answer(result)
-            }
         } catch {
-            for write in sending {
-                write.fail(error)
+            thrown = error
+        }
+        handle.metricsSuspended = false
+        if let metrics = handle.metrics {
+            let elapsed = Int64(clamping: DeadlineClock.precise() &- start)
+            for (index, write) in sending.enumerated() {
+                metrics.recordCall(write.name, keys: 1, nanoseconds: elapsed)
+                switch thrown.map(Result.failure) ?? results[index] {
+                case .success(let applied): applied.record(write.name, keys: 1, in: metrics, server: nil)
+                case .failure(let error): metrics.countError(write.name, error)
+                }
             }
+        }
+        if let thrown {
+            for write in sending {
+                write.fail(thrown)
+            }
+            return
+        }
+        for (write, result) in zip(sending, results) {
+            write.answer(result)
         }
     }
 
@@ -490,6 +527,12 @@ final class CommandBatch: ConnectionPool.Waiter, @unchecked Sendable {
         let keys = Array(reads.keys)
         let context = connection.codingContext
         let metrics = connection.handle.metrics
+        if connection.handle.traceEnabled {
+            connection.handle.logger.trace(
+                "memcached coalesced reads",
+                metadata: ["command": "get_multi", "keys": "\(keys.count)", "reads": "\(count - writes.count)"]
+            )
+        }
         let start = metrics == nil ? 0 : DeadlineClock.precise()
         let failures: [String: MemcachedError]
         do {
@@ -526,7 +569,7 @@ final class CommandBatch: ConnectionPool.Waiter, @unchecked Sendable {
         let elapsed = Int64(clamping: DeadlineClock.precise() &- start)
         var groups = Set<ObjectIdentifier>()
         for (key, reads) in reads {
-            for read in reads where read.isWaiting {
+            for read in reads where read.isWaiting && read.measured {
                 let command = read.command
                 if let error = error ?? failures[key] {
                     metrics.countError(command, error)

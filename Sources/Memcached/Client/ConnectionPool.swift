@@ -213,6 +213,8 @@ final class ConnectionPool: Sendable {
         var formingBatch: CommandBatch?
         /// Commands in batches waiting for a connection.
         var queuedCommands = 0
+        /// What the pool's gauges last reported (``withState(_:)``).
+        var reportedGauges = PoolGauges()
         /// Batches served, and the commands they served.
         var batchesServed = 0
         var commandsServedInBatches = 0
@@ -233,7 +235,9 @@ final class ConnectionPool: Sendable {
     let maximumBatchSize: Int
     private let logger: Logger
     /// The client's metrics, shared with every connection; `nil` when they go nowhere.
-    private let metrics: CommandMetrics?
+    let metrics: CommandMetrics?
+    /// The pool's gauges, with ``metrics``.
+    private let poolMetrics: PoolMetrics?
     private let threadPool: NIOThreadPool
     /// Threads for tasks that want their commands run where they are (``MemcachedClient/taskExecutor``).
     let taskExecutor: ClientTaskExecutor
@@ -265,6 +269,7 @@ final class ConnectionPool: Sendable {
         self.waitTimeout = min(waitTimeout, .seconds(100 * 365 * 86_400))
         self.logger = configuration.logger
         self.metrics = template.metrics
+        self.poolMetrics = template.metrics?.poolMetrics()
         let machine = PoolStateMachine<PooledConnection, WaiterID>(
             maximumConnections: maximumConnections,
             waitTimeout: self.waitTimeout
@@ -538,9 +543,17 @@ final class ConnectionPool: Sendable {
         decode: @escaping ReadDecoder
     ) async throws -> (any Sendable)? {
         try Task.checkCancellation()
-        // An invalid key fails alone, never the batch it would join.
+        // An invalid key fails alone, never the batch it would join; counted here, since no
+        // connection sees it.
         var bytes = key
-        try bytes.withUTF8 { _ = try validateKey($0, key: key) }
+        do {
+            try bytes.withUTF8 { _ = try validateKey($0, key: key) }
+        } catch {
+            if context.measured {
+                metrics?.countError(requiresCAS ? .gets : .get, error)
+            }
+            throw error
+        }
         if let connection = try withState({ try immediateConnection(&$0) }) {
             return try await runImmediately(
                 connection,
@@ -550,6 +563,7 @@ final class ConnectionPool: Sendable {
         let read = CoalescedRead(
             key: key,
             requiresCAS: requiresCAS,
+            measured: context.measured,
             deadline: .now.advanced(by: waitTimeout),
             decode: decode
         )
@@ -564,17 +578,21 @@ final class ConnectionPool: Sendable {
     ///
     /// - Parameters:
     ///   - key: The key it writes, named in the errors it may be answered with.
+    ///   - name: The command, as the batch counts it in the metrics once it is flushed.
     ///   - command: The write on a connection; in a batch, its flush is held back.
     /// - Returns: What `command` returned, once its bytes are written.
     /// - Throws: As ``withConnection(_:)`` does, and the write's own failure, or the failure that
     ///   leaves it unknown whether it arrived (``MemcachedConnection/sendEach(_:stopsOn:_:)``).
-    func write(_ key: String, _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool) async throws -> Bool
-    {
+    func write(
+        _ key: String,
+        as name: MemcachedCommand,
+        _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool
+    ) async throws -> Bool {
         try Task.checkCancellation()
         if let connection = try withState({ try immediateConnection(&$0) }) {
             return try await runImmediately(connection, command)
         }
-        let write = QueuedWrite(key: key, deadline: .now.advanced(by: waitTimeout), command: command)
+        let write = QueuedWrite(key: key, name: name, deadline: .now.advanced(by: waitTimeout), command: command)
         return try await joinAndWait([write], handingOver: write.wait(with:), cancel: write.cancel)
     }
 
@@ -620,12 +638,14 @@ final class ConnectionPool: Sendable {
     /// their own instead: split over batches, they would cost a hand-off and a round trip each.
     ///
     /// - Parameters:
+    ///   - keyCount: The caller's keys, counted as failed when they fail the checks.
     ///   - prepareKeys: Checks the keys and returns them without repeats, as the caller knows
     ///     them and as sent (prefixed); called only when no connection is free.
     ///   - decode: Decodes a hit as the caller's type.
     ///   - alone: The caller's own multi-get, for a connection of its own.
     @usableFromInline
     func readMany<Alone: Sendable>(
+        keyCount: Int,
         _ prepareKeys: () throws -> (keys: [String], sent: [String]),
         decode: @escaping ReadDecoder,
         alone: @escaping @Sendable (MemcachedConnection) throws -> Alone
@@ -634,7 +654,14 @@ final class ConnectionPool: Sendable {
         if let connection = try withState({ try immediateConnection(&$0) }) {
             return .alone(try await runImmediately(connection, alone))
         }
-        let (keys, sent) = try prepareKeys()
+        let (keys, sent): ([String], [String])
+        do {
+            (keys, sent) = try prepareKeys()
+        } catch {
+            // Counted here, since no connection sees the call.
+            metrics?.countError(.getMulti, error, by: keyCount)
+            throw error
+        }
         guard sent.count <= maximumBatchSize else {
             return .alone(try await withConnection(alone))
         }
@@ -745,7 +772,7 @@ final class ConnectionPool: Sendable {
             state.batchesServed += 1
             state.commandsServedInBatches += batch.count
         }
-        metrics?.recordBatch(commands: batch.count)
+        poolMetrics?.recordBatch(commands: batch.count)
         let outcome = connection.run({ try batch.serve(on: $0) }, cancellation: LeaseCancellation())
         if case .failure(let error) = outcome.result {
             batch.fail(error)
@@ -1007,19 +1034,24 @@ final class ConnectionPool: Sendable {
         }
     }
 
-    /// Changes the pool's state under its lock, then reports the gauges of what it changed
-    /// (``MemcachedMetrics``): the one way the pool's state changes.
+    /// Changes the pool's state under its lock, then, when its gauges changed, reports them
+    /// (``MemcachedMetrics``): the one way the pool's state changes. Reported under the lock, so
+    /// that two changes cannot report out of order and leave a stale value.
     @inline(__always)
     private func withState<Result>(_ body: (inout State) throws -> Result) rethrows -> Result {
         try state.withLockedValue { state in
             defer {
-                if let metrics {
-                    metrics.recordPool(
+                if let poolMetrics {
+                    let gauges = PoolGauges(
                         open: state.machine.openConnections,
                         leased: state.machine.openConnections - state.machine.idleCount,
                         waitingLeases: state.machine.waiterCount,
                         queuedCommands: state.queuedCommands
                     )
+                    if gauges != state.reportedGauges {
+                        state.reportedGauges = gauges
+                        poolMetrics.record(gauges)
+                    }
                 }
             }
             return try body(&state)

@@ -1,4 +1,4 @@
-import Logging
+public import Logging
 import Synchronization
 
 extension MemcachedClient {
@@ -22,8 +22,12 @@ extension MemcachedClient {
     /// - Nobody waits for ever: after `loadTimeout` a waiting caller loads for itself.
     ///
     /// The cache never makes the call fail: a read that fails is a miss, a store that fails is
-    /// logged (``MemcachedConfiguration/logger``, warning level) and the loaded value still
-    /// returned; a stored value that does not decode as `type` is replaced.
+    /// logged (to `logger`, warning level) and the loaded value still returned; a stored value
+    /// that does not decode as `type` is replaced.
+    ///
+    /// In the metrics (``MemcachedMetrics``) the call is its first `get`, and, when it loads, its
+    /// `set`: the lock's commands and the read taken again under the lock are the library's own
+    /// and are not counted.
     ///
     /// - Parameters:
     ///   - key: The key.
@@ -31,6 +35,8 @@ extension MemcachedClient {
     ///   - expiration: When a loaded value expires.
     ///   - loadTimeout: How long a caller waits for another's load before loading itself, and the
     ///     lifetime of the lock key (rounded up to whole seconds). The default is 10 seconds.
+    ///   - logger: The logger for what the call logs, such as a request's logger with its
+    ///     metadata; `nil` for ``MemcachedConfiguration/logger``.
     ///   - load: Loads the value on a miss. It runs on the calling task, at most once per call.
     /// - Returns: The cached or loaded value.
     /// - Throws: What `load` throws (here or in the task of this client that loaded for this
@@ -41,12 +47,20 @@ extension MemcachedClient {
         as type: Value.Type = Value.self,
         orSet expiration: MemcachedExpiration,
         loadTimeout: Duration = .seconds(10),
+        logger: Logger? = nil,
         load: () async throws -> Value
     ) async throws -> Value {
-        try await cacheAside(key, as: type, expiration: expiration, loadTimeout: loadTimeout, load: load).value
+        try await cacheAside(
+            key,
+            as: type,
+            expiration: expiration,
+            loadTimeout: loadTimeout,
+            logger: logger,
+            load: load
+        ).value
     }
 
-    /// ``get(_:as:orSet:loadTimeout:load:)``, reporting where the value came from and what the
+    /// ``get(_:as:orSet:loadTimeout:logger:load:)``, reporting where the value came from and what the
     /// cache said on the way: for a program that tells its users whether memcached answered
     /// (the FilmCache example prints "Loaded data from memcached" or "memcached was not updated").
     ///
@@ -59,15 +73,16 @@ extension MemcachedClient {
     /// }
     /// ```
     ///
-    /// - Parameters: As ``get(_:as:orSet:loadTimeout:load:)``; `expiration` is its `orSet`.
+    /// - Parameters: As ``get(_:as:orSet:loadTimeout:logger:load:)``; `expiration` is its `orSet`.
     /// - Returns: The value, its source, the error of a read taken for a miss, and the outcome of
     ///   the store when this call loaded.
-    /// - Throws: As ``get(_:as:orSet:loadTimeout:load:)``.
+    /// - Throws: As ``get(_:as:orSet:loadTimeout:logger:load:)``.
     public func cacheAside<Value: MemcachedValue & Sendable>(
         _ key: String,
         as type: Value.Type = Value.self,
         expiration: MemcachedExpiration,
         loadTimeout: Duration = .seconds(10),
+        logger: Logger? = nil,
         load: () async throws -> Value
     ) async throws -> MemcachedCacheAsideResult<Value> {
         var readError: MemcachedError?
@@ -77,7 +92,7 @@ extension MemcachedClient {
         ) -> MemcachedCacheAsideResult<Value> {
             MemcachedCacheAsideResult(value: value, source: source, readError: readError, store: nil)
         }
-        if let cached = try await cachedValue(key, as: type, readError: &readError) {
+        if let cached = try await cachedValue(key, as: type, logger: logger, measured: true, readError: &readError) {
             return result(cached, .cache)
         }
         var role = loadFlights.join(key)
@@ -92,20 +107,32 @@ extension MemcachedClient {
                 case .value, .abandoned:
                     // Another type under the same key, or a load given up by its cancelled task.
                     try Task.checkCancellation()
-                    if let cached = try await cachedValue(key, as: type, readError: &readError) {
+                    if let cached = try await cachedValue(
+                        key,
+                        as: type,
+                        logger: logger,
+                        measured: false,
+                        readError: &readError
+                    ) {
                         return result(cached, .cache)
                     }
                     role = loadFlights.join(key)
                 case .timedOut:
                     // The load outlived loadTimeout: one of its waiters loads instead, for all.
                     try Task.checkCancellation()
-                    if let cached = try await cachedValue(key, as: type, readError: &readError) {
+                    if let cached = try await cachedValue(
+                        key,
+                        as: type,
+                        logger: logger,
+                        measured: false,
+                        readError: &readError
+                    ) {
                         return result(cached, .cache)
                     }
                     switch loadFlights.takeOver(key, from: flight) {
                     case .leader(let replacement):
                         var loaded = try await lead(replacement, key) {
-                            try await loadAndStore(key, expiration: expiration, load: load, loaded: $0)
+                            try await loadAndStore(key, expiration: expiration, logger: logger, load: load, loaded: $0)
                         }
                         loaded.readError = readError
                         return loaded
@@ -120,6 +147,7 @@ extension MemcachedClient {
                         as: type,
                         expiration,
                         loadTimeout,
+                        logger,
                         load,
                         readError: &readError,
                         loaded: loaded
@@ -151,15 +179,23 @@ extension MemcachedClient {
 
     /// A hit, or `nil` for a miss, an undecodable value, or a read that failed (its error kept in
     /// `readError` and logged).
+    ///
+    /// The first read of a lookup is the caller's `get` (`measured`); later ones are the
+    /// library's own.
     private func cachedValue<Value: MemcachedValue & Sendable>(
         _ key: String,
         as type: Value.Type,
+        logger: Logger?,
+        measured: Bool,
         readError: inout MemcachedError?
     ) async throws -> Value? {
         do {
-            return try await get(key, as: type)
+            if measured {
+                return try await get(key, as: type, logger: logger)
+            }
+            return try await get(key, as: type, context: .unmeasured(logger: logger))
         } catch let error as MemcachedError where error.code != .poolClosed && !error.code.failsTheWholeCall {
-            configuration.logger.debug(
+            (logger ?? configuration.logger).debug(
                 "memcached cache-aside read failed; loading instead",
                 metadata: ["code": "\(error.code)"]
             )
@@ -175,32 +211,35 @@ extension MemcachedClient {
         as type: Value.Type,
         _ expiration: MemcachedExpiration,
         _ loadTimeout: Duration,
+        _ logger: Logger?,
         _ load: () async throws -> Value,
         readError: inout MemcachedError?,
         loaded: (Value) -> Void
     ) async throws -> MemcachedCacheAsideResult<Value> {
-        let lock = CacheAsideLock(key: key, lifetime: loadTimeout)
+        let lock = CacheAsideLock(key: key, lifetime: loadTimeout, logger: logger)
         let clock = ContinuousClock()
         let deadline = clock.now + loadTimeout
         var pause = Duration.milliseconds(5)
         while !(try await lock.acquire(with: self)) {
             // Another process loads: its value, or the end of its lock, is what to wait for.
             guard clock.now < deadline else {
-                return try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
+                return try await loadAndStore(key, expiration: expiration, logger: logger, load: load, loaded: loaded)
             }
             try await Task.sleep(for: pause)
             pause = min(pause * 2, .milliseconds(100))
-            if let cached = try await cachedValue(key, as: type, readError: &readError) {
+            if let cached = try await cachedValue(key, as: type, logger: logger, measured: false, readError: &readError)
+            {
                 return MemcachedCacheAsideResult(value: cached, source: .loadedByAnotherProcess)
             }
         }
         do {
             // The value may have been stored between the miss and the lock.
             let result: MemcachedCacheAsideResult<Value>
-            if let cached = try await cachedValue(key, as: type, readError: &readError) {
+            if let cached = try await cachedValue(key, as: type, logger: logger, measured: false, readError: &readError)
+            {
                 result = MemcachedCacheAsideResult(value: cached, source: .loadedByAnotherProcess)
             } else {
-                result = try await loadAndStore(key, expiration: expiration, load: load, loaded: loaded)
+                result = try await loadAndStore(key, expiration: expiration, logger: logger, load: load, loaded: loaded)
             }
             await lock.release(with: self)
             return result
@@ -216,6 +255,7 @@ extension MemcachedClient {
     private func loadAndStore<Value: MemcachedValue & Sendable>(
         _ key: String,
         expiration: MemcachedExpiration,
+        logger: Logger?,
         load: () async throws -> Value,
         loaded: (Value) -> Void
     ) async throws -> MemcachedCacheAsideResult<Value> {
@@ -223,7 +263,7 @@ extension MemcachedClient {
         loaded(value)
         let store: MemcachedKeyOutcome
         do {
-            store = try await set(key, value, expiration: expiration) ? .applied : .declined
+            store = try await set(key, value, expiration: expiration, logger: logger) ? .applied : .declined
         } catch {
             // Only cancellation throws something else here (encoders' errors arrive as
             // `unencodableValue`); it is reported as the library's own calls report a call
@@ -234,7 +274,7 @@ extension MemcachedClient {
             )
         }
         if store != .applied {
-            configuration.logger.warning(
+            (logger ?? configuration.logger).warning(
                 "memcached cache-aside: the loaded value was not stored",
                 metadata: ["outcome": "\(store)"]
             )
@@ -243,7 +283,7 @@ extension MemcachedClient {
     }
 }
 
-/// What a cache-aside call did (``MemcachedClient/cacheAside(_:as:expiration:loadTimeout:load:)``):
+/// What a cache-aside call did (``MemcachedClient/cacheAside(_:as:expiration:loadTimeout:logger:load:)``):
 /// where its value came from, and what memcached said on the way.
 public struct MemcachedCacheAsideResult<Value: Sendable>: Sendable {
     /// Where a cache-aside value came from.
@@ -289,8 +329,11 @@ struct CacheAsideLock: Sendable {
     let token: String
     /// The lock's expiration: a holder that dies releases it this late.
     let lifetime: MemcachedExpiration
+    /// The lock's commands: the library's own, logged to the caller's logger and not counted.
+    let context: CallContext
 
-    init(key: String, lifetime: Duration) {
+    init(key: String, lifetime: Duration, logger: Logger?) {
+        context = .unmeasured(logger: logger)
         let suffixed = key + ".cache-aside-lock"
         if suffixed.utf8.count <= maximumKeyLength {
             self.key = suffixed
@@ -311,7 +354,7 @@ struct CacheAsideLock: Sendable {
     /// cache that does not answer).
     func acquire(with client: MemcachedClient) async throws -> Bool {
         do {
-            return try await client.add(key, token, expiration: lifetime, compression: .never)
+            return try await client.add(key, token, expiration: lifetime, compression: .never, context: context)
         } catch let error as MemcachedError where error.code != .poolClosed {
             return true
         }
@@ -325,8 +368,9 @@ struct CacheAsideLock: Sendable {
             Task { await release(with: client) }
             return
         }
-        guard (try? await client.get(key, as: String.self)) == token else { return }
-        _ = try? await client.delete(key)
+        guard (try? await client.get(key, as: String.self, context: context)) == token else { return }
+        let key = key
+        _ = try? await client.withConnection(context) { try $0.delete(key) }
     }
 }
 

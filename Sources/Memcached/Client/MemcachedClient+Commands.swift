@@ -30,14 +30,24 @@ extension MemcachedClient {
         logger: Logger? = nil
     ) async throws -> Value? {
         try await call(.get, key: key, logger: logger) { context in
-            guard options.coalescesReads else {
-                return try await withConnection(context) { try $0.get(key, as: type) }
-            }
-            let value = try await pool.read(key, context: context) { bytes, flags, _, context in
-                try Value(memcachedBytes: bytes, flags: flags, context: context)
-            }
-            return value.map { $0 as! Value }
+            try await get(key, as: type, context: context)
         }
+    }
+
+    /// ``get(_:as:logger:)`` in its call.
+    @inlinable
+    func get<Value: MemcachedValue & Sendable>(
+        _ key: String,
+        as type: Value.Type,
+        context: CallContext
+    ) async throws -> Value? {
+        guard options.coalescesReads else {
+            return try await withConnection(context) { try $0.get(key, as: type) }
+        }
+        let value = try await pool.read(key, context: context) { bytes, flags, _, context in
+            try Value(memcachedBytes: bytes, flags: flags, context: context)
+        }
+        return value.map { $0 as! Value }
     }
 
     /// Reads many keys in one round trip per server, as python-memcached's `get_multi`.
@@ -68,7 +78,7 @@ extension MemcachedClient {
         logger: Logger? = nil
     ) async throws -> MemcachedGetMultiResult<Value> {
         let keys = Array(keys)
-        return try await call(.getMulti, keys: keys, logger: logger) { context in
+        return try await call(.getMulti, keyCount: keys.count, keys: keys, logger: logger) { context in
             try await getMulti(keys, keyPrefix: keyPrefix, as: type, context: context)
         }
     }
@@ -86,6 +96,7 @@ extension MemcachedClient {
             return try await withConnection(alone)
         }
         let outcome = try await pool.readMany(
+            keyCount: keys.count,
             { try Self.coalescedKeys(keys, keyPrefix: keyPrefix) },
             decode: { bytes, flags, _, context in
                 try Value(memcachedBytes: bytes, flags: flags, context: context)
@@ -217,7 +228,7 @@ extension MemcachedClient {
         logger: Logger? = nil
     ) async throws -> Bool {
         try await call(.set, key: key, logger: logger) { context in
-            try await write(key, context) {
+            try await write(.set, key, context) {
                 try $0.set(key, value, expiration: expiration, compression: compression, noReply: noReply)
             }
         }
@@ -225,7 +236,8 @@ extension MemcachedClient {
 
     /// Runs a single-key write: in a batch when writes are batched (``batchesWrites``), else on a
     /// connection of its own.
-    private func write(
+    func write(
+        _ name: MemcachedCommand,
         _ key: String,
         _ context: CallContext,
         _ command: @escaping @Sendable (MemcachedConnection) throws -> Bool
@@ -233,7 +245,11 @@ extension MemcachedClient {
         guard batchesWrites else {
             return try await withConnection(context, command)
         }
-        return try await pool.write(key, context.applied(to: command))
+        // In a batch, the write may be sent after its caller has left (cancelled): its span,
+        // ended by then, is not handed over; the batch counts it in the metrics once flushed.
+        var batched = context
+        batched.span = nil
+        return try await pool.write(key, as: name, batched.applied(to: command))
     }
 
     /// Stores many values, as python-memcached's `set_multi`.
@@ -260,7 +276,7 @@ extension MemcachedClient {
         noReply: Bool = false,
         logger: Logger? = nil
     ) async throws -> [String: MemcachedKeyOutcome] {
-        try await call(.setMulti, keys: Array(items.keys), logger: logger) { context in
+        try await call(.setMulti, keyCount: items.count, keys: Array(items.keys), logger: logger) { context in
             try await withConnection(context) {
                 try $0.setMulti(
                     items,
@@ -294,10 +310,19 @@ extension MemcachedClient {
         logger: Logger? = nil
     ) async throws -> Bool {
         try await call(.add, key: key, logger: logger) { context in
-            try await withConnection(context) {
-                try $0.add(key, value, expiration: expiration, compression: compression)
-            }
+            try await add(key, value, expiration: expiration, compression: compression, context: context)
         }
+    }
+
+    /// ``add(_:_:expiration:compression:logger:)`` in its call.
+    func add<Value: MemcachedValue & Sendable>(
+        _ key: String,
+        _ value: Value,
+        expiration: MemcachedExpiration,
+        compression: MemcachedCompression,
+        context: CallContext
+    ) async throws -> Bool {
+        try await withConnection(context) { try $0.add(key, value, expiration: expiration, compression: compression) }
     }
 
     /// Stores a value only if the key already holds one, as python-memcached's `replace`.
@@ -441,7 +466,7 @@ extension MemcachedClient {
     @discardableResult
     public func delete(_ key: String, noReply: Bool = false, logger: Logger? = nil) async throws -> Bool {
         try await call(.delete, key: key, logger: logger) { context in
-            try await write(key, context) { try $0.delete(key, noReply: noReply) }
+            try await write(.delete, key, context) { try $0.delete(key, noReply: noReply) }
         }
     }
 
@@ -465,7 +490,7 @@ extension MemcachedClient {
         logger: Logger? = nil
     ) async throws -> [String: MemcachedKeyOutcome] {
         let keys = Array(keys)
-        return try await call(.deleteMulti, keys: keys, logger: logger) { context in
+        return try await call(.deleteMulti, keyCount: keys.count, keys: keys, logger: logger) { context in
             try await withConnection(context) { try $0.deleteMulti(keys, keyPrefix: keyPrefix, noReply: noReply) }
         }
     }

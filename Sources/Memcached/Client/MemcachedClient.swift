@@ -53,7 +53,7 @@
 ///
 /// ### Reading
 /// - ``get(_:as:logger:)``
-/// - ``get(_:as:orSet:loadTimeout:load:)``
+/// - ``get(_:as:orSet:loadTimeout:logger:load:)``
 /// - ``getMulti(_:keyPrefix:as:logger:)``
 /// - ``coalescedMultiGetLimit``
 /// - ``gets(_:as:logger:)``

@@ -231,7 +231,7 @@ public final class MemcachedConnection {
         if handle.traceEnabled {
             handle.logger.trace("memcached command", metadata: ["command": "\(command.name)", "keys": "\(keys)"])
         }
-        guard let metrics = handle.metrics else {
+        guard let metrics = handle.metrics, !handle.metricsSuspended else {
             guard handle.callSpan != nil else { return try body() }
             return try withServerOnSpan(key: key, body)
         }
@@ -257,28 +257,43 @@ public final class MemcachedConnection {
         }
         let elapsed = DeadlineClock.precise() &- start
         metrics.recordCall(command, keys: keys, nanoseconds: Int64(clamping: elapsed))
-        let server = metrics.labelsServers ? key.flatMap(server(ofValidKey:)) : nil
         switch result {
         case .success(let value):
+            let server = metrics.labelsServers ? key.flatMap { serverName(ofKey: $0, after: nil) } : nil
             value.record(command, keys: keys, in: metrics, server: server)
         case .failure(let error):
+            // A client call whose task was cancelled counts its cancellation itself, once
+            // (``MemcachedClient/call(_:key:keyCount:keys:logger:_:)``).
+            guard !handle.deadline.isCancelled else { break }
+            let server = metrics.labelsServers ? key.flatMap { serverName(ofKey: $0, after: error) } : nil
             metrics.countError(command, error, by: command.isMultiKey ? keys : 1, server: server)
         }
         return try result.get()
     }
 
     /// Runs `body`, then, when the caller has a span and the command has one key, names the
-    /// key's server on it (`server.address`, `server.port`).
+    /// key's server on it (`server.address`, `server.port`), whether the command succeeded or not.
     private func withServerOnSpan<Result>(key: String?, _ body: () throws -> Result) throws -> Result {
-        let result = try body()
-        if let span = handle.callSpan, let key, let server = server(ofValidKey: key) {
-            ServerAddress(server).annotate(span)
+        guard let span = handle.callSpan, let key else { return try body() }
+        do {
+            let result = try body()
+            serverName(ofKey: key, after: nil).map { ServerAddress($0).annotate(span) }
+            return result
+        } catch {
+            serverName(ofKey: key, after: error).map { ServerAddress($0).annotate(span) }
+            throw error
         }
-        return result
     }
 
-    /// The server a key that passed the checks maps to, as `host:port`.
-    private func server(ofValidKey key: String) -> String? {
+    /// The server a command's key maps to, as `host:port`: the one its error names, or the key's
+    /// by the hash; `nil` for a key that failed the checks, which names no server.
+    private func serverName(ofKey key: String, after error: (any Error)?) -> String? {
+        if let error = error as? MemcachedError {
+            if let server = error.server { return server }
+            if error.code == .emptyKey || error.code == .keyTooLong || error.code == .invalidKeyCharacters {
+                return nil
+            }
+        }
         var key = key
         return key.withUTF8 { handle.serverDescription(forKey: $0) }
     }

@@ -907,6 +907,9 @@ extension Handle {
             do {
                 let handle = try Handle(configuration: single, parentDeadline: deadline)
                 defer { handle.close() }
+                // It logs where the call logs: to the caller's logger, when the call has one.
+                handle.logger = logger
+                handle.traceEnabled = traceEnabled
                 let result = try handle.withDeadline(inheriting: inherited) { try body(handle) }
                 return MemcachedServerResult(server: server.address.description, result: .success(result))
             } catch let error as CancellationError {

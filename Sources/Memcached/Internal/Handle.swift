@@ -42,6 +42,10 @@ final class Handle {
     /// key's server; `nil` outside a traced call.
     var callSpan: (any Span)?
 
+    /// Whether the command running now is left out of the metrics: one the library runs for
+    /// itself, or a coalesced write, whose outcome its batch records once it is flushed.
+    var metricsSuspended = false
+
     /// An object the C handle points into without owning it (the box of a custom hash function,
     /// whose pointer libhashkit copies into every clone and never releases). Every handle that
     /// carries the pointer holds the object, so it lives exactly as long as the last such handle.

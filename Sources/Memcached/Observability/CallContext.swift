@@ -8,6 +8,9 @@ struct CallContext: Sendable {
     @usableFromInline var logger: Logger?
     /// The call's span, which its command annotates with the key's server.
     var span: (any Span)?
+    /// Whether the call's commands count in the metrics: not for the lock and the second read of
+    /// a cache-aside lookup, which are the library's own commands, not the caller's.
+    @usableFromInline var measured = true
 
     @usableFromInline
     init(logger: Logger?) {
@@ -19,7 +22,16 @@ struct CallContext: Sendable {
         self.span = span
     }
 
-    var isEmpty: Bool { logger == nil && span == nil }
+    /// A context for the library's own commands on behalf of a call: logged to its logger, not
+    /// counted, no span of their own.
+    static func unmeasured(logger: Logger?) -> CallContext {
+        var context = CallContext(logger: logger)
+        context.measured = false
+        return context
+    }
+
+    @usableFromInline
+    var isEmpty: Bool { logger == nil && span == nil && measured }
 
     /// `body`, run with this call's logger and span on the connection it is given.
     @usableFromInline
@@ -41,13 +53,19 @@ extension MemcachedConnection {
             handle.logger = callLogger
             handle.traceEnabled = callLogger.logLevel <= .trace
         }
+        let suspended = handle.metricsSuspended
         handle.callSpan = context.span
+        handle.metricsSuspended = suspended || !context.measured
         defer {
             handle.logger = logger
             handle.traceEnabled = traceEnabled
             handle.callSpan = nil
+            handle.metricsSuspended = suspended
         }
-        return try body()
+        guard let span = context.span else { return try body() }
+        // The call's span is the current context of what its command logs on this thread, so
+        // that a logger's metadata provider (a trace ID) sees it here too.
+        return try InstrumentationContext.withValue(span.context) { try body() }
     }
 }
 
@@ -86,27 +104,57 @@ struct ServerAddress {
 extension MemcachedClient {
     /// Runs one command of the client as its caller's call: with the caller's `logger` for what
     /// it logs and, when tracing is on, in a span of its own (``MemcachedTracing``), which
-    /// records the call's error. The one place client commands are traced.
+    /// records the call's error. The one place client commands are traced; it also counts the
+    /// failures that never reached a connection (``countFailure(_:keys:_:)``).
+    ///
+    /// - Parameters:
+    ///   - key: The key of a single-key command.
+    ///   - keyCount: The keys of a multi-key command.
+    ///   - keys: The keys of a multi-key command, built only for a span that records them.
     @inlinable
     func call<Result>(
         _ command: MemcachedCommand,
         key: String? = nil,
-        keys: [String]? = nil,
+        keyCount: Int = 1,
+        keys: @autoclosure () -> [String] = [],
         logger: Logger?,
         _ body: (CallContext) async throws -> Result
     ) async throws -> Result {
         guard let tracer = tracing.tracer else {
-            return try await body(CallContext(logger: logger))
+            do {
+                return try await body(CallContext(logger: logger))
+            } catch {
+                countFailure(command, keys: keyCount, error)
+                throw error
+            }
         }
-        return try await traced(command, key: key, keys: keys, logger: logger, tracer: tracer, body)
+        return try await traced(command, key: key, keyCount: keyCount, keys: keys, logger: logger, tracer: tracer, body)
     }
 
-    /// The rest of ``call(_:key:keys:logger:_:)`` with a tracer.
+    /// Counts a failure of a call that never ran on a connection: the wait for one timed out,
+    /// the client was closed, or the task was cancelled (which a command it interrupted leaves
+    /// to this count). Failures of a command on a connection were counted there.
+    @usableFromInline
+    func countFailure(_ command: MemcachedCommand, keys: Int, _ error: any Error) {
+        guard let metrics = pool.metrics else { return }
+        switch error {
+        case is CancellationError:
+            break
+        case let error as MemcachedError where error.code == .poolTimeout || error.code == .poolClosed:
+            break
+        default:
+            return
+        }
+        metrics.countError(command, error, by: command.isMultiKey ? keys : 1)
+    }
+
+    /// The rest of ``call(_:key:keyCount:keys:logger:_:)`` with a tracer.
     @usableFromInline
     func traced<Result>(
         _ command: MemcachedCommand,
         key: String?,
-        keys: [String]?,
+        keyCount: Int,
+        keys: () -> [String],
         logger: Logger?,
         tracer: any Tracer,
         _ body: (CallContext) async throws -> Result
@@ -115,8 +163,8 @@ extension MemcachedClient {
         defer { span.end() }
         span.attributes["db.system.name"] = "memcached"
         span.attributes["db.operation.name"] = command.name
-        if let keys, keys.count >= 2 {
-            span.attributes["db.operation.batch.size"] = keys.count
+        if command.isMultiKey, keyCount >= 2 {
+            span.attributes["db.operation.batch.size"] = keyCount
         }
         if let onlyServer = tracing.onlyServer {
             onlyServer.annotate(span)
@@ -124,9 +172,8 @@ extension MemcachedClient {
         if tracing.recordsKeys {
             if let key {
                 span.attributes["memcached.key"] = key
-            }
-            if let keys {
-                span.attributes["memcached.keys"] = keys
+            } else if command.isMultiKey {
+                span.attributes["memcached.keys"] = keys()
             }
         }
         do {
@@ -134,9 +181,10 @@ extension MemcachedClient {
             let spanForServer = key != nil && tracing.onlyServer == nil ? span : nil
             return try await body(CallContext(logger: logger, span: spanForServer))
         } catch {
+            countFailure(command, keys: keyCount, error)
             span.recordError(error)
             span.setStatus(SpanStatus(code: .error))
-            span.attributes["error.type"] = (error as? MemcachedError)?.code.description ?? "\(type(of: error))"
+            span.attributes["error.type"] = CommandMetrics.errorLabel(error)
             throw error
         }
     }

@@ -166,12 +166,6 @@ final class CommandMetrics: Sendable {
     /// Counters made on first use: errors by code, and outcomes by server.
     private let lazyCounters = NIOLockedValueBox<[[String]: Counter]>([:])
 
-    private let connectionsOpen: Gauge
-    private let connectionsLeased: Gauge
-    private let waitingLeases: Gauge
-    private let queuedCommands: Gauge
-    private let batchCommands: Recorder
-
     static let outcomesLabel = "memcached_command_outcomes_total"
 
     /// The handles for `settings`, or `nil` when they would go nowhere: no factory configured and
@@ -219,11 +213,6 @@ final class CommandMetrics: Sendable {
                     factory: factory
                 ) : nil
         }
-        connectionsOpen = Gauge(label: "memcached_pool_connections_open", dimensions: dimensions, factory: factory)
-        connectionsLeased = Gauge(label: "memcached_pool_connections_leased", dimensions: dimensions, factory: factory)
-        waitingLeases = Gauge(label: "memcached_pool_waiting_leases", dimensions: dimensions, factory: factory)
-        queuedCommands = Gauge(label: "memcached_pool_queued_commands", dimensions: dimensions, factory: factory)
-        batchCommands = Recorder(label: "memcached_pool_batch_commands", dimensions: dimensions, factory: factory)
     }
 
     /// Counts `count` outcomes of `command`; by server too when ``labelsServers`` and `server`
@@ -240,18 +229,19 @@ final class CommandMetrics: Sendable {
     /// Counts `count` failures of `command` with `error`'s code.
     func countError(_ command: MemcachedCommand, _ error: any Error, by count: Int = 1, server: String? = nil) {
         guard count > 0 else { return }
-        let code: String
-        var server = server
+        let server = (error as? MemcachedError)?.server ?? server
+        lazyCounter([command.name, "error", Self.errorLabel(error), labelsServers ? server ?? "" : ""])
+            .increment(by: Int64(count))
+    }
+
+    /// How metrics and spans name an error: its ``MemcachedError/Code`` name, `cancelled`, or
+    /// `other` for an error of another type.
+    static func errorLabel(_ error: any Error) -> String {
         switch error {
-        case let error as MemcachedError:
-            code = error.code.description
-            server = error.server ?? server
-        case is CancellationError:
-            code = "cancelled"
-        default:
-            code = "other"
+        case let error as MemcachedError: error.code.description
+        case is CancellationError: "cancelled"
+        default: "other"
         }
-        lazyCounter([command.name, "error", code, labelsServers ? server ?? "" : ""]).increment(by: Int64(count))
     }
 
     /// Records one call's time on its connection, and its keys when it is a multi-key call.
@@ -279,16 +269,55 @@ final class CommandMetrics: Sendable {
         }
     }
 
+    /// The gauges of a client's pool, made by the pool: a standalone connection has none.
+    func poolMetrics() -> PoolMetrics {
+        PoolMetrics(factory: factory, dimensions: dimensions)
+    }
+}
+
+/// The gauges of one client's pool. Each metric carries a dimension of its own (`state`, `of`,
+/// `batch`), so that clients with and without ``MemcachedMetrics/dimensions`` can share a backend
+/// that refuses a name with and without labels (swift-prometheus).
+final class PoolMetrics: Sendable {
+    private let connectionsOpen: Gauge
+    private let connectionsLeased: Gauge
+    private let waitingLeases: Gauge
+    private let queuedCommands: Gauge
+    private let batchCommands: Recorder
+
+    init(factory: any MetricsFactory, dimensions: [(String, String)]) {
+        func gauge(_ label: String, _ dimension: (String, String)) -> Gauge {
+            Gauge(label: label, dimensions: [dimension] + dimensions, factory: factory)
+        }
+        connectionsOpen = gauge("memcached_pool_connections", ("state", "open"))
+        connectionsLeased = gauge("memcached_pool_connections", ("state", "leased"))
+        waitingLeases = gauge("memcached_pool_waiting", ("of", "leases"))
+        queuedCommands = gauge("memcached_pool_waiting", ("of", "coalesced_commands"))
+        batchCommands = Recorder(
+            label: "memcached_pool_batch_commands",
+            dimensions: [("batch", "coalesced")] + dimensions,
+            factory: factory
+        )
+    }
+
     /// One coalesced batch, served.
     func recordBatch(commands: Int) {
         batchCommands.record(commands)
     }
 
-    /// The pool's state now, as its gauges.
-    func recordPool(open: Int, leased: Int, waitingLeases: Int, queuedCommands: Int) {
-        connectionsOpen.record(open)
-        connectionsLeased.record(leased)
-        self.waitingLeases.record(waitingLeases)
-        self.queuedCommands.record(queuedCommands)
+    /// The pool's state, as its gauges.
+    func record(_ gauges: PoolGauges) {
+        connectionsOpen.record(gauges.open)
+        connectionsLeased.record(gauges.leased)
+        waitingLeases.record(gauges.waitingLeases)
+        queuedCommands.record(gauges.queuedCommands)
     }
+}
+
+/// What the pool's gauges show.
+struct PoolGauges: Equatable {
+    var open = 0
+    var leased = 0
+    var waitingLeases = 0
+    var queuedCommands = 0
 }

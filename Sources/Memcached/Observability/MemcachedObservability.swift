@@ -12,41 +12,54 @@ public import Tracing
 /// | Metric | Kind | Dimensions | What it counts |
 /// | --- | --- | --- | --- |
 /// | `memcached_command_outcomes_total` | counter | `command`, `outcome`, `error` for errors, `server` when ``labelsServers`` | Outcomes: once per call of a single-key command, once per key of a multi-key one |
-/// | `memcached_command_duration_seconds` | timer | `command` | Each call's time on its connection (a coalesced read: its batch's multi-get) |
-/// | `memcached_keys_per_call` | recorder | `command` | Keys of each `get_multi`, `set_multi` and `delete_multi` |
-/// | `memcached_pool_connections_open` | gauge | | A client's connections: idle, leased or being freed |
-/// | `memcached_pool_connections_leased` | gauge | | Connections running a command or lent to ``MemcachedClient/withConnection(_:)`` |
-/// | `memcached_pool_waiting_leases` | gauge | | Calls (and batches of coalesced commands) waiting for a connection |
-/// | `memcached_pool_queued_commands` | gauge | | Coalesced commands waiting in batches |
-/// | `memcached_pool_batch_commands` | recorder | | Commands served by each coalesced batch |
+/// | `memcached_command_duration_seconds` | timer | `command` | Each call's time on its connection (a coalesced command: its batch's multi-get or flush) |
+/// | `memcached_keys_per_call` | recorder | `command` | Keys of each `get_multi`, `set_multi` and `delete_multi` run on a connection |
+/// | `memcached_pool_connections` | gauge | `state`: `open` (idle, leased or being freed), `leased` | A client's connections |
+/// | `memcached_pool_waiting` | gauge | `of`: `leases` (calls, and batches of coalesced commands, waiting for a connection), `coalesced_commands` | What waits for a connection |
+/// | `memcached_pool_batch_commands` | recorder | `batch`: `coalesced` | Commands served by each coalesced batch |
 ///
 /// `command` is the memcached command: `get`, `gets`, `get_multi`, `set`, `add`, `replace`, `cas`,
 /// `append`, `prepend`, `set_multi`, `touch`, `delete`, `delete_multi`, `incr`, `decr`,
 /// `flush_all`, `stats` or `version`. `outcome` is one of:
 /// - `hit` and `miss`: for reads, `incr` and `decr`, whether the key held a value; for `touch`,
 ///   `delete` and `delete_multi`, whether the key existed.
-/// - `stored` and `not_stored`: for writes. A fire-and-forget write
-///   (``MemcachedConfiguration/noReply``) counts as stored once sent.
-/// - `ok`: `flush_all`, `stats` and `version`.
+/// - `stored` and `not_stored`: for writes.
+/// - `ok`: `flush_all`, `stats` and `version`, once per call; a server that failed a `stats` or
+///   `version` call is also counted, as an `error`.
 /// - `error`: the call, or the key, failed; `error` holds the ``MemcachedError/Code`` name
-///   (such as `timeout`), or `cancelled` or `other` for errors that are not ``MemcachedError``s.
+///   (such as `timeout` or `poolTimeout`), `cancelled` for a client call whose task was
+///   cancelled, or `other` for errors that are not ``MemcachedError``s.
+///
+/// A fire-and-forget write or delete (``MemcachedConfiguration/noReply``) has no answer to count:
+/// once its bytes are written it counts as `stored` (a `delete` as `hit`); one whose bytes may
+/// not have arrived counts as an error.
 ///
 /// A `get` that joined a coalesced batch (``MemcachedClient/Options/coalescesReads``) counts as
-/// the `get` its caller made, not as part of the batch's multi-get.
+/// the `get` its caller made, not as part of the batch's multi-get, and a coalesced
+/// fire-and-forget write once its batch is flushed. Calls that never reached a connection count
+/// too: `poolTimeout`, `poolClosed`, cancellation while waiting, and keys that fail the checks.
+/// ``MemcachedClient/cacheAside(_:as:expiration:loadTimeout:logger:load:)`` counts as its first
+/// `get` and, when it loads, its `set`; its lock and its second read are not counted.
+///
+/// Timers record nanoseconds; memcached answers in well under a millisecond, so give a
+/// histogram backend buckets that small for `memcached_command_duration_seconds`
+/// (swift-prometheus starts at 5 ms by default: see its `durationHistogramBuckets`).
 public struct MemcachedMetrics: Sendable {
     /// The backend; `nil` for the one bootstrapped in `MetricsSystem`, read when a connection or
     /// client is created.
     public var factory: (any MetricsFactory)?
 
-    /// Whether outcome counters also carry a `server` dimension (`host:port`) for single-key
-    /// commands and for errors that name their server.
+    /// Whether outcome counters also carry a `server` dimension (`host:port`): for single-key
+    /// commands, the key's server, and for an error of any command, the server it names.
     ///
     /// Off by default: each server multiplies the outcome series, and finding a key's server
-    /// costs a hash per command. Multi-key commands carry no `server` dimension.
+    /// costs a hash per command. The outcomes of multi-key commands that succeeded carry no
+    /// `server` dimension.
     public var labelsServers: Bool
 
     /// Dimensions added to every metric, such as `[("cluster", "sessions")]`, to tell apart the
-    /// metrics of several clients in one process.
+    /// metrics of several clients in one process: clients with the same dimensions share their
+    /// series, the pool gauges included (the last change of either pool is what they show).
     public var dimensions: [(String, String)]
 
     /// Creates metrics settings.
