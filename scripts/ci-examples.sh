@@ -159,6 +159,18 @@ check "second SQLite run loads the rows from memcached" "$loaded" "$output"
 output=$(MEMCACHED_SERVERS="$servers" "$python" Examples/python/read_top5films.py 2>&1 || true)
 check "python-memcached reads the SQLite rows (servers from MEMCACHED_SERVERS)" "$loaded" "$output"
 
+# QuickStart runs every command but flush_all unless asked: FilmCache's rows survive it.
+swift build --product QuickStart >/dev/null
+quickstart="$(swift build --show-bin-path)/QuickStart"
+output=$(MEMCACHED_SERVERS="$servers" "$quickstart" 2>&1 || true)
+check "QuickStart skips flush_all without --flush" \
+    "flush() skipped: it empties every server, other programs' keys too; run with --flush to include it" \
+    "$(grep '^flush()' <<<"$output")"
+run_filmcache "SQLite, after QuickStart" --servers "$servers"
+check "the rows are still cached after QuickStart" "$loaded" "$output"
+output=$(MEMCACHED_SERVERS="$servers" "$quickstart" --flush 2>&1 || true)
+check "QuickStart --flush flushes" 'get("films") after flush -> nil' "$(grep '^get("films") after flush' <<<"$output")"
+
 # Port 1 on loopback: nothing listens there, so every memcached call fails at once.
 run_filmcache "memcached unreachable" --servers 127.0.0.1:1
 check "without memcached the rows still come from the database" \

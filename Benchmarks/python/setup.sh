@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates Benchmarks/.venv (git-ignored) holding the Python peers of the benchmark, from PyPI.
+# Creates Benchmarks/.venv (git-ignored) holding the Python peers of the benchmark and matplotlib,
+# from PyPI.
 # Does nothing when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ venv=.venv
 requirements=python/requirements.txt
 
 installed() {
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import pylibmc, pymemcache, memcache" 2>/dev/null
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import pylibmc, pymemcache, memcache, matplotlib" 2>/dev/null
 }
 
 installed && exit 0

@@ -9,6 +9,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Memcached
+import Sakila
 
 @main
 struct FilmCache: AsyncParsableCommand {

@@ -1,5 +1,6 @@
 import CMariaDB
 import Foundation
+import Sakila
 
 /// The film table on a MariaDB or MySQL server, read through MariaDB Connector/C (libmariadb).
 struct MariaDBFilmStore: FilmStore {

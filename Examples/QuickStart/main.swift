@@ -2,6 +2,9 @@
 // with Python") against the servers in MEMCACHED_SERVERS, printing what each call returned.
 //
 //     MEMCACHED_SERVERS=127.0.0.1:11211 swift run QuickStart
+//     MEMCACHED_SERVERS=127.0.0.1:11211 swift run QuickStart --flush   # flush_all too: empties every server
+//
+// Without --flush it leaves every other key alone (FilmCache's cached rows among them).
 
 import Foundation
 import Memcached
@@ -82,8 +85,12 @@ do {
     show("versions()", try memc.versions().map { "\($0.server): \($0.result)" })
     show("stats() curr_items", try memc.stats().map { "\($0.server): \((try? $0.result.get())?["curr_items"] ?? "-")" })
     show("server(forKey: \"films\")", try memc.server(forKey: "films"))
-    show("flush()", try memc.flush())
-    show("get(\"films\") after flush", try memc.get("films", as: [Film].self))
+    if CommandLine.arguments.contains("--flush") {
+        show("flush()", try memc.flush())
+        show("get(\"films\") after flush", try memc.get("films", as: [Film].self))
+    } else {
+        print("flush() skipped: it empties every server, other programs' keys too; run with --flush to include it")
+    }
 } catch {
     print("error: \(error)")
     exit(1)

@@ -18,9 +18,9 @@ struct FilmRow: Equatable {
     var specialFeatures: String
 }
 
-enum SampleFilms {
+public enum SampleFilms {
     /// How many films the table holds: "a few hundred", like a small sakila.
-    static let count = 300
+    public static let count = 300
 
     /// The seed's five films (the MySQL manual's python-memcached example), with the seed's ids.
     /// They alone get the highest rental rate, so they are the top five by rental rate with or
@@ -39,7 +39,7 @@ enum SampleFilms {
     /// The query both databases answer, as the seed's
     /// `select film_id,title from film order by rental_rate desc limit 5`, with `film_id` as a
     /// tie-break so that the order never depends on the storage engine.
-    static func topFilmsQuery(limit: Int) -> String {
+    public static func topFilmsQuery(limit: Int) -> String {
         "SELECT film_id, title FROM film ORDER BY rental_rate DESC, film_id LIMIT \(limit)"
     }
 
@@ -74,7 +74,7 @@ enum SampleFilms {
         """
 
     /// The whole script: drop, create, and insert every row, 100 rows a statement.
-    static var sqlScript: String {
+    public static var sqlScript: String {
         var script = """
             -- The sakila-like film table of swift-libmemcached's FilmCache example (\(count) generated films).
             -- FilmCache runs this script to create its SQLite database; `FilmCache --print-sql` prints it.

@@ -1,19 +1,19 @@
 import Foundation
-import GRDB
+public import GRDB
 
 /// The embedded database: a SQLite file, created with the sample film table on first use.
-struct SQLiteFilmStore: FilmStore {
+public struct SQLiteFilmStore: FilmStore, Sendable {
     private let queue: DatabaseQueue
 
     /// Whether opening the store created the film table (first run).
-    let createdTable: Bool
+    public let createdTable: Bool
 
     /// Opens the SQLite file at `path`, creating it and its folder when missing, and creates and
     /// fills the film table when the file has none.
     ///
     /// - Parameter path: The database file.
     /// - Throws: A GRDB `DatabaseError` or a file system error.
-    init(path: String) throws {
+    public init(path: String) throws {
         try FileManager.default.createDirectory(
             at: URL(fileURLWithPath: path).deletingLastPathComponent(),
             withIntermediateDirectories: true
@@ -28,8 +28,19 @@ struct SQLiteFilmStore: FilmStore {
         }
     }
 
-    func topFilms(limit: Int) throws -> [Film] {
+    public func topFilms(limit: Int) throws -> [Film] {
         try queue.read { db in
+            try Film.fetchAll(db, sql: SampleFilms.topFilmsQuery(limit: limit))
+        }
+    }
+
+    /// ``topFilms(limit:)`` for async code: GRDB reads on its own queue, never blocking the
+    /// caller's thread (a server's cooperative threads).
+    ///
+    /// - Parameter limit: How many films to return.
+    /// - Returns: The top films by rental rate, highest first.
+    public func topFilms(limit: Int) async throws -> [Film] {
+        try await queue.read { db in
             try Film.fetchAll(db, sql: SampleFilms.topFilmsQuery(limit: limit))
         }
     }
@@ -37,7 +48,7 @@ struct SQLiteFilmStore: FilmStore {
     /// Where the database lives when `--database` is not given: FilmCache's folder in the user's
     /// cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), so that running from a checkout never
     /// leaves a file in the work tree, and deleting the file simply recreates it.
-    static var defaultPath: String {
+    public static var defaultPath: String {
         let environment = ProcessInfo.processInfo.environment
         let cacheDirectory: String
         if let xdg = environment["XDG_CACHE_HOME"], xdg.hasPrefix("/") {

@@ -1,4 +1,4 @@
-import Memcached
+public import Memcached
 
 /// One row of the seed's query, `select film_id, title from film`: what FilmCache caches.
 ///
@@ -6,18 +6,26 @@ import Memcached
 /// (`[{"film_id":2,"title":"ACE GOLDFINGER"},...]`), which python-memcached reads back when it is
 /// given a JSON unpickler (see `Examples/python/read_top5films.py`). The column names double as
 /// the JSON keys and as the names GRDB decodes SQLite rows by.
-struct Film: Codable, Equatable, Sendable {
-    var filmID: Int
-    var title: String
+public struct Film: Codable, Equatable, Sendable {
+    /// The film's id in the `film` table.
+    public var filmID: Int
+    /// The film's title.
+    public var title: String
 
-    enum CodingKeys: String, CodingKey {
+    /// A film row.
+    public init(filmID: Int, title: String) {
+        self.filmID = filmID
+        self.title = title
+    }
+
+    public enum CodingKeys: String, CodingKey {
         case filmID = "film_id"
         case title
     }
 }
 
 /// A database that holds the `film` table.
-protocol FilmStore {
+public protocol FilmStore {
     /// The top films by rental rate, highest first, ties by film id.
     ///
     /// - Parameter limit: How many films to return.
