@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib/servers.sh
 source scripts/lib/apt.sh
 root=$(pwd)
+# One build folder for the three packages: they share most of their dependencies (SwiftNIO, its
+# TLS and BoringSSL, swift-crypto, Hummingbird), which are then built once, not three times.
+scratch="$root/.build-integrations"
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/filmservice.XXXXXX")
 memcached_pid=""
@@ -27,12 +30,12 @@ command -v curl >/dev/null 2>&1 || apt_install curl
 # Builds a package and runs its tests, failing on a warning in its own sources.
 test_package() {
     local path=$1 started=$SECONDS
-    swift build --package-path "$path" --build-tests 2>&1 | tee "$workdir/build.log"
+    swift build --package-path "$path" --scratch-path "$scratch" --build-tests 2>&1 | tee "$workdir/build.log"
     if grep -E "^$root/$path/(Sources|Tests)/.*: warning:" "$workdir/build.log"; then
         echo "warnings in $path" >&2
         exit 1
     fi
-    swift test --package-path "$path" --skip-build
+    swift test --package-path "$path" --scratch-path "$scratch" --skip-build
     echo "$path: built and tested in $((SECONDS - started)) s"
 }
 
@@ -42,12 +45,12 @@ test_package Integrations/VaporMemcached
 # MARK: - FilmService over HTTP
 
 started=$SECONDS
-swift build --package-path Examples --product FilmService 2>&1 | tee "$workdir/build.log"
+swift build --package-path Examples --scratch-path "$scratch" --product FilmService 2>&1 | tee "$workdir/build.log"
 if grep -E "^$root/Examples/(FilmService|Sakila)/.*: warning:" "$workdir/build.log"; then
     echo "warnings in FilmService" >&2
     exit 1
 fi
-service="$(swift build --package-path Examples --show-bin-path)/FilmService"
+service="$(swift build --package-path Examples --scratch-path "$scratch" --show-bin-path)/FilmService"
 echo "FilmService built in $((SECONDS - started)) s"
 
 start_memcached "$workdir"
