@@ -29,6 +29,18 @@ struct ObservabilityTests {
         return configuration
     }
 
+    /// A client of `connections` connections whose waits for one end after `waitTimeout`.
+    static func client(
+        _ configuration: MemcachedConfiguration,
+        connections: Int,
+        waitTimeout: Duration = .seconds(120)
+    ) throws -> MemcachedClient {
+        var options = MemcachedClient.Options()
+        options.maximumConnections = connections
+        options.connectionWaitTimeout = waitTimeout
+        return try MemcachedClient(configuration: configuration, options: options)
+    }
+
     /// The total of the outcome counters of `command` with `outcome` (and `error`, and `server`).
     static func outcomes(
         _ metrics: TestMetrics,
@@ -174,21 +186,19 @@ struct ObservabilityTests {
         }
     }
 
-    @Test("without a metrics backend nothing is made; with one, a client's connections share one set of handles")
+    @Test("without a metrics backend or tracer nothing is made; with a backend, a client's call counts once")
     func noBackendNoHandles() async throws {
         try await withMemcached { cluster in
             let plain = try MemcachedConnection(configuration: MemcachedConfiguration(servers: cluster.addresses))
             #expect(plain.handle.metrics == nil, "no factory configured and none bootstrapped")
             plain.close()
+            let untraced = try MemcachedClient(servers: cluster.addresses)
+            #expect(untraced.tracing.tracer == nil, "no tracer configured, the bootstrapped one is NoOpTracer")
+            #expect(untraced.pool.metrics == nil)
+            await untraced.close()
 
             let metrics = TestMetrics()
-            var options = MemcachedClient.Options()
-            options.maximumConnections = 2
-            options.connectionWaitTimeout = .seconds(120)
-            let client = try MemcachedClient(
-                configuration: Self.configuration(cluster.addresses, metrics: metrics),
-                options: options
-            )
+            let client = try Self.client(Self.configuration(cluster.addresses, metrics: metrics), connections: 2)
             try await client.set("k", "v")
             let counted = Self.outcomes(metrics, "set", "stored")
             #expect(counted == 1, "the client's call counted once, on its connection")
@@ -203,13 +213,7 @@ struct ObservabilityTests {
     func coalescedReadsAndPoolGauges() async throws {
         try await withMemcached { cluster in
             let metrics = TestMetrics()
-            var options = MemcachedClient.Options()
-            options.maximumConnections = 1
-            options.connectionWaitTimeout = .seconds(120)
-            let client = try MemcachedClient(
-                configuration: Self.configuration(cluster.addresses, metrics: metrics),
-                options: options
-            )
+            let client = try Self.client(Self.configuration(cluster.addresses, metrics: metrics), connections: 1)
             try await client.set("hit:1", "one")
             try await client.set("hit:2", "two")
             let gauges = [
@@ -265,12 +269,10 @@ struct ObservabilityTests {
         let silent = try SilentServer()
         defer { silent.stop() }
         let metrics = TestMetrics()
-        var options = MemcachedClient.Options()
-        options.maximumConnections = 1
-        options.connectionWaitTimeout = .milliseconds(200)
-        let client = try MemcachedClient(
-            configuration: Self.configuration([silent.address], metrics: metrics, timeout: .seconds(60)),
-            options: options
+        let client = try Self.client(
+            Self.configuration([silent.address], metrics: metrics, timeout: .seconds(60)),
+            connections: 1,
+            waitTimeout: .milliseconds(200)
         )
         // The one connection hangs on the silent server until its task is cancelled.
         let hanging = Task { try await client.set("hanging", "value") }
@@ -295,10 +297,7 @@ struct ObservabilityTests {
             let metrics = TestMetrics()
             var configuration = try Self.configuration(cluster.addresses, metrics: metrics)
             configuration.noReply = true
-            var options = MemcachedClient.Options()
-            options.maximumConnections = 1
-            options.connectionWaitTimeout = .seconds(120)
-            let client = try MemcachedClient(configuration: configuration, options: options)
+            let client = try Self.client(configuration, connections: 1)
             let holder = try await ConnectionHolder(client)
             let writes =
                 (0..<3).map { index in Task { try await client.set("w:\(index)", index) } }
