@@ -17,8 +17,14 @@ workdir=$(mktemp -d "${TMPDIR:-/tmp}/filmservice.XXXXXX")
 memcached_pid=""
 service_pid=""
 cleanup() {
+    local status=$?
     [ -z "$service_pid" ] || stop_pid "$service_pid"
     [ -z "$memcached_pid" ] || stop_pid "$memcached_pid"
+    if [ "$status" -ne 0 ]; then
+        for log in "$workdir/service.log" "$workdir/memcached.log"; do
+            [ -f "$log" ] && { echo "--- $log" >&2; cat "$log" >&2; }
+        done
+    fi
     rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -71,12 +77,23 @@ if [ -z "$port" ]; then
 fi
 url="http://127.0.0.1:$port"
 failures=0
+# check WHAT EXPECTED ACTUAL: EXPECTED is somewhere in ACTUAL.
 check() {
     local what=$1 expected=$2 actual=$3
     if [[ "$actual" == *"$expected"* ]]; then
         echo "ok: $what"
     else
         echo "FAILED: $what: expected $expected in: $actual" >&2
+        failures=$((failures + 1))
+    fi
+}
+# check_metric WHAT LINE METRICS: LINE is one whole line of METRICS ("... 1" is not "... 10").
+check_metric() {
+    if grep -qxF -- "$2" <<<"$3"; then
+        echo "ok: $1"
+    else
+        echo "FAILED: $1: no line '$2' in:" >&2
+        grep -E '^(memcached|filmservice)_' <<<"$3" >&2 || true
         failures=$((failures + 1))
     fi
 }
@@ -93,11 +110,11 @@ check "the same five films both times" "True" "$same"
 metrics=$(curl -sS --fail "$url/metrics")
 # One lookup missed and one hit: the library counts a cache-aside lookup as its caller's get (its
 # lock and its second read under the lock are its own), and the service counts where it answered.
-check "one lookup answered by the database" 'filmservice_top5_lookups_total{source="database"} 1' "$metrics"
-check "one lookup answered by memcached" 'filmservice_top5_lookups_total{source="memcached"} 1' "$metrics"
-check "memcached counted one hit" 'memcached_command_outcomes_total{command="get",outcome="hit"} 1' "$metrics"
-check "memcached counted one miss" 'memcached_command_outcomes_total{command="get",outcome="miss"} 1' "$metrics"
-check "the films were stored once" 'memcached_command_outcomes_total{command="set",outcome="stored"} 1' "$metrics"
+check_metric "one lookup answered by the database" 'filmservice_top5_lookups_total{source="database"} 1' "$metrics"
+check_metric "one lookup answered by memcached" 'filmservice_top5_lookups_total{source="memcached"} 1' "$metrics"
+check_metric "memcached counted one hit" 'memcached_command_outcomes_total{command="get",outcome="hit"} 1' "$metrics"
+check_metric "memcached counted one miss" 'memcached_command_outcomes_total{command="get",outcome="miss"} 1' "$metrics"
+check_metric "the films were stored once" 'memcached_command_outcomes_total{command="set",outcome="stored"} 1' "$metrics"
 check "the pool's gauges" 'memcached_pool_connections{state="open"}' "$metrics"
 
 jar="$workdir/cookies"
@@ -106,10 +123,26 @@ check "a second visit finds it in memcached" '"count":2' "$(curl -sS --fail -c "
 metrics=$(curl -sS --fail "$url/metrics")
 # The session was created with add, read with get, and updated with gets and cas, which keep
 # its expiry.
-check "the session was created" 'memcached_command_outcomes_total{command="add",outcome="stored"} 1' "$metrics"
-check "the session was updated" 'memcached_command_outcomes_total{command="cas",outcome="stored"} 1' "$metrics"
+check_metric "the session was created" 'memcached_command_outcomes_total{command="add",outcome="stored"} 1' "$metrics"
+check_metric "the session was updated" 'memcached_command_outcomes_total{command="cas",outcome="stored"} 1' "$metrics"
 
-stop_pid "$service_pid"
-service_pid=""
+# A graceful shutdown: SIGTERM, the server stops, the memcached client closes, exit status 0.
+kill -TERM "$service_pid"
+for _ in $(seq 1 300); do
+    kill -0 "$service_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$service_pid" 2>/dev/null; then
+    echo "FAILED: FilmService did not stop within 30 s of SIGTERM" >&2
+    failures=$((failures + 1))
+else
+    status=0
+    wait "$service_pid" || status=$?
+    if [ "$status" -eq 0 ]; then echo "ok: FilmService shut down gracefully"; else
+        echo "FAILED: FilmService exited with status $status on SIGTERM" >&2
+        failures=$((failures + 1))
+    fi
+    service_pid=""
+fi
 echo "FilmService: checked over HTTP in $((SECONDS - started)) s, $failures failed"
 [ "$failures" -eq 0 ]

@@ -100,8 +100,18 @@ struct FilmService {
         let lookup = try await memcached.cacheAside(cacheKey, as: [Film].self, expiration: cacheExpiry) {
             try await films.topFilms(limit: 5)
         }
-        let source = lookup.source == .cache ? "memcached" : "database"
-        (lookup.source == .cache ? lookups.memcached : lookups.database).increment()
+        // Where this request's films came from: memcached, even when another process stored
+        // them while this one waited for its lock; the database when this request, or another
+        // task of this process it waited for, read it.
+        let fromMemcached = lookup.source == .cache || lookup.source == .loadedByAnotherProcess
+        let source = fromMemcached ? "memcached" : "database"
+        (fromMemcached ? lookups.memcached : lookups.database).increment()
+        if let error = lookup.readError {
+            logger.warning(
+                "memcached could not be read; the films come from the database",
+                metadata: ["error": "\(error)"]
+            )
+        }
         if case .failed(let error) = lookup.store {
             logger.warning("the films were not cached", metadata: ["error": "\(error)"])
         }

@@ -1,8 +1,8 @@
 // swift-tools-version:6.1
 // Hummingbird's persist driver on memcached, in a package of its own so that the library's users
-// never build Hummingbird unless they use it.
+// never build Hummingbird unless they use it. A project depends on it from a checkout, by path:
 //
-//     .package(url: "https://github.com/OWNER/swift-libmemcached", from: "0.1.0") and, in this folder,
+//     .package(path: "../swift-libmemcached/Integrations/HummingbirdMemcached"),
 //     .product(name: "HummingbirdMemcached", package: "swift-libmemcached-hummingbird")
 import PackageDescription
 

@@ -1,6 +1,9 @@
 // swift-tools-version:6.1
 // Vapor's cache and sessions drivers on memcached, in a package of its own so that the library's
-// users never build Vapor unless they use it.
+// users never build Vapor unless they use it. A project depends on it from a checkout, by path:
+//
+//     .package(path: "../swift-libmemcached/Integrations/VaporMemcached"),
+//     .product(name: "VaporMemcached", package: "swift-libmemcached-vapor")
 import PackageDescription
 
 let package = Package(

@@ -19,26 +19,35 @@ import Foundation
 /// ```
 ///
 /// Each value is stored as JSON together with the time it expires, so that the driver keeps the
-/// whole `PersistDriver` contract, which memcached alone cannot: ``set(key:value:expires:)`` with
-/// `nil` keeps an existing value's expiration (memcached's `set` would make it permanent; the
-/// driver reads the old one and replaces it with `cas`), and ``getWithTTL(key:as:)`` returns the
-/// time left (memcached's text protocol never reports it).
+/// `PersistDriver` contract where memcached alone cannot: ``set(key:value:expires:)`` with `nil`
+/// keeps an existing value's expiration (memcached's `set` would make it permanent; the driver
+/// reads the old one and replaces the value with `cas`, or, when another writer changed it in
+/// between, with `set` and the same expiration), and ``getWithTTL(key:as:)`` returns the time
+/// left (memcached's text protocol never reports it). memcached keeps an expiring value
+/// ``expiredValueGrace`` past its time, hidden from reads, so that a `set` without an expiration
+/// that comes just after it still finds, and keeps, the time it ended: a session cannot come back
+/// without an end. Expirations of up to 30 days go to memcached as durations, so that this host's
+/// clock does not matter (memcached reads longer ones as Unix times).
 ///
 /// What memcached cannot offer:
 /// - **Durability.** memcached may evict any value when it needs memory, and forgets everything
 ///   when it restarts: a session then ends early. Size servers for the working set.
-/// - **Sub-second expiry.** memcached counts whole seconds, so expirations are rounded up; zero
-///   or a negative duration stores nothing (the value is already expired).
+/// - **Sub-second expiry.** memcached counts whole seconds, so a value may be kept up to a second
+///   longer than asked, though reads never return it after its time. Zero or a negative duration
+///   stores nothing (the value is already expired).
 /// - **Any key.** A key, with the prefix, must be a valid memcached key: 1 to 250 bytes of UTF-8
-///   without spaces or control characters. Others throw ``MemcachedError``
-///   (``MemcachedError/Code/invalidKeyCharacters``, ``MemcachedError/Code/keyTooLong``,
-///   ``MemcachedError/Code/emptyKey``) before anything is sent. Session IDs qualify.
+///   without spaces or control characters (session IDs qualify). Storing under another key
+///   throws ``MemcachedError`` (``MemcachedError/Code/invalidKeyCharacters``,
+///   ``MemcachedError/Code/keyTooLong``, ``MemcachedError/Code/emptyKey``) before anything is
+///   sent; reading or removing one finds nothing, as for any key that holds nothing.
 /// - **Large values.** A value over the servers' item size limit (1 MiB by default) throws
 ///   ``MemcachedError/Code/valueTooLarge``.
+/// - **Fire-and-forget writes.** Use a client without ``MemcachedConfiguration/noReply``: the
+///   driver reports a write done only once memcached answered.
 ///
 /// Errors of memcached itself (a server down, a timeout) are thrown as ``MemcachedError``.
 /// `get` throws `PersistError.invalidConversion` for a value that is not of the type asked for,
-/// and `create` throws `PersistError.duplicate` when the key holds a value.
+/// and `create` throws `PersistError.duplicate` when the key holds a value that has not expired.
 public struct MemcachedPersistDriver: PersistDriver {
     /// The client the values go through; run it as a service of the application too.
     public let client: MemcachedClient
@@ -46,9 +55,8 @@ public struct MemcachedPersistDriver: PersistDriver {
     /// A prefix for every key on the servers, to keep the driver's keys apart from others.
     public let keyPrefix: String
 
-    /// How often ``set(key:value:expires:)`` with `nil` retries when another writer changed the
-    /// value between its read and its compare-and-swap.
-    static let conservingAttempts = 8
+    /// How long memcached keeps an expiring value past its time, hidden from reads: one minute.
+    public static let expiredValueGrace = Duration.seconds(60)
 
     /// Creates a driver.
     ///
@@ -66,7 +74,7 @@ public struct MemcachedPersistDriver: PersistDriver {
         try? await gracefulShutdown()
     }
 
-    /// Stores a value for a key that holds none, with memcached's `add`.
+    /// Stores a value for a key that holds none (or only an expired one), with memcached's `add`.
     ///
     /// - Parameters:
     ///   - key: The key.
@@ -74,8 +82,15 @@ public struct MemcachedPersistDriver: PersistDriver {
     ///   - expires: How long the value lives; `nil` for as long as memcached keeps it.
     /// - Throws: `PersistError.duplicate` when the key holds a value, or ``MemcachedError``.
     public func create<Object: Codable & Sendable>(key: String, value: Object, expires: Duration?) async throws {
+        let key = keyPrefix + key
         let stored = StoredValue(value, expires: expires)
-        guard try await client.add(keyPrefix + key, stored, expiration: stored.expiration) else {
+        if try await client.add(key, stored, expiration: stored.expiration) {
+            return
+        }
+        // The key holds a value: a duplicate, unless it is one kept past its time.
+        guard let (old, token) = try await storedExpiry(key), old.hasExpired,
+            try await client.cas(key, stored, token: token, expiration: stored.expiration)
+        else {
             throw PersistError.duplicate
         }
     }
@@ -86,33 +101,36 @@ public struct MemcachedPersistDriver: PersistDriver {
     ///   - key: The key.
     ///   - value: The value, stored as JSON.
     ///   - expires: How long the value lives. `nil` keeps the expiration of the value it replaces
-    ///     (none for a new value).
-    /// - Throws: ``MemcachedError``; with `expires` `nil`, ``MemcachedError/Code/dataExists`` when
-    ///   other writers kept changing the value through every compare-and-swap attempt.
+    ///     (none for a new value, or over a value that is not the driver's).
+    /// - Throws: ``MemcachedError``.
     public func set<Object: Codable & Sendable>(key: String, value: Object, expires: Duration?) async throws {
         let key = keyPrefix + key
         if let expires {
-            let stored = StoredValue(value, expires: expires)
-            try await client.set(key, stored, expiration: stored.expiration)
+            try await store(key, StoredValue(value, expires: expires))
             return
         }
-        for _ in 0..<Self.conservingAttempts {
-            guard let (old, token) = try await client.gets(key, as: StoredExpiry.self) else {
-                if try await client.add(key, StoredValue(value, expiresAt: nil), expiration: .never) {
+        // Twice at most: a value created by another writer between the read and the `add` is
+        // read again, for its expiration.
+        for _ in 0..<2 {
+            guard let (old, token) = try await storedExpiry(key) else {
+                // Nothing there (or not the driver's): a new value, which does not expire.
+                let stored = StoredValue(value, expiresAt: nil)
+                if try await client.add(key, stored, expiration: stored.expiration) {
                     return
                 }
-                continue  // Another writer created it meanwhile: keep its expiration.
+                continue
             }
             let stored = StoredValue(value, expiresAt: old.expiresAt)
             if try await client.cas(key, stored, token: token, expiration: stored.expiration) {
                 return
             }
+            // Another writer changed the value since it was read; every writer without an
+            // expiration keeps the same one, so the last write wins with it, as it would have
+            // without the race.
+            try await store(key, stored)
+            return
         }
-        throw MemcachedError(
-            code: .dataExists,
-            message: "the value changed under every one of \(Self.conservingAttempts) attempts to replace it",
-            key: key
-        )
+        try await store(key, StoredValue(value, expiresAt: nil))
     }
 
     /// Reads a key's value.
@@ -144,11 +162,13 @@ public struct MemcachedPersistDriver: PersistDriver {
             stored = try await client.get(keyPrefix + key, as: StoredValue<Object>.self)
         } catch let error as MemcachedError where error.code == .undecodableValue {
             throw PersistError.invalidConversion
+        } catch let error as MemcachedError where Self.namesNoKey(error) {
+            return nil
         }
         guard let stored else { return nil }
-        guard let expiresAt = stored.expiresAt else { return (stored.value, nil) }
-        let left = expiresAt - Date().timeIntervalSince1970
-        // memcached expires whole seconds late; the value's own time is the one promised.
+        guard let left = stored.secondsLeft else { return (stored.value, nil) }
+        // memcached keeps the value a while past its time (``expiredValueGrace``); the value's own
+        // time is the one promised.
         guard left > 0 else { return nil }
         return (stored.value, .milliseconds(Int64((left * 1000).rounded(.up))))
     }
@@ -158,7 +178,33 @@ public struct MemcachedPersistDriver: PersistDriver {
     /// - Parameter key: The key.
     /// - Throws: ``MemcachedError``.
     public func remove(key: String) async throws {
-        try await client.delete(keyPrefix + key)
+        do {
+            try await client.delete(keyPrefix + key)
+        } catch let error as MemcachedError where Self.namesNoKey(error) {
+            return
+        }
+    }
+
+    /// Stores `stored` with memcached's `set`; a value the server declined is an error.
+    private func store<Object>(_ key: String, _ stored: StoredValue<Object>) async throws {
+        guard try await client.set(key, stored, expiration: stored.expiration) else {
+            throw MemcachedError(code: .notStored, message: "the server did not store the value", key: key)
+        }
+    }
+
+    /// The expiry of the driver's value under `key` and its CAS token; `nil` when the key holds
+    /// nothing, or a value that is not the driver's.
+    private func storedExpiry(_ key: String) async throws -> (StoredExpiry, MemcachedCASToken)? {
+        do {
+            return try await client.gets(key, as: StoredExpiry.self)
+        } catch let error as MemcachedError where error.code == .undecodableValue {
+            return nil
+        }
+    }
+
+    /// Whether an error says that the key cannot be a memcached key: such a key holds nothing.
+    static func namesNoKey(_ error: MemcachedError) -> Bool {
+        error.code == .emptyKey || error.code == .keyTooLong || error.code == .invalidKeyCharacters
     }
 }
 
@@ -178,13 +224,35 @@ struct StoredValue<Object: Codable & Sendable>: Codable, Sendable, MemcachedValu
         self.init(value, expiresAt: seconds.map { Date().timeIntervalSince1970 + $0 })
     }
 
-    /// memcached's expiration for the value: at its time, rounded up to the second.
+    /// Seconds from now to the value's time; `nil` when it does not expire.
+    var secondsLeft: Double? {
+        // Clamped: a value from another writer may hold any number.
+        expiresAt.map { min($0 - Date().timeIntervalSince1970, 1e12) }
+    }
+
+    /// memcached's expiration for the value: the time it has left plus the grace, as a
+    /// duration, so that another host's clock does not matter; a value already expired is
+    /// stored expired, and one beyond memcached's 32-bit times does not expire there.
     var expiration: MemcachedExpiration {
-        expiresAt.map { .at(Date(timeIntervalSince1970: $0)) } ?? .never
+        StoredExpiry(expiresAt: expiresAt).expiration
     }
 }
 
 /// The expiry of a stored value, read without decoding the value itself.
 struct StoredExpiry: Codable, Sendable, MemcachedValue {
     var expiresAt: Double?
+
+    var hasExpired: Bool {
+        expiresAt.map { $0 <= Date().timeIntervalSince1970 } ?? false
+    }
+
+    var expiration: MemcachedExpiration {
+        guard let expiresAt else { return .never }
+        let left = expiresAt - Date().timeIntervalSince1970
+        guard left > 0 else { return .seconds(0) }
+        // Ten years: far past any session, and well inside memcached's 32-bit clock.
+        guard left < 10 * 365 * 86_400 else { return .never }
+        let grace = Double(MemcachedPersistDriver.expiredValueGrace.components.seconds)
+        return .seconds(Int((left + grace).rounded(.up)))
+    }
 }

@@ -135,14 +135,48 @@ struct MemcachedPersistDriverTests {
             #expect(try await get(client, "/persist/\(tag)") == Reply(.ok, "v2"))
             let ttl = try #require(Int(try await get(client, "/persist/\(tag)/ttl").body))
             #expect(ttl <= 30 && ttl > 20, "the 30-second expiry survived the update")
-            // On memcached too: the item itself expires, not only the driver's record of it.
+            // A value updated without an expiry still ends at its time.
             try await persist.set(key: "short", value: "v1", expires: .seconds(1))
             try await persist.set(key: "short", value: "v2", expires: nil)
-            try await Task.sleep(for: .milliseconds(2_100))
-            #expect(try await persist.client.get("persist:short", as: String.self) == nil)
+            let short = try await persist.getWithTTL(key: "short", as: String.self)
+            #expect(short?.object == "v2")
+            #expect(short?.ttl.map { $0 <= .seconds(1) } == true)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while try await persist.get(key: "short", as: String.self) != nil, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(try await persist.get(key: "short", as: String.self) == nil, "gone after its second")
+            // Just past its time, an update without an expiry keeps it ended.
+            try await persist.set(key: "short", value: "v3", expires: nil)
+            #expect(try await persist.get(key: "short", as: String.self) == nil)
             // A new key set without an expiry does not expire.
             #expect(try await put(client, "/persist/\(tag)-new", "v") == .ok)
             #expect(try await get(client, "/persist/\(tag)-new/ttl").body == "none")
+        }
+    }
+
+    @Test(
+        "create takes a key whose value expired; set overwrites a value that is not the driver's; keys memcached cannot hold hold nothing"
+    )
+    func edges() async throws {
+        try await withPersistApp { _, persist in
+            try await persist.set(key: "lapsed", value: "old", expires: .zero)
+            try await persist.create(key: "lapsed", value: "new", expires: .seconds(60))
+            #expect(try await persist.get(key: "lapsed", as: String.self) == "new")
+            try await persist.set(key: "ended", value: "old", expires: .seconds(1))
+            try await Task.sleep(for: .milliseconds(1_100))
+            try await persist.create(key: "ended", value: "new", expires: nil)
+            #expect(try await persist.get(key: "ended", as: String.self) == "new", "an expired value is no duplicate")
+
+            try await persist.client.set("persist:foreign", 42)
+            try await persist.set(key: "foreign", value: "mine")
+            #expect(try await persist.getWithTTL(key: "foreign", as: String.self)?.object == "mine")
+
+            let long = String(repeating: "k", count: 300)
+            #expect(try await persist.get(key: long, as: String.self) == nil)
+            #expect(try await persist.get(key: "a b", as: String.self) == nil)
+            try await persist.remove(key: "a b")
+            await #expect(throws: MemcachedError.self) { try await persist.set(key: long, value: "v") }
         }
     }
 

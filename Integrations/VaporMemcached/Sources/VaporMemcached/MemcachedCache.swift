@@ -20,8 +20,10 @@ public import Vapor
 /// Values are stored as JSON by the client's ``MemcachedConfiguration/objectCoder`` with
 /// python-memcached's serialized flag, as the client stores any `Codable` value, so services in
 /// other languages read them. Setting `nil` deletes the key. An expiration of zero or less
-/// stores the value already expired; `nil` stores it without one (memcached may still evict it).
-/// A request's cache (`req.cache`) logs through the request's logger.
+/// stores the value already expired; `nil`, or ten years or more, stores it without one
+/// (memcached may still evict it). A request's cache (`req.cache`) logs through the request's
+/// logger. Use a client without ``MemcachedConfiguration/noReply``: a write is reported done
+/// once memcached has answered.
 ///
 /// Errors are thrown as ``MemcachedError``: a key memcached cannot take (empty, over 250 bytes, or
 /// with spaces or control characters), a value too large for
@@ -143,8 +145,27 @@ public struct MemcachedCache: Cache, Sendable {
         } catch {
             throw MemcachedError(code: .unencodableValue, message: "cannot encode the value: \(error)", key: key)
         }
-        let expiration = expirationTime.map { MemcachedExpiration.seconds($0.seconds) } ?? .never
-        try await client.set(keyPrefix + key, EncodedObject(bytes: bytes), expiration: expiration, logger: logger)
+        let expiration = expirationTime.map(Self.expiration) ?? .never
+        guard try await client.set(keyPrefix + key, EncodedObject(bytes: bytes), expiration: expiration, logger: logger)
+        else {
+            throw MemcachedError(code: .notStored, message: "the server did not store the value", key: key)
+        }
+    }
+
+    /// memcached's expiration for Vapor's: the same seconds, without the overflow of
+    /// `CacheExpirationTime.seconds` for huge counts; ten years or more do not expire (memcached
+    /// keeps 32-bit times).
+    static func expiration(_ time: CacheExpirationTime) -> MemcachedExpiration {
+        let (count, unit): (Int, Int) =
+            switch time {
+            case .seconds(let count): (count, 1)
+            case .minutes(let count): (count, 60)
+            case .hours(let count): (count, 3_600)
+            case .days(let count): (count, 86_400)
+            }
+        let (seconds, overflow) = count.multipliedReportingOverflow(by: unit)
+        guard !overflow else { return count < 0 ? .seconds(0) : .never }
+        return seconds >= 10 * 365 * 86_400 ? .never : .seconds(seconds)
     }
 }
 
@@ -175,12 +196,14 @@ extension Application.Caches.Provider {
     ///   - client: The memcached client.
     ///   - keyPrefix: A prefix for every key on the servers. The default is none.
     ///   - closesOnShutdown: Whether the application closes the client when it shuts down. The
-    ///     default is `true`; pass `false` when the client serves beyond the application.
+    ///     default is `false`: Vapor runs its shutdown handlers before its HTTP server has
+    ///     stopped, so requests still in flight would find the client closed. Close it yourself
+    ///     after `app.asyncShutdown()`, or pass `true` when nothing can still use it by then.
     /// - Returns: The provider, for `app.caches.use(_:)`.
     public static func memcached(
         _ client: MemcachedClient,
         keyPrefix: String = "",
-        closesOnShutdown: Bool = true
+        closesOnShutdown: Bool = false
     ) -> Self {
         .init { application in
             if closesOnShutdown {

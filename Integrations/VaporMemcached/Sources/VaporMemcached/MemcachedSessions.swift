@@ -51,7 +51,9 @@ public struct MemcachedSessions: AsyncSessionDriver, Sendable {
     /// - Returns: The new session's ID.
     /// - Throws: ``MemcachedError``.
     public func createSession(_ data: SessionData, for request: Request) async throws -> SessionID {
-        while true {
+        // A random 256-bit ID collides with a stored one next to never: a server that declines
+        // every `add` (a proxy, a full server) is not waited on for ever.
+        for _ in 0..<Self.creationAttempts {
             var generator = SystemRandomNumberGenerator()
             let id = SessionID(
                 string: Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
@@ -66,7 +68,14 @@ public struct MemcachedSessions: AsyncSessionDriver, Sendable {
                 return id
             }
         }
+        throw MemcachedError(
+            code: .notStored,
+            message: "the server stored none of \(Self.creationAttempts) new session IDs"
+        )
     }
+
+    /// How many fresh IDs ``createSession(_:for:)`` tries.
+    static let creationAttempts = 4
 
     /// Reads a session.
     ///
@@ -121,7 +130,11 @@ public struct MemcachedSessions: AsyncSessionDriver, Sendable {
     ///   - request: The request.
     /// - Throws: ``MemcachedError``.
     public func deleteSession(_ sessionID: SessionID, for request: Request) async throws {
-        try await client.delete(keyPrefix + sessionID.string, logger: request.logger)
+        do {
+            try await client.delete(keyPrefix + sessionID.string, logger: request.logger)
+        } catch let error as MemcachedError where Self.namesNoSession.contains(error.code) {
+            // A cookie that cannot name a session has none to delete.
+        }
     }
 }
 
