@@ -10,6 +10,7 @@ private func verdict(of key: String) -> MemcachedError.Code? {
         _ = try copy.withUTF8 { try validateKey($0, key: key) }
         return nil
     } catch let error as MemcachedError {
+        #expect(error.code.isInvalidKey, "every code of the key checks says so")
         return error.code
     } catch {
         Issue.record("unexpected error type: \(error)")
@@ -46,6 +47,7 @@ struct KeyValidationTests {
     @Test("An empty key is refused")
     func emptyKey() {
         #expect(verdict(of: "") == .emptyKey)
+        #expect(!MemcachedError.Code.timeout.isInvalidKey && !MemcachedError.Code.badKeyProvided.isInvalidKey)
         #expect(batchVerdict([""]) == .emptyKey)
         #expect(batchVerdict(["ok", ""]) == .emptyKey)
     }

@@ -290,9 +290,7 @@ public final class MemcachedConnection {
     private func serverName(ofKey key: String, after error: (any Error)?) -> String? {
         if let error = error as? MemcachedError {
             if let server = error.server { return server }
-            if error.code == .emptyKey || error.code == .keyTooLong || error.code == .invalidKeyCharacters {
-                return nil
-            }
+            if error.code.isInvalidKey { return nil }
         }
         var key = key
         return key.withUTF8 { handle.serverDescription(forKey: $0) }

@@ -88,6 +88,13 @@ extension MemcachedError {
             }
         }
 
+        /// Whether the code is one of the key checks' (``emptyKey``, ``keyTooLong``,
+        /// ``invalidKeyCharacters``): the key cannot name an item, and nothing was sent. A reader
+        /// that takes keys from outside (a cookie, a URL) can treat it as "no such item".
+        public var isInvalidKey: Bool {
+            self == .emptyKey || self == .keyTooLong || self == .invalidKeyCharacters
+        }
+
         /// Whether this code comes from libmemcached (rather than from this library's own checks).
         public var isLibmemcachedCode: Bool {
             rawValue >= 0 && rawValue < LibmemcachedReturnCodes.count

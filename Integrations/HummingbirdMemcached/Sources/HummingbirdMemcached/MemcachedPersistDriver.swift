@@ -162,7 +162,7 @@ public struct MemcachedPersistDriver: PersistDriver {
             stored = try await client.get(keyPrefix + key, as: StoredValue<Object>.self)
         } catch let error as MemcachedError where error.code == .undecodableValue {
             throw PersistError.invalidConversion
-        } catch let error as MemcachedError where Self.namesNoKey(error) {
+        } catch let error as MemcachedError where error.code.isInvalidKey {
             return nil
         }
         guard let stored else { return nil }
@@ -180,7 +180,7 @@ public struct MemcachedPersistDriver: PersistDriver {
     public func remove(key: String) async throws {
         do {
             try await client.delete(keyPrefix + key)
-        } catch let error as MemcachedError where Self.namesNoKey(error) {
+        } catch let error as MemcachedError where error.code.isInvalidKey {
             return
         }
     }
@@ -200,11 +200,6 @@ public struct MemcachedPersistDriver: PersistDriver {
         } catch let error as MemcachedError where error.code == .undecodableValue {
             return nil
         }
-    }
-
-    /// Whether an error says that the key cannot be a memcached key: such a key holds nothing.
-    static func namesNoKey(_ error: MemcachedError) -> Bool {
-        error.code == .emptyKey || error.code == .keyTooLong || error.code == .invalidKeyCharacters
     }
 }
 

@@ -89,7 +89,7 @@ public struct MemcachedSessions: AsyncSessionDriver, Sendable {
         do {
             return try await client.get(keyPrefix + sessionID.string, as: StoredSession.self, logger: request.logger)?
                 .data
-        } catch let error as MemcachedError where Self.namesNoSession.contains(error.code) {
+        } catch let error as MemcachedError where Self.namesNoSession(error) {
             // A cookie is the client's input: one that cannot name a session names none.
             return nil
         }
@@ -97,9 +97,9 @@ public struct MemcachedSessions: AsyncSessionDriver, Sendable {
 
     /// The errors of an ID that cannot name a session: one memcached cannot take as a key, or a
     /// key whose value is not a session.
-    static let namesNoSession: Set<MemcachedError.Code> = [
-        .emptyKey, .keyTooLong, .invalidKeyCharacters, .undecodableValue,
-    ]
+    static func namesNoSession(_ error: MemcachedError) -> Bool {
+        error.code.isInvalidKey || error.code == .undecodableValue
+    }
 
     /// Writes a session, and starts its lifetime again.
     ///
@@ -132,7 +132,7 @@ public struct MemcachedSessions: AsyncSessionDriver, Sendable {
     public func deleteSession(_ sessionID: SessionID, for request: Request) async throws {
         do {
             try await client.delete(keyPrefix + sessionID.string, logger: request.logger)
-        } catch let error as MemcachedError where Self.namesNoSession.contains(error.code) {
+        } catch let error as MemcachedError where Self.namesNoSession(error) {
             // A cookie that cannot name a session has none to delete.
         }
     }
