@@ -1,8 +1,9 @@
 """An independent implementation of libketama's continuum, to check the Swift client's consistent
 distributions against.
 
-libketama gives each server floor(weight / total * 40 * servers) MD5 digests of "<name>-<i>", and
-each digest 4 points (bytes 4h..4h+3 read little-endian). A key hashes to the first 4 bytes of its
+libketama gives each server floorf(weight / total * 40.0 * servers) MD5 digests of "<name>-<i>":
+the share is a C float, the product a double, rounded to a float for floorf (which for some numbers
+of servers, such as 61, gives 39 digests, not 40). Each digest gives 4 points (bytes 4h..4h+3 read little-endian). A key hashes to the first 4 bytes of its
 MD5, little-endian, and goes to the first point at or after that value, wrapping to the first point.
 
     ketama_reference.py --servers NAME[@WEIGHT],... --keys FILE   prints {key: name}
@@ -27,7 +28,7 @@ def continuum(servers):
     points = []
     for name, weight in servers:
         share = float32(float32(weight) / float32(total))
-        for i in range(math.floor(share * 40.0 * len(servers))):
+        for i in range(math.floor(float32(share * 40.0 * float32(len(servers))))):
             digest = hashlib.md5(("%s-%d" % (name, i)).encode()).digest()
             for h in range(4):
                 points.append((int.from_bytes(digest[4 * h : 4 * h + 4], "little"), name))

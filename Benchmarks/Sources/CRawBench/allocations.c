@@ -14,6 +14,7 @@
 #if defined(__linux__) && defined(__GLIBC__)
 
 #include <stdatomic.h>
+#include <malloc.h>
 #include <stddef.h>
 
 extern void *__libc_malloc(size_t size);
@@ -64,3 +65,7 @@ uint64_t rawbench_allocations(void) {
 }
 
 #endif
+
+size_t rawbench_heap_in_use(void) {
+    return mallinfo2().uordblks;
+}

@@ -13,6 +13,8 @@ struct Options {
     var peers = true
     var python: String? = nil
     var markdown: String? = nil
+    /// `--continuum`: only the continuum's build time, memory and lookup (no server needed).
+    var continuum = false
     /// `--child ID VARIANT COUNT`: run one variant once, for strace or valgrind, and exit.
     var child: (workload: String, variant: String, count: Int)? = nil
 
@@ -20,6 +22,7 @@ struct Options {
         usage: MemcachedBench [--quick | --scale X] [--reps N] [--only W1,W4,...,L,S] [--server HOST:PORT]
                               [--no-same-core] [--no-syscalls] [--no-peers] [--python PATH] [--markdown PATH]
                MemcachedBench --child ID VARIANT COUNT [--server HOST:PORT]
+               MemcachedBench --continuum [--reps N]
         --only takes workload IDs and L (the latency table) and S (gets as the server counts them, with memcaslap)
         """
 
@@ -45,6 +48,7 @@ struct Options {
                     throw BenchmarkError("bad --server \(text): expected HOST:PORT")
                 }
                 server = (String(text[..<colon]), port)
+            case "--continuum": continuum = true
             case "--no-same-core": sameCore = false
             case "--no-syscalls": syscalls = false
             case "--no-peers": peers = false
@@ -81,7 +85,9 @@ enum MemcachedBench {
         Task.detached {
             do {
                 let options = try Options(Array(CommandLine.arguments.dropFirst()))
-                if let child = options.child {
+                if options.continuum {
+                    try ContinuumBench.run(repetitions: max(options.repetitions, 21))
+                } else if let child = options.child {
                     try await runChild(child, options: options)
                 } else {
                     try await run(options)

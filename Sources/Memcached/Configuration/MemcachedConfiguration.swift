@@ -160,9 +160,8 @@ public struct MemcachedConfiguration: Sendable {
 
     /// How key hashes are spread over the servers.
     ///
-    /// The default is ``MemcachedDistribution/modula``. Both consistent distributions use
-    /// `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED` (libketama's continuum), with every weight 1 for
-    /// ``MemcachedDistribution/consistent``.
+    /// The default is ``MemcachedDistribution/modula``. The consistent distributions build their
+    /// continuum in this library, for any number of servers; see ``MemcachedDistribution``.
     public var distribution: MemcachedDistribution = .modula
 
     /// SASL credentials for servers started with `-S`; `nil` for none.

@@ -156,25 +156,28 @@ public struct MemcachedHash: Sendable, Hashable, CustomStringConvertible {
 /// | Distribution | Placement | Weights | Adding a 4th server to 3 moves |
 /// | --- | --- | --- | --- |
 /// | ``modula`` | hash modulo the number of servers, as python-memcached | `weight` buckets per server, as python-memcached's bucket list (one connection each) | about 3/4 of the keys |
-/// | ``consistent`` | libketama's continuum | ignored | about 1/4 |
-/// | ``consistentWeighted`` | libketama's continuum | share of the continuum | about its share |
+/// | ``consistent`` | libketama's continuum, as libmemcached builds it | ignored | about 1/4 |
+/// | ``consistentWeighted`` | libketama's continuum, as libmemcached builds it | share of the continuum | about its share |
+/// | ``libketama`` | libketama's continuum, as libketama builds it | share of the continuum | about its share |
+/// | ``libmemcachedConsistent`` | libmemcached's own continuum (pylibmc's `ketama`) | as ``consistentWeighted`` when any is above 1 | about 1/4 |
 ///
-/// The two consistent distributions place 40 MD5 digests (160 points) per server on the
-/// continuum, as libketama does, and look keys up with the configuration's hash. With
-/// ``MemcachedHash/md5`` they match libketama and libmemcached's own libketama-compatible mode
-/// (`MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED`, which php-memcached's `OPT_LIBKETAMA_COMPATIBLE` and
-/// pylibmc's `ketama_weighted` turn on), for servers listed as the same `host:port` strings.
-/// (libmemcached writes a server on port 11211 as `host`, without the port, where libketama keeps
-/// whatever string its server file has.) A hash with a narrow range of values,
+/// Every consistent distribution takes any number of servers (1,000 servers build in a few
+/// milliseconds, in about 1.3 MB). The continuum is built by this library, not by libmemcached,
+/// whose own would abort the process beyond 100 servers; it is the same as libmemcached's for up
+/// to 100, key for key. A server that is down (``MemcachedConfiguration/removeFailedServers``)
+/// leaves the continuum, which is rebuilt from the others, as libmemcached does.
+///
+/// The libketama continuums place 40 MD5 digests (160 points) per server, and look keys up with
+/// the configuration's hash. With ``MemcachedHash/md5`` they match libketama and libmemcached's
+/// libketama-compatible mode (`MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED`, which php-memcached's
+/// `OPT_LIBKETAMA_COMPATIBLE` and pylibmc's `ketama_weighted` turn on), and twemproxy's `ketama`
+/// with `hash: md5`. A server on port 11211 is named `host` on libmemcached's continuum and
+/// `host:port` on libketama's; see <doc:ScalingOut>. A hash with a narrow range of values,
 /// such as ``MemcachedHash/crc`` (15 bits) or ``MemcachedHash/adler32``, puts most keys on a few
 /// points of a consistent continuum: use a full 32-bit hash there.
-///
-/// libmemcached builds at most 100 servers into a continuum (it aborts the process beyond that),
-/// so a consistent configuration with more servers is refused with
-/// ``MemcachedError/Code/invalidConfiguration``.
 public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible {
     enum Kind: Sendable, Hashable {
-        case modula, consistent, consistentWeighted
+        case modula, consistent, consistentWeighted, libketama, libmemcachedConsistent
     }
 
     let kind: Kind
@@ -182,29 +185,49 @@ public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible
     /// The hash modulo the number of servers, as python-memcached does; a server of weight `w`
     /// counts `w` times, in order, exactly as python-memcached's bucket list.
     ///
-    /// Adding or removing a server moves most keys. Each repetition of a weighted server is a
-    /// libmemcached server entry with its own socket. C: `MEMCACHED_DISTRIBUTION_MODULA`.
+    /// Adding or removing a server moves most keys. C: `MEMCACHED_DISTRIBUTION_MODULA`.
     public static let modula = MemcachedDistribution(kind: .modula)
 
     /// Consistent hashing on a libketama-compatible continuum where every server gets the same
     /// share, whatever its weight: adding or removing a server moves only about its share of the
     /// keys.
     ///
-    /// C: `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED` with every server at weight 1, which is
-    /// libketama's continuum; libmemcached's `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA` (100
-    /// points hashed with the key hash) is not libketama's.
+    /// It is libmemcached's `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED` with every server at
+    /// weight 1: `floor(160 / 4 × share × servers)` digests per server in single precision, which
+    /// for some numbers of servers (25, 50, 100, ...) is 39 digests, not 40. twemproxy computes
+    /// the same.
     public static let consistent = MemcachedDistribution(kind: .consistent)
 
     /// Consistent hashing on a libketama-compatible continuum where each server's share follows
-    /// its ``MemcachedServer/weight``. C: `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED`.
+    /// its ``MemcachedServer/weight``, as libmemcached builds it.
+    /// C: `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED`.
     public static let consistentWeighted = MemcachedDistribution(kind: .consistentWeighted)
 
-    /// The distribution's name: `modula`, `consistent` or `consistentWeighted`.
+    /// Consistent hashing on libketama's own continuum (`ketama_create_continuum`), each server's
+    /// share following its weight, every server named `host:port`.
+    ///
+    /// It differs from ``consistentWeighted`` only in rounding: libketama takes
+    /// `share × 40.0 × servers` in double precision, so a server gets 40 digests for some numbers
+    /// of servers (29, 31, 41, ...) where libmemcached gives 39, and the other way round for
+    /// others. Use it to share keys with a client built on libketama itself.
+    public static let libketama = MemcachedDistribution(kind: .libketama)
+
+    /// libmemcached's own consistent distribution, `MEMCACHED_DISTRIBUTION_CONSISTENT`: 100
+    /// points per server, each the configured hash of `name-i`. It is what pylibmc's `ketama`
+    /// behaviour and php-memcached's `DISTRIBUTION_CONSISTENT` (without
+    /// `OPT_LIBKETAMA_COMPATIBLE`) use.
+    ///
+    /// As in libmemcached, a server of weight above 1 turns it into ``consistentWeighted``.
+    public static let libmemcachedConsistent = MemcachedDistribution(kind: .libmemcachedConsistent)
+
+    /// The distribution's name, such as `modula` or `consistentWeighted`.
     public var description: String {
         switch kind {
         case .modula: "modula"
         case .consistent: "consistent"
         case .consistentWeighted: "consistentWeighted"
+        case .libketama: "libketama"
+        case .libmemcachedConsistent: "libmemcachedConsistent"
         }
     }
 }

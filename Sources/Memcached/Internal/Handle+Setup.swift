@@ -35,10 +35,10 @@ extension Handle {
 
     /// A bound on libmemcached's largest allocation while it sets a handle up, which the receive
     /// cap must not refuse: the server list is one array of server entries (two 8 KiB I/O
-    /// buffers and a host name each, about 17.6 KB; 24 KiB counted), and the consistent
-    /// continuum holds 160 points of 16 bytes per server, plus 10 servers' worth of room.
+    /// buffers and a host name each, about 17.6 KB; 24 KiB counted). Consistent continuums are
+    /// built by this library (``Continuum``), not in libmemcached's memory.
     static func setupAllocationBytes(_ configuration: MemcachedConfiguration) -> Int {
-        configuration.servers.count * (24 << 10) + (configuration.servers.count + 10) * 160 * 16
+        configuration.servers.count * (24 << 10)
     }
 
     func applyBehaviors(_ configuration: MemcachedConfiguration) throws(MemcachedError) {
@@ -74,7 +74,7 @@ extension Handle {
                 "removeFailedServers"
             ),
             (
-                MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(Self.distributionValue(configuration.distribution).rawValue),
+                MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(Self.libmemcachedDistribution.rawValue),
                 "distribution"
             ),
         ]
@@ -109,17 +109,10 @@ extension Handle {
         }
     }
 
-    /// Both consistent distributions use libmemcached's weighted continuum, which is libketama's;
-    /// ``addServers(_:)`` gives every server weight 1 for ``MemcachedDistribution/consistent``.
-    static func distributionValue(_ distribution: MemcachedDistribution) -> memcached_server_distribution_t {
-        switch distribution.kind {
-        case .modula: MEMCACHED_DISTRIBUTION_MODULA
-        case .consistent, .consistentWeighted: MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED
-        }
-    }
-
-    /// libmemcached asserts (and so aborts the process) when a continuum has more servers.
-    static let maximumConsistentServers = 100
+    /// libmemcached's distribution is always modula: weighted modula routes through virtual
+    /// buckets (``applyBucketList(_:)``) and every consistent distribution through a continuum of
+    /// this library's (``installContinuum(for:)``), both by a key hash that picks the server.
+    static let libmemcachedDistribution = MEMCACHED_DISTRIBUTION_MODULA
 
     /// Converts a timeout for libmemcached's millisecond behaviours; rounds up so a sub-millisecond
     /// timeout does not become 0, which libmemcached reads as "fail at once".
@@ -151,20 +144,12 @@ extension Handle {
         return UInt64(seconds + (attoseconds > 0 ? 1 : 0))
     }
 
-    /// Adds the servers the way the distribution reads weights: modula ignores libmemcached's
-    /// weights, so a server of weight `w` is added `w` times in a row (python-memcached's bucket
-    /// list); the consistent continuum takes the weight itself, or 1 for every server when the
-    /// distribution is unweighted.
+    /// Adds the servers and routes keys to them the way the distribution reads weights: modula
+    /// ignores libmemcached's weights, so a server of weight `w` counts `w` times in a row
+    /// (python-memcached's bucket list); a consistent distribution builds its continuum from the
+    /// servers and their weights.
     func addServers(_ servers: [MemcachedServer]) throws(MemcachedError) {
         let pointer = try live()
-        let distribution = configuration.distribution.kind
-        if distribution != .modula, servers.count > Self.maximumConsistentServers {
-            throw MemcachedError(
-                code: .invalidConfiguration,
-                message:
-                    "a consistent distribution takes at most \(Self.maximumConsistentServers) servers, not \(servers.count)"
-            )
-        }
         for server in servers {
             // The parser's range.
             guard (1...1_000).contains(server.weight) else {
@@ -173,24 +158,60 @@ extension Handle {
                     message: "server \(server) has a weight outside 1...1000"
                 )
             }
-            let weight = distribution == .consistentWeighted ? UInt32(clamping: server.weight) : 1
-            try addServer(server, weight: weight, to: pointer)
+            try addServer(server, to: pointer)
         }
-        if distribution == .modula, servers.contains(where: { $0.weight > 1 }) {
+        if configuration.distribution.kind != .modula {
+            try installContinuum(for: servers)
+        } else if servers.contains(where: { $0.weight > 1 }) {
             try applyBucketList(servers)
         } else if bucketMap != nil {
-            // Rebuilt without the weighted servers (removeFailedServers): plain modula again.
+            // Rebuilt without the weighted servers (removeFailedServers): plain modula again
+            // (the bucket list had made it MEMCACHED_DISTRIBUTION_VIRTUAL_BUCKET).
             bucketMap = nil
             let rc = memcached_behavior_set(
                 pointer,
                 MEMCACHED_BEHAVIOR_DISTRIBUTION,
-                UInt64(MEMCACHED_DISTRIBUTION_MODULA.rawValue)
+                UInt64(Self.libmemcachedDistribution.rawValue)
             )
             guard memcached_success(rc) else {
                 throw MemcachedError(code: .invalidConfiguration, message: "libmemcached refused the distribution")
             }
             try applyConfiguredHash()
         }
+    }
+
+    /// Routes keys over a continuum of `servers` (``Continuum``): the key hash installed in
+    /// libmemcached is the configured hash's point on the continuum turned into the position of
+    /// its server, which modula then picks. libmemcached's own continuum would abort the process
+    /// beyond 100 servers; this one takes any number, and is the same for up to 100.
+    private func installContinuum(for servers: [MemcachedServer]) throws(MemcachedError) {
+        let scheme: Continuum.Scheme
+        let weighted: Bool
+        switch configuration.distribution.kind {
+        case .consistent, .modula:
+            (scheme, weighted) = (.libmemcachedWeighted, false)
+        case .consistentWeighted:
+            (scheme, weighted) = (.libmemcachedWeighted, true)
+        case .libketama:
+            (scheme, weighted) = (.libketama, true)
+        case .libmemcachedConsistent:
+            // libmemcached turns its unweighted continuum into the weighted one as soon as a
+            // server has a weight above 1 (server_add in hosts.cc).
+            let anyWeight = servers.contains { $0.weight > 1 }
+            (scheme, weighted) = anyWeight ? (.libmemcachedWeighted, true) : (.libmemcachedUnweighted, false)
+        }
+        let keyHash = configuration.hash.kind
+        let continuum = Continuum(
+            servers: servers.map { (Continuum.name(of: $0, scheme: scheme), weighted ? $0.weight : 1) },
+            scheme: scheme,
+            keyHash: keyHash
+        )
+        let route = CustomHashFunction(name: "\(configuration.hash) on a \(configuration.distribution) continuum") {
+            bytes in
+            continuum.serverPosition(forHash: CustomHashFunction.value(keyHash, bytes))
+        }
+        keepAlive = route
+        try installCustomHash(route)
     }
 
     /// Maps keys to weighted servers as python-memcached does, without a server entry per unit.
@@ -235,9 +256,9 @@ extension Handle {
         }
     }
 
+    /// Adds a server with weight 1: libmemcached's distribution is modula, which has no weights.
     private func addServer(
         _ server: MemcachedServer,
-        weight: UInt32,
         to pointer: UnsafeMutablePointer<memcached_st>
     ) throws(MemcachedError) {
         if let problem = server.problem {
@@ -246,9 +267,9 @@ extension Handle {
         let rc: memcached_return_t
         switch server.address {
         case .tcp(let host, let port):
-            rc = memcached_server_add_with_weight(pointer, host, in_port_t(port), weight)
+            rc = memcached_server_add_with_weight(pointer, host, in_port_t(port), 1)
         case .unixSocket(let path):
-            rc = memcached_server_add_unix_socket_with_weight(pointer, path, weight)
+            rc = memcached_server_add_unix_socket_with_weight(pointer, path, 1)
         }
         guard memcached_success(rc) else {
             throw MemcachedError(

@@ -200,21 +200,11 @@ final class Handle {
         self.deadline = CallDeadline(handle: storage, timeout: source.deadline.timeout, parent: nil)
         self.pointer = storage
         try createResults()
-        // memcached_clone copies the distribution but not libmemcached's weighted-ketama flag,
-        // so a clone of a consistent handle built another continuum and mapped keys to other
-        // servers than its source: setting the distribution again sets the flag and rebuilds it.
+        // memcached_clone copies the hashkit, and with it a continuum's or a bucket list's key
+        // hash (held alive by keepAlive), but not the virtual buckets.
         if let map = source.bucketMap {
             bucketMap = map
             try setBuckets(map)
-        } else if configuration.distribution.kind != .modula {
-            let rc = memcached_behavior_set(
-                storage,
-                MEMCACHED_BEHAVIOR_DISTRIBUTION,
-                UInt64(Self.distributionValue(configuration.distribution).rawValue)
-            )
-            guard memcached_success(rc) else {
-                throw MemcachedError(code: .invalidConfiguration, message: "libmemcached refused the distribution")
-            }
         }
     }
 

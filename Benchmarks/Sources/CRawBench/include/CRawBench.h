@@ -84,6 +84,8 @@ int rawbench_thread_cpu(int tid);
 int rawbench_online_cpus(void);
 /// Makes stdout line-buffered even into a file or a pipe (Swift cannot touch `stdout` safely).
 void rawbench_line_buffer_stdout(void);
+/// Bytes of heap in use (glibc's mallinfo2 `uordblks`), for what a structure holds.
+size_t rawbench_heap_in_use(void);
 
 // MARK: - Allocation counting
 
