@@ -300,10 +300,14 @@ struct ContinuumTests {
             var configuration = MemcachedConfiguration(servers: entries)
             configuration.distribution = .consistent
             configuration.hash = .md5
+            // One deadline covers a whole multi-key call, here up to 1,000 connections made and
+            // 4,000 keys: generous, so that a busy machine cannot fail it.
+            configuration.timeout = .seconds(60)
+            configuration.connectTimeout = .seconds(10)
             let connection = try MemcachedConnection(configuration: configuration)
             let keys = Self.keys(4_000, "real")
             let stored = try connection.setMulti(Dictionary(uniqueKeysWithValues: keys.map { ($0, $0) }))
-            #expect(stored.keysNotApplied.isEmpty)
+            #expect(stored.keysNotApplied.isEmpty, "\(Set(stored.values.compactMap(\.error?.code)))")
 
             let direct = try ports.map { try MemcachedConnection(servers: ["127.0.0.1:\($0)"]) }
             var misplaced = 0
@@ -321,6 +325,21 @@ struct ContinuumTests {
             #expect(read.failures.isEmpty)
             #expect(read.hits.count == keys.count)
             #expect(read.hits.allSatisfy { $0.key == $0.value })
+        }
+    }
+}
+
+extension ContinuumTests {
+    @Test("pymemcacheMurmur3: MurmurHash3_x86_32 with seed 0 for ASCII, pymemcache's code-point units otherwise")
+    func pymemcacheMurmur3Vectors() {
+        // Published MurmurHash3_x86_32 values with seed 0, and pymemcache 4.0.0's murmur3_32 of a
+        // string with code points above 127 (each kept to its low 8 bits, counted once).
+        let vectors: [(String, UInt32)] = [
+            ("", 0), ("hello", 613_153_351), ("The quick brown fox jumps over the lazy dog", 776_992_547),
+            ("会é-key", 2_300_074_502),
+        ]
+        for (text, expected) in vectors {
+            #expect(MemcachedHash.pymemcacheMurmur3.value(forKey: text) == expected, "\(text)")
         }
     }
 }

@@ -81,6 +81,17 @@ public struct MemcachedHash: Sendable, Hashable, CustomStringConvertible {
         CustomHashFunction.adler32(bytes)
     }
 
+    /// MurmurHash3 (x86, 32 bits, seed 0) the way pymemcache's pure-Python `murmur3_32` computes
+    /// it, the hash of its `HashClient`'s ``MemcachedDistribution/rendezvous`` hashing.
+    ///
+    /// pymemcache hashes a Python string one code point at a time and keeps each code point's low
+    /// 8 bits, so for ASCII keys this is MurmurHash3_x86_32 of the bytes, and for other keys it
+    /// follows pymemcache, not the published function. libmemcached's ``murmur3`` seeds the
+    /// function with the key's length, so it differs. It is a ``custom(name:_:)`` hash.
+    public static let pymemcacheMurmur3 = MemcachedHash.custom(name: "pymemcacheMurmur3") { bytes in
+        CustomHashFunction.pymemcacheMurmur3(bytes)
+    }
+
     /// A hash computed by a Swift function, installed in libmemcached through libhashkit's
     /// custom-function hook.
     ///
@@ -160,6 +171,7 @@ public struct MemcachedHash: Sendable, Hashable, CustomStringConvertible {
 /// | ``consistentWeighted`` | libketama's continuum, as libmemcached builds it | share of the continuum | about its share |
 /// | ``libketama`` | libketama's continuum, as libketama builds it | share of the continuum | about its share |
 /// | ``libmemcachedConsistent`` | libmemcached's own continuum (pylibmc's `ketama`) | as ``consistentWeighted`` when any is above 1 | about 1/4 |
+/// | ``rendezvous`` | the highest hash of `server-key` (pymemcache's `HashClient`) | ignored | about 1/4 |
 ///
 /// Every consistent distribution takes any number of servers (1,000 servers build in a few
 /// milliseconds, in about 1.3 MB). The continuum is built by this library, not by libmemcached,
@@ -177,7 +189,7 @@ public struct MemcachedHash: Sendable, Hashable, CustomStringConvertible {
 /// points of a consistent continuum: use a full 32-bit hash there.
 public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible {
     enum Kind: Sendable, Hashable {
-        case modula, consistent, consistentWeighted, libketama, libmemcachedConsistent
+        case modula, consistent, consistentWeighted, libketama, libmemcachedConsistent, rendezvous
     }
 
     let kind: Kind
@@ -220,6 +232,18 @@ public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible
     /// As in libmemcached, a server of weight above 1 turns it into ``consistentWeighted``.
     public static let libmemcachedConsistent = MemcachedDistribution(kind: .libmemcachedConsistent)
 
+    /// Rendezvous (highest random weight) hashing, as pymemcache's `HashClient` maps keys: each
+    /// server scores a key with the configuration's hash of `name-key` and the highest score wins
+    /// (a tie goes to the greater name). Servers are named `host:port` (IPv6 hosts without
+    /// brackets, port 11211 included) and Unix-domain sockets by their path, as pymemcache names
+    /// them. With ``MemcachedHash/pymemcacheMurmur3`` it is pymemcache's mapping.
+    ///
+    /// Adding or removing a server moves only its share of the keys, like a continuum, and needs
+    /// no table; but each key is hashed once per server, so keep it for the few servers
+    /// pymemcache fleets have (a key costs about 3 hashes with 3 servers, 1,000 with 1,000).
+    /// Weights are ignored.
+    public static let rendezvous = MemcachedDistribution(kind: .rendezvous)
+
     /// The distribution's name, such as `modula` or `consistentWeighted`.
     public var description: String {
         switch kind {
@@ -228,6 +252,7 @@ public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible
         case .consistentWeighted: "consistentWeighted"
         case .libketama: "libketama"
         case .libmemcachedConsistent: "libmemcachedConsistent"
+        case .rendezvous: "rendezvous"
         }
     }
 }

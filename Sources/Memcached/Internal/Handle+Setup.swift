@@ -161,7 +161,7 @@ extension Handle {
             try addServer(server, to: pointer)
         }
         if configuration.distribution.kind != .modula {
-            try installContinuum(for: servers)
+            try installRouter(for: servers)
         } else if servers.contains(where: { $0.weight > 1 }) {
             try applyBucketList(servers)
         } else if bucketMap != nil {
@@ -180,14 +180,21 @@ extension Handle {
         }
     }
 
-    /// Routes keys over a continuum of `servers` (``Continuum``): the key hash installed in
-    /// libmemcached is the configured hash's point on the continuum turned into the position of
-    /// its server, which modula then picks. libmemcached's own continuum would abort the process
-    /// beyond 100 servers; this one takes any number, and is the same for up to 100.
-    private func installContinuum(for servers: [MemcachedServer]) throws(MemcachedError) {
+    /// Routes keys by rendezvous hashing (``Rendezvous``) or over a continuum of `servers`
+    /// (``Continuum``): the key hash installed in libmemcached is the chosen server's position,
+    /// which modula then picks. libmemcached's own continuum would abort the process beyond 100
+    /// servers; this one takes any number, and is the same for up to 100.
+    private func installRouter(for servers: [MemcachedServer]) throws(MemcachedError) {
+        let keyHash = configuration.hash.kind
         let scheme: Continuum.Scheme
         let weighted: Bool
         switch configuration.distribution.kind {
+        case .rendezvous:
+            let rendezvous = Rendezvous(names: servers.map(Rendezvous.name(of:)), hash: keyHash)
+            try installRoute(named: "rendezvous with \(configuration.hash)") { bytes in
+                rendezvous.serverPosition(forKey: bytes)
+            }
+            return
         case .consistent, .modula:
             (scheme, weighted) = (.libmemcachedWeighted, false)
         case .consistentWeighted:
@@ -200,18 +207,24 @@ extension Handle {
             let anyWeight = servers.contains { $0.weight > 1 }
             (scheme, weighted) = anyWeight ? (.libmemcachedWeighted, true) : (.libmemcachedUnweighted, false)
         }
-        let keyHash = configuration.hash.kind
         let continuum = Continuum(
             servers: servers.map { (Continuum.name(of: $0, scheme: scheme), weighted ? $0.weight : 1) },
             scheme: scheme,
             keyHash: keyHash
         )
-        let route = CustomHashFunction(name: "\(configuration.hash) on a \(configuration.distribution) continuum") {
-            bytes in
+        try installRoute(named: "\(configuration.hash) on a \(configuration.distribution) continuum") { bytes in
             continuum.serverPosition(forHash: CustomHashFunction.value(keyHash, bytes))
         }
-        keepAlive = route
-        try installCustomHash(route)
+    }
+
+    /// Installs `route`, which gives a key's server position, as the key hash.
+    private func installRoute(
+        named name: String,
+        _ route: @escaping @Sendable (UnsafeRawBufferPointer) -> UInt32
+    ) throws(MemcachedError) {
+        let function = CustomHashFunction(name: name, function: route)
+        keepAlive = function
+        try installCustomHash(function)
     }
 
     /// Maps keys to weighted servers as python-memcached does, without a server entry per unit.
