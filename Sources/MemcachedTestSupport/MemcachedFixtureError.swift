@@ -62,7 +62,8 @@ public enum MemcachedFixtureError: Error, CustomStringConvertible, Sendable {
         case .connectionClosed(let operation, let received):
             return "connection closed during \(operation); received so far: \(quoted(received))"
         case .nutcrackerNotInstalled(let directories):
-            return "nutcracker (twemproxy) is not installed: apt-get install nutcracker, or run scripts/install-deps.sh "
+            return
+                "nutcracker (twemproxy) is not installed: apt-get install nutcracker, or run scripts/install-deps.sh "
                 + "(searched PATH and \(directories.joined(separator: ", ")))"
         case .nutcrackerFailedToStart(let pid, let reason, let log):
             return "nutcracker (pid \(pid)) did not start: \(reason)."

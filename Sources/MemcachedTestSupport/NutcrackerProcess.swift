@@ -95,7 +95,8 @@ public final class NutcrackerProcess: Sendable {
         distribution: String,
         serverTimeout: Duration
     ) -> String {
-        let milliseconds = serverTimeout.components.seconds * 1000
+        let milliseconds =
+            serverTimeout.components.seconds * 1000
             + serverTimeout.components.attoseconds / 1_000_000_000_000_000
         var lines = [
             "memcached:",
@@ -281,7 +282,9 @@ public final class NutcrackerProcess: Sendable {
                 usleep(10_000)
             }
         }
-        throw failure("timed out waiting for it to forward `version` (last error: \(lastError.map { "\($0)" } ?? "none"))")
+        throw failure(
+            "timed out waiting for it to forward `version` (last error: \(lastError.map { "\($0)" } ?? "none"))"
+        )
     }
 
     /// The log and anything written to stdout or stderr, for failure messages.
