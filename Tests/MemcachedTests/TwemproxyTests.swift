@@ -156,6 +156,29 @@ struct TwemproxyTests {
     // reply. Each test below checks what our API reports then, that it reports it at once (no
     // timeout is involved: the proxy closes the socket), and that the next command works.
 
+    @Test(
+        "twemproxy closes the connection without a reply on every request it does not parse",
+        arguments: [
+            "flush_all\r\n", "flush_all 0\r\n", "stats\r\n", "stats items\r\n", "verbosity 1\r\n",
+            "gat 0 k\r\n", "gats 0 k\r\n", "mg k v\r\n", "ms k 1\r\nv\r\n", "md k\r\n", "mn\r\n",
+            // A binary GET of key "k" (magic 0x80), the first request of any binary-protocol client.
+            "\u{80}\u{00}\u{00}\u{01}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{01}"
+                + "\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}\u{00}k",
+        ]
+    )
+    func unparsedRequestsCloseTheConnection(request: String) throws {
+        try withTwemproxy { _, proxy in
+            #expect {
+                try rawLoopbackCommand(request, port: proxy.port, until: "\r\n", timeout: .seconds(10))
+            } throws: { error in
+                guard case MemcachedFixtureError.connectionClosed(_, let received) = error else { return false }
+                return received.isEmpty
+            }
+            let version = try rawLoopbackCommand("version\r\n", port: proxy.port, until: "\r\n")
+            #expect(version.hasPrefix("VERSION "), "version is forwarded")
+        }
+    }
+
     @Test("flush_all is not forwarded: flush fails with a typed error at once, the next command works")
     func flushIsNotForwarded() async throws {
         try await withTwemproxy { _, proxy in
