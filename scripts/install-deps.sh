@@ -8,6 +8,8 @@ missing=()
 pkg-config --exists libmemcached 2>/dev/null || missing+=(libmemcached-dev)
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || missing+=(memcached)
+# The twemproxy tests run the real proxy in front of three memcached servers.
+command -v nutcracker >/dev/null 2>&1 || [ -x /usr/sbin/nutcracker ] || [ -x /usr/bin/nutcracker ] || missing+=(nutcracker)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 # The SASL tests create a Cyrus password database and authenticate with PLAIN.
 command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ] || missing+=(sasl2-bin)

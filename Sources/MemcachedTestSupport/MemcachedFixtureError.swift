@@ -32,6 +32,10 @@ public enum MemcachedFixtureError: Error, CustomStringConvertible, Sendable {
     case timedOut(operation: String, receivedSoFar: String)
     /// The peer closed the connection before the expected reply was complete.
     case connectionClosed(operation: String, receivedSoFar: String)
+    /// No `nutcracker` (twemproxy) executable was found on `PATH` or in the usual system directories.
+    case nutcrackerNotInstalled(searchedDirectories: [String])
+    /// `nutcracker` exited during startup or did not become ready in time; `log` is its log file.
+    case nutcrackerFailedToStart(pid: pid_t, reason: String, log: String)
 
     public var description: String {
         switch self {
@@ -57,6 +61,13 @@ public enum MemcachedFixtureError: Error, CustomStringConvertible, Sendable {
             return "\(operation) timed out; received so far: \(quoted(received))"
         case .connectionClosed(let operation, let received):
             return "connection closed during \(operation); received so far: \(quoted(received))"
+        case .nutcrackerNotInstalled(let directories):
+            return
+                "nutcracker (twemproxy) is not installed: apt-get install nutcracker, or run scripts/install-deps.sh "
+                + "(searched PATH and \(directories.joined(separator: ", ")))"
+        case .nutcrackerFailedToStart(let pid, let reason, let log):
+            return "nutcracker (pid \(pid)) did not start: \(reason)."
+                + (log.isEmpty ? " It wrote no log." : "\nnutcracker log:\n\(log)")
         }
     }
 }

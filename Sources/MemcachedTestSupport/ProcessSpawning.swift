@@ -14,16 +14,26 @@ let fallbackMemcachedDirectories = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
 ///
 /// - Throws: ``MemcachedFixtureError/memcachedNotInstalled(searchedDirectories:)``.
 func locateMemcachedExecutable() throws -> String {
+    guard let path = locateExecutable(named: "memcached") else {
+        throw MemcachedFixtureError.memcachedNotInstalled(searchedDirectories: fallbackMemcachedDirectories)
+    }
+    return path
+}
+
+/// Finds an executable called `name` on `PATH` or in ``fallbackMemcachedDirectories``.
+///
+/// - Returns: Its path, or `nil` when there is none.
+func locateExecutable(named name: String) -> String? {
     let pathDirectories = (ProcessInfo.processInfo.environment["PATH"] ?? "")
         .split(separator: ":", omittingEmptySubsequences: true)
         .map(String.init)
     for directory in pathDirectories + fallbackMemcachedDirectories {
-        let candidate = directory + "/memcached"
+        let candidate = directory + "/" + name
         if access(candidate, X_OK) == 0 {
             return candidate
         }
     }
-    throw MemcachedFixtureError.memcachedNotInstalled(searchedDirectories: fallbackMemcachedDirectories)
+    return nil
 }
 
 /// Creates a private scratch directory under the system temporary directory.

@@ -269,6 +269,47 @@ struct FixtureTests {
         let error = MemcachedFixtureError.memcachedNotInstalled(searchedDirectories: ["/usr/bin"])
         #expect(error.description.contains("memcached is not installed: apt-get install memcached"))
     }
+
+    @Test("NutcrackerProcess forwards to its backend on loopback, reports statistics, and stop ends it")
+    func nutcrackerStartsAndStops() throws {
+        try withMemcached { cluster in
+            let proxy = try NutcrackerProcess.start(backends: cluster.addresses)
+            #expect(proxy.configuration.contains("listen: 127.0.0.1:\(proxy.port)\n"))
+            #expect(proxy.configuration.contains("- \(cluster.addresses[0]):1\n"))
+            let stored = try rawLoopbackCommand("set k 0 0 1\r\nv\r\n", port: proxy.port, until: "\r\n")
+            #expect(stored == "STORED\r\n")
+            #expect(try cluster.servers[0].rawCommand("get k\r\n") == "VALUE k 0 1\r\nv\r\nEND\r\n")
+            let statistics = try proxy.statistics()
+            #expect(statistics.contains("\"service\":\"nutcracker\""))
+            #expect(statistics.contains("\"\(cluster.addresses[0])\""))
+            proxy.stop()
+            #expect(!processExists(proxy.pid))
+            #expect(proxy.log.contains("nutcracker-0.5"), "the log outlives the process: \(proxy.log)")
+            proxy.stop()
+        }
+    }
+
+    @Test("A nutcracker that refuses its configuration fails the start with its log")
+    func nutcrackerStartFailureShowsItsLog() throws {
+        try withMemcached { cluster in
+            do {
+                let proxy = try NutcrackerProcess.start(backends: cluster.addresses, hash: "no-such-hash")
+                proxy.stop()
+                Issue.record("nutcracker started with an invalid hash")
+            } catch MemcachedFixtureError.nutcrackerFailedToStart(let pid, let reason, let log) {
+                #expect(!processExists(pid))
+                #expect(reason.contains("during startup"), "\(reason)")
+                #expect(log.contains("\"hash\" is not a valid hash"), "\(log)")
+            }
+        }
+    }
+
+    @Test("The nutcracker-not-installed error says how to install it")
+    func nutcrackerNotInstalledErrorExplainsTheFix() {
+        let error = MemcachedFixtureError.nutcrackerNotInstalled(searchedDirectories: ["/usr/sbin"])
+        #expect(error.description.contains("apt-get install nutcracker"))
+        #expect(error.description.contains("scripts/install-deps.sh"))
+    }
 }
 
 /// Whether a process with this pid exists; `kill` with signal 0 only checks.

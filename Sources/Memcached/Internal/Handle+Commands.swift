@@ -956,6 +956,13 @@ extension Handle {
         guard memcached_success(rc) else {
             throw failure(rc, command: "stats")
         }
+        // libmemcached 1.1.4's memcached_server_execute (instance.cc), which runs `stats` on each
+        // server, returns MEMCACHED_SUCCESS even when the server failed, for example when it closed
+        // the connection (as twemproxy does, which does not forward `stats`). This handle is fresh
+        // and serves one server, so an error recorded on that server is this call's.
+        if let (instance, server) = try serverInstances().first, let error = serverError(instance, server: server) {
+            throw error
+        }
         return collector.values
     }
 
