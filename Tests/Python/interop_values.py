@@ -17,7 +17,7 @@ def value_for(kind, i):
     if kind == "str":
         return "text-%d-会-é" % i
     if kind == "int":
-        return (i * 2654435761) % (2**63) - 2**62
+        return (i * 0x9E3779B97F4A7C15) % (2**63) - 2**62
     if kind == "bigint":
         return 2**63 + i * 7919
     if kind == "bool":

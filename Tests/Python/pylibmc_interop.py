@@ -52,6 +52,10 @@ class JSONClient(pylibmc.Client):
         return data, flags
 
     def deserialize(self, data, flags):
+        # pylibmc 1.6.3's get (not get_multi) passes None for an empty value to a Python-level
+        # deserialize.
+        if data is None:
+            data = b""
         if flags & TYPE_FLAGS == PICKLE:
             return from_json(data)
         return super().deserialize(data, flags)
