@@ -2,7 +2,8 @@ import Foundation
 import Memcached
 import Testing
 
-/// Runs the real python-memcached 1.62 from `.venv-python` (made by `scripts/install-deps.sh`).
+/// Runs the real python-memcached 1.62, pylibmc 1.6.3 and pymemcache 4.0.0 from `.venv-python`
+/// (made by `scripts/install-deps.sh`).
 enum PythonMemcached {
     struct Failure: Error, CustomStringConvertible {
         var description: String
@@ -28,7 +29,8 @@ enum PythonMemcached {
         guard FileManager.default.isExecutableFile(atPath: python.path) else {
             throw Failure(
                 description:
-                    "\(python.path) is missing: run scripts/install-deps.sh to create it with python-memcached 1.62"
+                    "\(python.path) is missing: run scripts/install-deps.sh to create it with python-memcached 1.62, "
+                    + "pylibmc 1.6.3 and pymemcache 4.0.0"
             )
         }
         let directory = FileManager.default.temporaryDirectory

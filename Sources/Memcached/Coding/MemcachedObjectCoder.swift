@@ -65,9 +65,9 @@ public struct JSONObjectCoder: MemcachedObjectCoder {
 
 extension MemcachedObjectCoder {
     @usableFromInline
-    func payload<Value: Encodable>(for value: Value) throws -> MemcachedPayload {
+    func payload<Value: Encodable>(for value: Value, flags: MemcachedFlags = .serialized) throws -> MemcachedPayload {
         do {
-            return MemcachedPayload(bytes: try encode(value), flags: .serialized)
+            return MemcachedPayload(bytes: try encode(value), flags: flags)
         } catch {
             throw MemcachedError(code: .unencodableValue, message: "cannot encode \(Value.self): \(error)")
         }

@@ -14,7 +14,8 @@
 /// ```
 ///
 /// Compressed values arrive decompressed, with the type their other flags say. Storing one writes
-/// it with python-memcached's flags for its case (an object's bytes unchanged), so text,
+/// it with the configured ``MemcachedFlagProfile``'s flags for its case (an object's bytes
+/// unchanged), so text,
 /// integers, bytes and objects move between keys or servers without knowing their type; what
 /// was read as ``bytes(_:)`` (unknown flags, a long beyond `Int`, text that is not UTF-8) is
 /// written back as plain bytes, flag 0.
@@ -31,13 +32,14 @@ public enum MemcachedStoredValue: Sendable, Hashable, MemcachedValue {
     /// object coder.
     case object(MemcachedSerializedObject)
 
-    /// Stores the value with the flags of its case, as python-memcached stores that type.
+    /// Stores the value with the flags the context's ``MemcachedFlagProfile`` gives its case, as
+    /// that profile's Python client stores the type.
     public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
         switch self {
-        case .text(let text): MemcachedPayload(bytes: Array(text.utf8), flags: .text)
-        case .integer(let number): MemcachedPayload(bytes: Array(String(number).utf8), flags: .integer)
-        case .bytes(let bytes): MemcachedPayload(bytes: bytes, flags: .bytes)
-        case .object(let object): MemcachedPayload(bytes: object.bytes, flags: .serialized)
+        case .text(let text): text.memcachedPayload(context: context)
+        case .integer(let number): number.memcachedPayload(context: context)
+        case .bytes(let bytes): MemcachedPayload(bytes: bytes, flags: context.flagProfile.flags(for: .bytes))
+        case .object(let object): MemcachedPayload(bytes: object.bytes, flags: context.flagProfile.flags(for: .object))
         }
     }
 

@@ -7,15 +7,18 @@ public import Foundation
 // MARK: - Bytes
 
 extension Array: MemcachedValue where Element: Codable {
-    /// Stores `[UInt8]` unchanged with ``MemcachedFlags/bytes``, as python-memcached stores
-    /// `bytes`; any other array with the context's object coder, as python-memcached pickles a list.
+    /// Stores `[UInt8]` unchanged with ``MemcachedFlags/bytes``, as the Python clients store
+    /// `bytes`; any other array with the context's object coder, as they pickle a list.
     @inlinable
     public func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload {
         // A type comparison and a bit cast, not `as?`: a dynamic array cast copies the array.
         if Element.self == UInt8.self {
-            return MemcachedPayload(bytes: unsafeBitCast(self, to: [UInt8].self), flags: .bytes)
+            return MemcachedPayload(
+                bytes: unsafeBitCast(self, to: [UInt8].self),
+                flags: context.flagProfile.flags(for: .bytes)
+            )
         }
-        return try context.objectCoder.payload(for: self)
+        return try context.objectPayload(for: self)
     }
 
     /// Reads any stored value as its raw bytes for `[UInt8]`, whatever its flags; any other array
@@ -43,9 +46,9 @@ extension Decimal: MemcachedValue {}
 extension Float: MemcachedValue {}
 
 extension Data: MemcachedValue {
-    /// Stores the bytes unchanged with ``MemcachedFlags/bytes``, as python-memcached stores `bytes`.
+    /// Stores the bytes unchanged with ``MemcachedFlags/bytes``, as the Python clients store `bytes`.
     public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
-        MemcachedPayload(bytes: Array(self), flags: .bytes)
+        MemcachedPayload(bytes: Array(self), flags: context.flagProfile.flags(for: .bytes))
     }
 
     /// Reads any stored value as its raw bytes, whatever its flags.
@@ -57,9 +60,9 @@ extension Data: MemcachedValue {
 // MARK: - Text
 
 extension String: MemcachedValue {
-    /// Stores the UTF-8 bytes with ``MemcachedFlags/text``, as python-memcached stores `str`.
+    /// Stores the UTF-8 bytes with ``MemcachedFlags/text``, as the Python clients store `str`.
     public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
-        MemcachedPayload(bytes: Array(utf8), flags: .text)
+        MemcachedPayload(bytes: Array(utf8), flags: context.flagProfile.flags(for: .text))
     }
 
     /// Reads text, raw bytes or a decimal integer as a string; the bytes must be valid UTF-8.
@@ -101,10 +104,11 @@ private func decimalText(_ bytes: UnsafeRawBufferPointer) -> Substring? {
 // `Codable` as well as `FixedWidthInteger`, so that these are more specific than the object-coder
 // defaults every `Codable` value gets.
 extension MemcachedValue where Self: FixedWidthInteger & Codable {
-    /// Stores the number as ASCII decimal with ``MemcachedFlags/integer``, so `increment` works
-    /// on it and python-memcached reads an `int`.
+    /// Stores the number as ASCII decimal with the profile's integer flag
+    /// (``MemcachedFlags/integer``, or ``MemcachedFlags/long`` for pylibmc), so `increment` works
+    /// on it and Python reads an `int`.
     public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
-        MemcachedPayload(bytes: Array(String(self).utf8), flags: .integer)
+        MemcachedPayload(bytes: Array(String(self).utf8), flags: context.flagProfile.flags(for: .integer))
     }
 
     /// Reads ASCII decimal stored as an integer, long, text or raw bytes.
@@ -138,13 +142,20 @@ extension UInt32: MemcachedValue {}
 extension UInt64: MemcachedValue {}
 
 extension Bool: MemcachedValue {
-    /// Stores `1` or `0` with ``MemcachedFlags/integer``, as pylibmc does; python-memcached reads
-    /// it back as the `int` 1 or 0.
+    /// Stores `1` or `0` with ``MemcachedFlags/integer``, as python-memcached and pylibmc do (both
+    /// read it back as the `int` 1 or 0); with the ``MemcachedFlagProfile/pymemcache`` profile,
+    /// JSON `true` or `false` with ``MemcachedFlags/serialized``, which pymemcache with a JSON
+    /// pickler reads as a `bool`.
     public func memcachedPayload(context: MemcachedCodingContext) -> MemcachedPayload {
-        MemcachedPayload(bytes: self ? [0x31] : [0x30], flags: .integer)
+        let flags = context.flagProfile.flags(for: .boolean)
+        if flags.contains(.serialized) {
+            return MemcachedPayload(bytes: Array((self ? "true" : "false").utf8), flags: flags)
+        }
+        return MemcachedPayload(bytes: self ? [0x31] : [0x30], flags: flags)
     }
 
-    /// Reads `1`/`0` (any flags but serialized), or JSON `true`/`false` (serialized).
+    /// Reads `1`/`0` (any flags but serialized), or JSON `true`/`false` (serialized), whichever
+    /// profile wrote it.
     ///
     /// - Throws: ``MemcachedError/Code/undecodableValue`` for anything else.
     public init(
@@ -173,7 +184,7 @@ extension Double: MemcachedValue {
         } else {
             text = String(self)
         }
-        return MemcachedPayload(bytes: Array(text.utf8), flags: .serialized)
+        return MemcachedPayload(bytes: Array(text.utf8), flags: context.flagProfile.flags(for: .floatingPoint))
     }
 
     /// Reads a decimal number stored with any flags.

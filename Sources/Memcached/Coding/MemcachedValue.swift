@@ -22,6 +22,7 @@ public struct MemcachedFlags: OptionSet, Sendable, Hashable {
     /// An integer as ASCII decimal (python-memcached's `_FLAG_INTEGER`, 2).
     public static let integer = MemcachedFlags(rawValue: 2)
     /// A long integer as ASCII decimal (python-memcached's `_FLAG_LONG`, 4); read like ``integer``.
+    /// pylibmc writes every `int` this way (``MemcachedFlagProfile/pylibmc``).
     public static let long = MemcachedFlags(rawValue: 4)
     /// The stored bytes are zlib-compressed (python-memcached's `_FLAG_COMPRESSED`, 8).
     public static let compressed = MemcachedFlags(rawValue: 8)
@@ -51,7 +52,7 @@ public struct MemcachedPayload: Sendable, Hashable {
 /// value protocol every command takes.
 ///
 /// `String`, `[UInt8]`, `Data`, every fixed-width integer, `Bool` and `Double` conform, using
-/// python-memcached's flags. A `Codable` type conforms with one empty extension, and is then
+/// python-memcached's flags, or those of the configured ``MemcachedFlagProfile``. A `Codable` type conforms with one empty extension, and is then
 /// stored by the client's ``MemcachedConfiguration/objectCoder`` (JSON by default) with
 /// ``MemcachedFlags/serialized``, as python-memcached pickles objects:
 ///
@@ -98,18 +99,35 @@ public struct MemcachedCodingContext: Sendable {
     /// The coder for `Codable` values, from ``MemcachedConfiguration/objectCoder``.
     public var objectCoder: any MemcachedObjectCoder
 
+    /// Which Python client's flags values are written with, from
+    /// ``MemcachedConfiguration/flagProfile``.
+    public var flagProfile: MemcachedFlagProfile
+
     /// Creates a context.
     ///
-    /// - Parameter objectCoder: The coder for `Codable` values. The default writes JSON.
-    public init(objectCoder: any MemcachedObjectCoder = JSONObjectCoder()) {
+    /// - Parameters:
+    ///   - objectCoder: The coder for `Codable` values. The default writes JSON.
+    ///   - flagProfile: The flags values are written with. The default is python-memcached's.
+    public init(
+        objectCoder: any MemcachedObjectCoder = JSONObjectCoder(),
+        flagProfile: MemcachedFlagProfile = .pythonMemcached
+    ) {
         self.objectCoder = objectCoder
+        self.flagProfile = flagProfile
+    }
+
+    /// Encodes a value with the object coder, flagged as the profile flags objects.
+    @usableFromInline
+    func objectPayload<Value: Encodable>(for value: Value) throws -> MemcachedPayload {
+        try objectCoder.payload(for: value, flags: flagProfile.flags(for: .object))
     }
 }
 
 extension MemcachedValue where Self: Encodable {
-    /// Encodes the value with the context's object coder, flagged ``MemcachedFlags/serialized``.
+    /// Encodes the value with the context's object coder, flagged as the context's
+    /// ``MemcachedFlagProfile`` flags objects (``MemcachedFlags/serialized`` in every profile).
     public func memcachedPayload(context: MemcachedCodingContext) throws -> MemcachedPayload {
-        try context.objectCoder.payload(for: self)
+        try context.objectPayload(for: self)
     }
 }
 

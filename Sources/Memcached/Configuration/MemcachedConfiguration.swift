@@ -151,6 +151,14 @@ public struct MemcachedConfiguration: Sendable {
     /// pickler and unpickler reads and writes.
     public var objectCoder: any MemcachedObjectCoder = JSONObjectCoder()
 
+    /// Which Python client's flags values are written with, so that it reads them as the Python
+    /// types they stand for: ``MemcachedFlagProfile/pythonMemcached`` (the default),
+    /// ``MemcachedFlagProfile/pylibmc`` or ``MemcachedFlagProfile/pymemcache``.
+    ///
+    /// Reads accept what any of the three writes, whatever the profile. See
+    /// ``MemcachedFlagProfile`` for the flags of each kind of value.
+    public var flagProfile: MemcachedFlagProfile = .pythonMemcached
+
     /// The function that hashes keys to pick a server.
     ///
     /// The default is ``MemcachedHash/default``, libmemcached's one-at-a-time hash. A built-in hash

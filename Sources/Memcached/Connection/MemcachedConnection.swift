@@ -71,14 +71,20 @@ public final class MemcachedConnection {
     ///   ``MemcachedError/Code/invalidServerSpecification`` when libmemcached refuses a setting.
     public init(configuration: MemcachedConfiguration) throws {
         self.configuration = configuration
-        self.codingContext = MemcachedCodingContext(objectCoder: configuration.objectCoder)
+        self.codingContext = MemcachedCodingContext(
+            objectCoder: configuration.objectCoder,
+            flagProfile: configuration.flagProfile
+        )
         self.handle = try Handle(configuration: configuration)
     }
 
     /// Wraps a handle, such as a clone made for a pool.
     init(handle: Handle) {
         self.configuration = handle.configuration
-        self.codingContext = MemcachedCodingContext(objectCoder: handle.configuration.objectCoder)
+        self.codingContext = MemcachedCodingContext(
+            objectCoder: handle.configuration.objectCoder,
+            flagProfile: handle.configuration.flagProfile
+        )
         self.handle = handle
     }
 
