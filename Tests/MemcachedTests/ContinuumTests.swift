@@ -343,3 +343,69 @@ extension ContinuumTests {
         }
     }
 }
+
+extension ContinuumTests {
+    @Test("a weighted server left out: its keys move, and the others' rounded shares move a few more")
+    func weightedServerLeftOut() throws {
+        let keys = Self.keys(100_000, "weights")
+        let weights = [3, 1, 1, 7, 2]
+        let all = Self.servers(5) { weights[$0] }
+        var rest = all
+        rest.remove(at: 3)
+        let before = try Self.positions(keys, all, .consistentWeighted)
+        let after = try Self.positions(keys, rest, .consistentWeighted)
+        var own = 0
+        var others = 0
+        for (old, new) in zip(before, after) {
+            if old == 3 {
+                own += 1
+            } else if (old > 3 ? old - 1 : old) != new {
+                others += 1
+            }
+        }
+        print("weights \(weights), the weight-7 server left out: its \(own) keys moved, and \(others) others")
+        #expect(own > 40_000)
+        // Each remaining server's digests are floor(share × 40 × live servers) again: some of its
+        // points appear or disappear, about 8 % of the keys here.
+        #expect(others > 2_000 && others < 20_000)
+    }
+
+    @Test(
+        "libmemcachedConsistent with a weighted server down stays weighted, as libmemcached's flag does"
+    )
+    func weightedLibmemcachedConsistentFailover() throws {
+        let refusing = try RefusingLoopbackPort()
+        defer { refusing.release() }
+        try withMemcached(servers: 2) { cluster in
+            let servers = [
+                MemcachedServer(host: "127.0.0.1", port: refusing.port, weight: 2),
+                try MemcachedServer(parsing: cluster.addresses[0]),
+                try MemcachedServer(parsing: cluster.addresses[1]),
+            ]
+            var configuration = MemcachedConfiguration(servers: servers)
+            configuration.distribution = .libmemcachedConsistent
+            configuration.removeFailedServers = true
+            configuration.serverFailureLimit = 1
+            configuration.retryTimeout = .seconds(600)
+            configuration.connectTimeout = .seconds(2)
+            let connection = try MemcachedConnection(configuration: configuration)
+            let keys = Self.keys(5_000, "sticky")
+            let before = try keys.map { try connection.server(forKey: $0) }
+            let downKey = try #require(zip(keys, before).first { $0.1 == servers[0].address.description }?.0)
+            #expect(throws: MemcachedError.self) { try connection.get(downKey, as: String.self) }
+            // The next call rebuilds the list without the refusing server.
+            #expect(try connection.get("after", as: String.self) == nil)
+            let after = try keys.map { try connection.server(forKey: $0) }
+            // libmemcached's weighted continuum of the two servers left, not its unweighted one
+            // (which would move about half of their keys).
+            let weighted = try Self.connection(Array(servers.dropFirst()), .consistentWeighted, hash: .default)
+            let expected = try keys.map { try weighted.server(forKey: $0) }
+            let differing = zip(after, expected).filter { $0 != $1 }.count
+            #expect(differing == 0, "\(differing) keys differ from the weighted continuum of the servers left")
+            let moved = zip(before, after).filter { $0.0 != servers[0].address.description && $0.0 != $0.1 }.count
+            print("libmemcachedConsistent, weighted server down: \(moved) of the others' keys moved (rounding)")
+            #expect(moved < keys.count / 10)
+            #expect(!after.contains(servers[0].address.description))
+        }
+    }
+}

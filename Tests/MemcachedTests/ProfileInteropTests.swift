@@ -3,26 +3,33 @@ import Memcached
 import MemcachedTestSupport
 import Testing
 
-/// pylibmc's key mapping and ours: its behaviors and the configuration that maps keys the same way.
+/// pylibmc's key mapping and ours: its behaviors and ``MemcachedConfiguration/pylibmcCompatible(servers:distribution:hash:)``.
 struct PylibmcMapping: Sendable, CustomTestStringConvertible {
     var behaviors: String
-    var hash: MemcachedHash
-    var distribution: MemcachedDistribution
+    var pylibmc: MemcachedConfiguration.PylibmcDistribution
+    var pylibmcHash: MemcachedHash = .default
     var weights: [Int]
 
-    var testDescription: String { "pylibmc \(behaviors), swift \(hash) \(distribution) weights \(weights)" }
+    var testDescription: String { "pylibmc \(behaviors), weights \(weights)" }
+
+    /// What ``MemcachedConfiguration/pylibmcCompatible(servers:distribution:hash:)`` makes of it.
+    func configuration(_ addresses: [String]) throws -> MemcachedConfiguration {
+        try MemcachedConfiguration.pylibmcCompatible(
+            servers: zip(addresses, weights).map { "\($0):\($1)" },
+            distribution: pylibmc,
+            hash: pylibmcHash
+        )
+    }
+
+    var hash: MemcachedHash { (try? configuration(["127.0.0.1:1"]).hash) ?? pylibmcHash }
+    var distribution: MemcachedDistribution { (try? configuration(["127.0.0.1:1"]).distribution) ?? .modula }
 
     /// libmemcached's defaults, which pylibmc keeps (it neither sorts the servers nor sets a
     /// behavior unasked); and `ketama_weighted`, which sets the MD5 key hash and the weighted
     /// continuum.
     static let all = [
-        PylibmcMapping(behaviors: "{}", hash: .default, distribution: .modula, weights: [1, 1, 1]),
-        PylibmcMapping(
-            behaviors: #"{"ketama_weighted": true}"#,
-            hash: .md5,
-            distribution: .consistentWeighted,
-            weights: [1, 1, 1]
-        ),
+        PylibmcMapping(behaviors: "{}", pylibmc: .modula, weights: [1, 1, 1]),
+        PylibmcMapping(behaviors: #"{"ketama_weighted": true}"#, pylibmc: .ketamaWeighted, weights: [1, 1, 1]),
     ]
 }
 
@@ -239,12 +246,17 @@ struct ProfileInteropTests {
     @Test(
         "pylibmc_interop.py map: pylibmc and we pick the same server for every key",
         arguments: PylibmcMapping.all + [
+            PylibmcMapping(behaviors: #"{"ketama_weighted": true}"#, pylibmc: .ketamaWeighted, weights: [1, 3, 2]),
+            // pylibmc's `ketama`: libmemcached's own continuum, hashed with the key hash; a
+            // weight above 1 makes it the weighted one.
+            PylibmcMapping(behaviors: #"{"ketama": true}"#, pylibmc: .ketama, weights: [1, 1, 1]),
             PylibmcMapping(
-                behaviors: #"{"ketama_weighted": true}"#,
-                hash: .md5,
-                distribution: .consistentWeighted,
-                weights: [1, 3, 2]
-            )
+                behaviors: #"{"ketama": true, "hash": "md5"}"#,
+                pylibmc: .ketama,
+                pylibmcHash: .md5,
+                weights: [1, 1, 1]
+            ),
+            PylibmcMapping(behaviors: #"{"ketama": true}"#, pylibmc: .ketama, weights: [1, 3, 2]),
         ]
     )
     func pylibmcMap(mapping: PylibmcMapping) throws {
@@ -259,13 +271,7 @@ struct ProfileInteropTests {
                 keys: keys,
                 as: [String: String].self
             )
-            let memc = try Self.connection(
-                cluster,
-                profile: .pylibmc,
-                hash: mapping.hash,
-                distribution: mapping.distribution,
-                weights: mapping.weights
-            )
+            let memc = try MemcachedConnection(configuration: try mapping.configuration(cluster.addresses))
             let different = try keys.filter { try memc.server(forKey: $0) != python[$0] }
             print(
                 "pylibmc \(mapping.behaviors) weights \(mapping.weights): \(keys.count - different.count) of \(keys.count) keys agree"
@@ -286,7 +292,14 @@ struct ProfileInteropTests {
     @Test("pymemcache writes 2,000 keys of every kind over 3 servers; we read all of them, equal")
     func pymemcacheWritesSwiftReads() throws {
         try withMemcached(servers: 3) { cluster in
-            let memc = try Self.connection(cluster, profile: .pymemcache)
+            // pymemcacheCompatible's mapping, which is HashClient's (see pymemcacheMap); the Python
+            // side sends each key to the server it names.
+            let memc = try Self.connection(
+                cluster,
+                profile: .pymemcache,
+                hash: .pymemcacheMurmur3,
+                distribution: .rendezvous
+            )
             let keys = try PythonMemcached.run(
                 ["keys", "--count", "\(Self.count)"],
                 script: "pymemcache_interop.py",
@@ -306,7 +319,14 @@ struct ProfileInteropTests {
     @Test("we write 2,000 keys of every kind over 3 servers; pymemcache reads all of them, equal")
     func swiftWritesPymemcacheReads() throws {
         try withMemcached(servers: 3) { cluster in
-            let memc = try Self.connection(cluster, profile: .pymemcache)
+            // pymemcacheCompatible's mapping, which is HashClient's (see pymemcacheMap); the Python
+            // side sends each key to the server it names.
+            let memc = try Self.connection(
+                cluster,
+                profile: .pymemcache,
+                hash: .pymemcacheMurmur3,
+                distribution: .rendezvous
+            )
             let expected = try Self.writeSwiftValues(profile: .pymemcache, cluster: cluster, with: memc)
             let read = try PythonMemcached.withRoutesFile(try Self.routes(Array(expected.keys), with: memc)) { routes in
                 try PythonMemcached.run(
@@ -319,18 +339,50 @@ struct ProfileInteropTests {
         }
     }
 
-    @Test("pymemcache_interop.py map: HashClient's server for every key, over every server")
+    @Test(
+        "rendezvous with pymemcacheMurmur3 picks HashClient's server for every key: IPv4, IPv6, Unix sockets, non-ASCII keys"
+    )
     func pymemcacheMap() throws {
-        try withMemcached(servers: 3) { cluster in
-            let keys = (0..<1_000).map { "route-\($0)" }
+        let keys = (0..<3_000).map { "route-\($0)-\(["a", "b", "é", "会", "ob"][$0 % 5])" }
+        let serverLists: [[String]] = [
+            ["127.0.0.1:21001", "127.0.0.1:21002", "127.0.0.1:21003"],
+            ["127.0.0.1:11211", "[::1]:11211", "[::1]:21002", "/tmp/pymemcache-map.sock", "localhost:21004"],
+        ]
+        for servers in serverLists {
             let python = try PythonMemcached.run(
-                ["map", "--servers", cluster.addresses.joined(separator: ",")],
+                ["map", "--servers", servers.joined(separator: ",")],
                 script: "pymemcache_interop.py",
                 keys: keys,
                 as: [String: String].self
             )
+            let configuration = try MemcachedConfiguration.pymemcacheCompatible(servers: servers)
+            let memc = try MemcachedConnection(configuration: configuration)
+            // pymemcache's node names, by our server's description.
+            let nodes = Dictionary(
+                uniqueKeysWithValues: configuration.servers.map { server -> (String, String) in
+                    switch server.address {
+                    case .tcp(let host, let port): (server.address.description, "\(host):\(port)")
+                    case .unixSocket(let path): (server.address.description, path)
+                    }
+                }
+            )
+            let different = try keys.filter { nodes[try memc.server(forKey: $0)] != python[$0] }
+            print("pymemcache HashClient over \(servers): \(keys.count - different.count) of \(keys.count) keys agree")
             #expect(python.count == keys.count)
-            #expect(Set(python.values) == Set(cluster.addresses))
+            #expect(different.isEmpty, "keys that differ, such as \(different.prefix(5))")
+            #expect(Set(python.values).count == servers.count)
+        }
+    }
+
+    @Test("rendezvous: a tie goes to the greater server name, as pymemcache's max(str(node), str(winner))")
+    func rendezvousTies() throws {
+        let servers = ["127.0.0.1:21001", "127.0.0.9:21001", "127.0.0.5:21001"]
+        var configuration = MemcachedConfiguration(servers: try servers.map(MemcachedServer.init(parsing:)))
+        configuration.distribution = .rendezvous
+        configuration.hash = .custom(name: "constant") { _ in 7 }
+        let memc = try MemcachedConnection(configuration: configuration)
+        for key in ["a", "b", "c"] {
+            #expect(try memc.server(forKey: key) == "127.0.0.9:21001")
         }
     }
 }

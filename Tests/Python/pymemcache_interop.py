@@ -12,9 +12,10 @@ Every command prints one JSON document on stdout. Servers are `host:port`, comma
     read  --routes FILE
         reads every key of FILE from the server it names; prints {key: {"type", "value"}}
     map   --servers S --keys FILE
-        prints {key: "host:port"}, the server pymemcache's HashClient (its default hasher,
-        rendezvous hashing with murmur3_32 of "host:port-key") picks for each key of FILE (a JSON
-        list), the servers given in this order
+        prints {key: node}, the node pymemcache's HashClient (its default hasher, rendezvous
+        hashing with murmur3_32 of "node-key") picks for each key of FILE (a JSON list), the
+        servers given in this order in any form HashClient takes; a node is named "host:port" (an
+        IPv6 host without brackets) or, for a Unix socket, by its path. No server is contacted.
 
 For example, with the servers started:
 
@@ -81,11 +82,8 @@ def read(args):
 
 def route(args):
     hc = HashClient(args.servers.split(","), serde=SERDE)
-    mapping = {}
-    for key in load(args.keys):
-        host, port = hc._get_client(key).server
-        mapping[key] = "%s:%s" % (host, port)
-    json.dump(mapping, sys.stdout)
+    # The hasher's node names: "host:port" (an IPv6 host without brackets) or a Unix socket's path.
+    json.dump({key: hc.hasher.get_node(key) for key in load(args.keys)}, sys.stdout)
 
 
 def main():

@@ -66,6 +66,14 @@ uint64_t rawbench_allocations(void) {
 
 #endif
 
+#if defined(__linux__) && defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
 size_t rawbench_heap_in_use(void) {
-    return mallinfo2().uordblks;
+    // Chunks in use plus the ones glibc mmapped (a large array can be either).
+    struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
 }
+#else
+size_t rawbench_heap_in_use(void) {
+    return (size_t)-1;
+}
+#endif

@@ -32,7 +32,8 @@ enum ContinuumBench {
         return times.sorted()[times.count / 2]
     }
 
-    /// Heap bytes in use after creating the connection, less before (glibc's `mallinfo2`, through CRawBench).
+    /// Heap bytes in use after creating the connection, less before (glibc's `mallinfo2`, through
+    /// CRawBench, whose SIZE_MAX where there is none reads as -1 here).
     static func heapGrowth(_ count: Int, _ distribution: MemcachedDistribution) throws -> (Int, MemcachedConnection) {
         let before = rawbench_heap_in_use()
         let connection = try connection(count, distribution)
@@ -75,9 +76,11 @@ enum ContinuumBench {
                 let (heap, connection) = try heapGrowth(count, distribution)
                 let lookup = try lookupNanoseconds(connection, keys: keys)
                 connection.close()
+                let held =
+                    rawbench_heap_in_use() < 0
+                    ? "n/a" : "\(String(format: "%.2f", Double(heap - modulaHeap) / 1_048_576)) MiB"
                 print(
-                    "| \(count) | \(distribution) | \(created) | \(created - modula) | "
-                        + "\(String(format: "%.2f", Double(heap - modulaHeap) / 1_048_576)) MiB | "
+                    "| \(count) | \(distribution) | \(created) | \(created - modula) | \(held) | "
                         + "\(String(format: "%.0f", lookup)) ns |"
                 )
             }

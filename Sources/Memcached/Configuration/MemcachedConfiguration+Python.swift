@@ -47,6 +47,97 @@ extension MemcachedConfiguration {
         var configuration = MemcachedConfiguration(servers: servers)
         configuration.hash = hash
         configuration.distribution = .modula
+        configuration.flagProfile = .pythonMemcached
+        return configuration
+    }
+
+    /// How pylibmc maps keys to servers: libmemcached's distribution, chosen with its behaviors.
+    public enum PylibmcDistribution: Sendable, Hashable {
+        /// pylibmc's default (no behavior set): libmemcached's modula, which ignores weights.
+        case modula
+        /// `behaviors={"ketama": True}`: libmemcached's own consistent distribution,
+        /// ``MemcachedDistribution/libmemcachedConsistent``, with the configured hash (weighted as
+        /// soon as a server's weight is above 1).
+        case ketama
+        /// `behaviors={"ketama_weighted": True}`: the libketama-compatible continuum with MD5,
+        /// ``MemcachedDistribution/consistentWeighted`` with ``MemcachedHash/md5``.
+        case ketamaWeighted
+    }
+
+    /// A configuration that maps keys and tags values as pylibmc 1.6 does, so a Swift service and
+    /// a Python service using pylibmc share one cluster.
+    ///
+    /// It selects ``MemcachedFlagProfile/pylibmc`` and pylibmc's key mapping; list the servers in
+    /// pylibmc's order. pylibmc pickles objects and floats: give it a `Client` subclass whose
+    /// `serialize`/`deserialize` use JSON for flag 1, as <doc:SharingAClusterWithPython> shows.
+    /// The test suite checks each distribution against the real pylibmc 1.6.3 from PyPI.
+    ///
+    /// ```swift
+    /// // pylibmc.Client(servers, behaviors={"ketama": True})
+    /// let configuration = try MemcachedConfiguration.pylibmcCompatible(
+    ///     servers: ["10.0.0.1:11211", "10.0.0.2:11211"],
+    ///     distribution: .ketama
+    /// )
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - servers: Server strings in any form ``MemcachedServer/init(parsing:)`` accepts.
+    ///   - distribution: pylibmc's behaviors for the distribution. The default is
+    ///     ``PylibmcDistribution/modula``, pylibmc's default.
+    ///   - hash: pylibmc's `hash` behavior. The default is ``MemcachedHash/default``
+    ///     (one-at-a-time), pylibmc's default; ``PylibmcDistribution/ketamaWeighted`` always uses
+    ///     ``MemcachedHash/md5``, as that behavior does.
+    /// - Returns: The configuration, every other field at its default. With
+    ///   ``PylibmcDistribution/modula`` every server's weight is 1, since libmemcached's modula
+    ///   has none.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/invalidServerSpecification``
+    ///   for a string that cannot be parsed.
+    public static func pylibmcCompatible(
+        servers: [String],
+        distribution: PylibmcDistribution = .modula,
+        hash: MemcachedHash = .default
+    ) throws -> MemcachedConfiguration {
+        var servers = try servers.map(MemcachedServer.init(parsing:))
+        var configuration = MemcachedConfiguration(servers: servers)
+        configuration.flagProfile = .pylibmc
+        switch distribution {
+        case .modula:
+            for index in servers.indices {
+                servers[index].weight = 1
+            }
+            configuration.servers = servers
+            configuration.distribution = .modula
+            configuration.hash = hash
+        case .ketama:
+            configuration.distribution = .libmemcachedConsistent
+            configuration.hash = hash
+        case .ketamaWeighted:
+            configuration.distribution = .consistentWeighted
+            configuration.hash = .md5
+        }
+        return configuration
+    }
+
+    /// A configuration that maps keys and tags values as pymemcache 4.0's `HashClient` with its
+    /// serde does, so a Swift service and a Python service using pymemcache share one cluster.
+    ///
+    /// It selects ``MemcachedFlagProfile/pymemcache``, ``MemcachedDistribution/rendezvous`` and
+    /// ``MemcachedHash/pymemcacheMurmur3``. Keys map alike when pymemcache gets them as `str`
+    /// and without its `key_prefix` (see ``MemcachedDistribution/rendezvous``); weights are
+    /// ignored, as `HashClient` has none. pymemcache needs a serde (its default stores only
+    /// bytes and text, both under flag 0), with JSON for flag 1. The test suite checks both
+    /// against the real pymemcache 4.0.0 from PyPI.
+    ///
+    /// - Parameter servers: Server strings in any form ``MemcachedServer/init(parsing:)``
+    ///   accepts, such as pymemcache's `host:port` and `/path/to/socket`.
+    /// - Returns: The configuration, every other field at its default.
+    /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/invalidServerSpecification``
+    ///   for a string that cannot be parsed.
+    public static func pymemcacheCompatible(servers: [String]) throws -> MemcachedConfiguration {
+        var configuration = MemcachedConfiguration(servers: try servers.map(MemcachedServer.init(parsing:)))
+        configuration.flagProfile = .pymemcache
+        configuration.distribution = .rendezvous
+        configuration.hash = .pymemcacheMurmur3
         return configuration
     }
 }

@@ -173,11 +173,13 @@ public struct MemcachedHash: Sendable, Hashable, CustomStringConvertible {
 /// | ``libmemcachedConsistent`` | libmemcached's own continuum (pylibmc's `ketama`) | as ``consistentWeighted`` when any is above 1 | about 1/4 |
 /// | ``rendezvous`` | the highest hash of `server-key` (pymemcache's `HashClient`) | ignored | about 1/4 |
 ///
-/// Every consistent distribution takes any number of servers (1,000 servers build in a few
-/// milliseconds, in about 1.3 MB). The continuum is built by this library, not by libmemcached,
-/// whose own would abort the process beyond 100 servers; it is the same as libmemcached's for up
-/// to 100, key for key. A server that is down (``MemcachedConfiguration/removeFailedServers``)
-/// leaves the continuum, which is rebuilt from the others, as libmemcached does.
+/// Every consistent distribution takes any number of servers (1,000 servers build in about
+/// 12 ms and hold 1.2 MiB). The continuum is built by this library, not by libmemcached, whose
+/// own would abort the process beyond 100 servers; it is the same as libmemcached's for up to
+/// 100, key for key. A server that is down (``MemcachedConfiguration/removeFailedServers``)
+/// leaves the continuum, which is rebuilt from the others as libmemcached rebuilds it: mostly
+/// its keys move, plus those of points the others gain or lose when their shares are rounded
+/// again (see <doc:ScalingOut>).
 ///
 /// The libketama continuums place 40 MD5 digests (160 points) per server, and look keys up with
 /// the configuration's hash. With ``MemcachedHash/md5`` they match libketama and libmemcached's
@@ -219,9 +221,10 @@ public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible
     /// share following its weight, every server named `host:port`.
     ///
     /// It differs from ``consistentWeighted`` only in rounding: libketama takes
-    /// `share × 40.0 × servers` in double precision, so a server gets 40 digests for some numbers
-    /// of servers (29, 31, 41, ...) where libmemcached gives 39, and the other way round for
-    /// others. Use it to share keys with a client built on libketama itself.
+    /// `share × 40.0 × servers` in double precision, so with equal weights a server gets 40
+    /// digests for some numbers of servers (25, 47, 50, 55, 71, 94, 100, ...) where libmemcached
+    /// gives 39, and 39 for a few others (61, 122, 237, ...); with unequal weights either can give
+    /// the larger count. Use it to share keys with a client built on libketama itself.
     public static let libketama = MemcachedDistribution(kind: .libketama)
 
     /// libmemcached's own consistent distribution, `MEMCACHED_DISTRIBUTION_CONSISTENT`: 100
@@ -236,7 +239,10 @@ public struct MemcachedDistribution: Sendable, Hashable, CustomStringConvertible
     /// server scores a key with the configuration's hash of `name-key` and the highest score wins
     /// (a tie goes to the greater name). Servers are named `host:port` (IPv6 hosts without
     /// brackets, port 11211 included) and Unix-domain sockets by their path, as pymemcache names
-    /// them. With ``MemcachedHash/pymemcacheMurmur3`` it is pymemcache's mapping.
+    /// them. With ``MemcachedHash/pymemcacheMurmur3`` it is pymemcache's mapping, for keys
+    /// pymemcache is given as `str` (it hashes a `bytes` key's `repr`, `b'...'`) and without
+    /// pymemcache's `key_prefix` (its `HashClient` hashes the key before the prefix, where this
+    /// library hashes the key it sends, prefix included).
     ///
     /// Adding or removing a server moves only its share of the keys, like a continuum, and needs
     /// no table; but each key is hashed once per server, so keep it for the few servers

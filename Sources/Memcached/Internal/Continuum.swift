@@ -3,7 +3,7 @@ internal import CLibMemcached
 /// A consistent-hashing continuum, built here rather than by libmemcached, which asserts (and so
 /// aborts the process) beyond 100 servers. The handle routes with libmemcached's modula
 /// distribution and a key hash that returns the chosen server's position (see
-/// ``Handle/installContinuum(for:)``), so `position % count` is that position.
+/// ``Handle/installRouter(for:)``), so `position % count` is that position.
 ///
 /// The points are the ones libmemcached 1.1's `update_continuum` (hosts.cc) makes, or, for
 /// ``Scheme/libketama``, the ones libketama's `ketama_create_continuum` makes; the lookup is the

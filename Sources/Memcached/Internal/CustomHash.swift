@@ -74,9 +74,9 @@ final class CustomHashFunction: Sendable, Hashable {
 extension Handle {
     /// Makes `function` the handle's key hash.
     ///
-    /// Must follow every `MEMCACHED_BEHAVIOR_HASH` (which would replace it) and precede the
-    /// servers, so a consistent continuum is built with it. The caller keeps `function` alive for
-    /// as long as the handle and its clones live.
+    /// Must follow every `MEMCACHED_BEHAVIOR_HASH`, which would replace it. The caller keeps
+    /// `function` alive (in `keepAlive`, once this returns) for as long as the handle and its
+    /// clones live.
     func installCustomHash(_ function: CustomHashFunction) throws(MemcachedError) {
         guard let hashkit = hashkit_create(nil) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "hashkit_create failed")

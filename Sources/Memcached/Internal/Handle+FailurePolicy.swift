@@ -149,7 +149,7 @@ extension Handle {
     @inline(never)
     func leaveOutDownServers(_ health: ServerHealth) throws {
         let pointer = try live()
-        serverListGeneration = health.generation
+        let generation = health.generation
         // Every server that is down stays out, due for a probe or not: it comes back when a
         // probe finds it answering (``ServerHealth`` changes its generation then).
         let (down, firstDue) = health.downServers()
@@ -165,6 +165,8 @@ extension Handle {
         memcached_quit(pointer)
         memcached_servers_reset(pointer)
         try addServers(servers)
+        // Only once the list is whole: a rebuild that failed is tried again by the next call.
+        serverListGeneration = generation
     }
 
     /// Counts a failure against the server of the command's key, or, for a command of several

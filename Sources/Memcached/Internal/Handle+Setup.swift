@@ -104,14 +104,14 @@ extension Handle {
                 )
             }
         case .custom(let function):
-            keepAlive = function
             try installCustomHash(function)
+            keepAlive = function
         }
     }
 
     /// libmemcached's distribution is always modula: weighted modula routes through virtual
     /// buckets (``applyBucketList(_:)``) and every consistent distribution through a continuum of
-    /// this library's (``installContinuum(for:)``), both by a key hash that picks the server.
+    /// this library's (``installRouter(for:)``), both by a key hash that picks the server.
     static let libmemcachedDistribution = MEMCACHED_DISTRIBUTION_MODULA
 
     /// Converts a timeout for libmemcached's millisecond behaviours; rounds up so a sub-millisecond
@@ -195,16 +195,19 @@ extension Handle {
                 rendezvous.serverPosition(forKey: bytes)
             }
             return
-        case .consistent, .modula:
+        case .consistent:
             (scheme, weighted) = (.libmemcachedWeighted, false)
         case .consistentWeighted:
             (scheme, weighted) = (.libmemcachedWeighted, true)
         case .libketama:
             (scheme, weighted) = (.libketama, true)
+        case .modula:
+            preconditionFailure("modula routes through libmemcached or the bucket list")
         case .libmemcachedConsistent:
-            // libmemcached turns its unweighted continuum into the weighted one as soon as a
-            // server has a weight above 1 (server_add in hosts.cc).
-            let anyWeight = servers.contains { $0.weight > 1 }
+            // libmemcached turns its unweighted continuum into the weighted one for good as soon
+            // as a server has a weight above 1 (server_add in hosts.cc): the configured servers
+            // decide, not the live ones, or leaving a weighted server out would remap every key.
+            let anyWeight = configuration.servers.contains { $0.weight > 1 }
             (scheme, weighted) = anyWeight ? (.libmemcachedWeighted, true) : (.libmemcachedUnweighted, false)
         }
         let continuum = Continuum(
@@ -223,8 +226,10 @@ extension Handle {
         _ route: @escaping @Sendable (UnsafeRawBufferPointer) -> UInt32
     ) throws(MemcachedError) {
         let function = CustomHashFunction(name: name, function: route)
-        keepAlive = function
+        // Held only once installed: if installing fails, the handle's hashkit still points at the
+        // previous box, which must stay alive.
         try installCustomHash(function)
+        keepAlive = function
     }
 
     /// Maps keys to weighted servers as python-memcached does, without a server entry per unit.
@@ -251,8 +256,8 @@ extension Handle {
         let hash = CustomHashFunction(name: "\(configuration.hash) modulo \(total)") { bytes in
             CustomHashFunction.value(kind, bytes) % buckets
         }
-        keepAlive = hash
         try installCustomHash(hash)
+        keepAlive = hash
         bucketMap = map
         try setBuckets(map)
     }

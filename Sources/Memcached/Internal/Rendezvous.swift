@@ -29,22 +29,30 @@ final class Rendezvous: Sendable {
 
     /// The position of the server with the highest score for `key`.
     func serverPosition(forKey key: UnsafeRawBufferPointer) -> UInt32 {
-        var winner = -1
-        var highScore: UInt32 = 0
-        var text: [UInt8] = []
-        text.reserveCapacity((prefixes.first?.count ?? 0) + key.count + 8)
-        for (position, prefix) in prefixes.enumerated() {
-            text.removeAll(keepingCapacity: true)
-            text.append(contentsOf: prefix)
-            text.append(contentsOf: key)
-            let score = text.withUnsafeBytes { CustomHashFunction.value(hash, $0) }
-            if winner < 0 || score > highScore {
-                (winner, highScore) = (position, score)
-            } else if score == highScore, names[position].lexicographicallyPrecedes(names[winner]) == false {
-                winner = position
+        let longest = prefixes.reduce(0) { max($0, $1.count) } + key.count
+        // `name-key` for each server, in one buffer on the stack (or a short-lived one for long
+        // names): no allocation per key.
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(longest, 1)) { text in
+            var winner = -1
+            var highScore: UInt32 = 0
+            for (position, prefix) in prefixes.enumerated() {
+                _ = text.initialize(fromContentsOf: prefix)
+                let keyStart = text.baseAddress! + prefix.count
+                if let source = key.baseAddress {
+                    keyStart.initialize(from: source.assumingMemoryBound(to: UInt8.self), count: key.count)
+                }
+                let score = CustomHashFunction.value(
+                    hash,
+                    UnsafeRawBufferPointer(start: text.baseAddress, count: prefix.count + key.count)
+                )
+                if winner < 0 || score > highScore {
+                    (winner, highScore) = (position, score)
+                } else if score == highScore, !names[position].lexicographicallyPrecedes(names[winner]) {
+                    winner = position
+                }
             }
+            return UInt32(max(winner, 0))
         }
-        return UInt32(max(winner, 0))
     }
 }
 

@@ -84,7 +84,8 @@ int rawbench_thread_cpu(int tid);
 int rawbench_online_cpus(void);
 /// Makes stdout line-buffered even into a file or a pipe (Swift cannot touch `stdout` safely).
 void rawbench_line_buffer_stdout(void);
-/// Bytes of heap in use (glibc's mallinfo2 `uordblks`), for what a structure holds.
+/// Bytes of heap in use (glibc 2.33's mallinfo2, chunks in use and mmapped), for what a structure
+/// holds; SIZE_MAX where there is no mallinfo2.
 size_t rawbench_heap_in_use(void);
 
 // MARK: - Allocation counting
