@@ -157,23 +157,8 @@ enum ProfileValue: Equatable, Decodable, CustomStringConvertible {
     }
 }
 
-/// One key a Python script wrote: `{"key", "kind", "type", "value"}`.
-struct ProfileWrite: Decodable {
-    var key: String
-    var kind: String
-    var value: ProfileValue
-
-    private enum CodingKeys: String, CodingKey {
-        case key, kind
-    }
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        key = try container.decode(String.self, forKey: .key)
-        kind = try container.decode(String.self, forKey: .kind)
-        value = try ProfileValue(from: decoder)
-    }
-}
+/// One key pylibmc or pymemcache wrote.
+typealias ProfileWrite = ScriptWrite<ProfileValue>
 
 /// The flags a value is stored with, less ``MemcachedFlags/compressed`` (which the connection
 /// removes before decoding): read with the library's own multi-get.

@@ -284,6 +284,12 @@ struct ProfileInteropTests {
 
     // MARK: - pymemcache
 
+    /// A connection with pymemcacheCompatible's mapping, which is HashClient's (see
+    /// pymemcacheMap): the Python side sends each key to the server it names.
+    static func pymemcacheConnection(_ cluster: MemcachedCluster) throws -> MemcachedConnection {
+        try connection(cluster, profile: .pymemcache, hash: .pymemcacheMurmur3, distribution: .rendezvous)
+    }
+
     /// The server our mapping picks for each key, where pymemcache's side sends it.
     static func routes(_ keys: [String], with memc: MemcachedConnection) throws -> [String: String] {
         Dictionary(uniqueKeysWithValues: try keys.map { ($0, try memc.server(forKey: $0)) })
@@ -292,14 +298,7 @@ struct ProfileInteropTests {
     @Test("pymemcache writes 2,000 keys of every kind over 3 servers; we read all of them, equal")
     func pymemcacheWritesSwiftReads() throws {
         try withMemcached(servers: 3) { cluster in
-            // pymemcacheCompatible's mapping, which is HashClient's (see pymemcacheMap); the Python
-            // side sends each key to the server it names.
-            let memc = try Self.connection(
-                cluster,
-                profile: .pymemcache,
-                hash: .pymemcacheMurmur3,
-                distribution: .rendezvous
-            )
+            let memc = try Self.pymemcacheConnection(cluster)
             let keys = try PythonMemcached.run(
                 ["keys", "--count", "\(Self.count)"],
                 script: "pymemcache_interop.py",
@@ -319,14 +318,7 @@ struct ProfileInteropTests {
     @Test("we write 2,000 keys of every kind over 3 servers; pymemcache reads all of them, equal")
     func swiftWritesPymemcacheReads() throws {
         try withMemcached(servers: 3) { cluster in
-            // pymemcacheCompatible's mapping, which is HashClient's (see pymemcacheMap); the Python
-            // side sends each key to the server it names.
-            let memc = try Self.connection(
-                cluster,
-                profile: .pymemcache,
-                hash: .pymemcacheMurmur3,
-                distribution: .rendezvous
-            )
+            let memc = try Self.pymemcacheConnection(cluster)
             let expected = try Self.writeSwiftValues(profile: .pymemcache, cluster: cluster, with: memc)
             let read = try PythonMemcached.withRoutesFile(try Self.routes(Array(expected.keys), with: memc)) { routes in
                 try PythonMemcached.run(

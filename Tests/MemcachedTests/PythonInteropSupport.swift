@@ -159,11 +159,15 @@ enum InteropValue: Equatable, Decodable {
     }
 }
 
-/// One key python-memcached wrote: `{"key", "kind", "type", "value"}`.
-struct PythonWrite: Decodable {
+/// One key python-memcached wrote.
+typealias PythonWrite = ScriptWrite<InteropValue>
+
+/// One key a Python script of `Tests/Python` wrote: `{"key", "kind", "type", "value"}`, the
+/// value decoded from the same object.
+struct ScriptWrite<Value: Decodable>: Decodable {
     var key: String
     var kind: String
-    var value: InteropValue
+    var value: Value
 
     private enum CodingKeys: String, CodingKey {
         case key, kind
@@ -173,6 +177,6 @@ struct PythonWrite: Decodable {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         key = try container.decode(String.self, forKey: .key)
         kind = try container.decode(String.self, forKey: .kind)
-        value = try InteropValue(from: decoder)
+        value = try Value(from: decoder)
     }
 }
