@@ -154,8 +154,8 @@ public final class NutcrackerProcess: Sendable {
                     distribution: distribution,
                     serverTimeout: serverTimeout
                 )
-            } catch MemcachedFixtureError.nutcrackerFailedToStart(_, _, let log)
-                where attempt < portAttempts && log.contains("Address already in use")
+            } catch MemcachedFixtureError.nutcrackerFailedToStart(_, let reason, let log)
+                where attempt < portAttempts && (reason + log).contains("Address already in use")
             {
                 attempt += 1
             }
@@ -274,6 +274,18 @@ public final class NutcrackerProcess: Sendable {
                 )
                 guard version.hasPrefix("VERSION ") else {
                     throw failure("`version` through 127.0.0.1:\(port) answered \(version.debugDescription)")
+                }
+                // nutcracker binds its statistics port before its pool's: another process that took
+                // the pool port between its choice and nutcracker's bind answered that `version`,
+                // and nutcracker is exiting. nutcracker itself closes the connection on `stats`; a
+                // process that answers it is not this proxy.
+                if let reply = try? exchangeRawText(
+                    port: port,
+                    request: "stats\r\n",
+                    terminator: "END\r\n",
+                    timeout: attemptTimeout
+                ), reply.hasPrefix("STAT") {
+                    throw failure("another process answers on 127.0.0.1:\(port): Address already in use")
                 }
                 return
             } catch let error as MemcachedFixtureError {

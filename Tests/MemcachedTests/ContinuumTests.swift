@@ -21,7 +21,12 @@ struct ContinuumTests {
         return try MemcachedConnection(configuration: configuration)
     }
 
-    /// The position of each key's server through the library's public mapping.
+    struct MappingFailure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// The position of each key's server through the library's public mapping, computed at low
+    /// priority (see ``atLowCPUPriority(_:)``).
     static func positions(
         _ keys: [String],
         _ servers: [MemcachedServer],
@@ -30,9 +35,14 @@ struct ContinuumTests {
     ) throws -> [Int] {
         let connection = try connection(servers, distribution, hash: hash)
         let position = Dictionary(uniqueKeysWithValues: servers.enumerated().map { ($1.address.description, $0) })
-        return try keys.map { key in
-            let server = try connection.server(forKey: key)
-            return try #require(position[server], "unknown server \(server)")
+        return try atLowCPUPriority {
+            try keys.map { key in
+                let server = try connection.server(forKey: key)
+                guard let index = position[server] else {
+                    throw MappingFailure(description: "unknown server \(server)")
+                }
+                return index
+            }
         }
     }
 
@@ -44,27 +54,30 @@ struct ContinuumTests {
         hash: MemcachedHash
     ) throws -> [Int] {
         guard case .builtIn(_, let hashValue) = hash.kind else {
-            throw MemcachedError(code: .invalidConfiguration, message: "a built-in hash is needed here")
+            throw MappingFailure(description: "a built-in hash is needed here")
         }
-        let raw = try #require(memcached_create(nil))
-        defer { memcached_free(raw) }
-        try #require(memcached_success(memcached_behavior_set(raw, MEMCACHED_BEHAVIOR_HASH, UInt64(hashValue))))
-        try #require(
-            memcached_success(
-                memcached_behavior_set(raw, MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(distribution.rawValue))
-            )
-        )
-        for server in servers {
-            let rc: memcached_return_t
-            switch server.address {
-            case .tcp(let host, let port):
-                rc = memcached_server_add_with_weight(raw, host, in_port_t(port), UInt32(server.weight))
-            case .unixSocket(let path):
-                rc = memcached_server_add_unix_socket_with_weight(raw, path, UInt32(server.weight))
+        return try atLowCPUPriority {
+            guard let raw = memcached_create(nil) else { throw MappingFailure(description: "memcached_create failed") }
+            defer { memcached_free(raw) }
+            guard memcached_success(memcached_behavior_set(raw, MEMCACHED_BEHAVIOR_HASH, UInt64(hashValue))),
+                memcached_success(
+                    memcached_behavior_set(raw, MEMCACHED_BEHAVIOR_DISTRIBUTION, UInt64(distribution.rawValue))
+                )
+            else {
+                throw MappingFailure(description: "libmemcached refused the hash or the distribution")
             }
-            try #require(memcached_success(rc))
+            for server in servers {
+                let rc: memcached_return_t
+                switch server.address {
+                case .tcp(let host, let port):
+                    rc = memcached_server_add_with_weight(raw, host, in_port_t(port), UInt32(server.weight))
+                case .unixSocket(let path):
+                    rc = memcached_server_add_unix_socket_with_weight(raw, path, UInt32(server.weight))
+                }
+                guard memcached_success(rc) else { throw MappingFailure(description: "libmemcached refused \(server)") }
+            }
+            return keys.map { Int(memcached_generate_hash(raw, $0, $0.utf8.count)) }
         }
-        return keys.map { Int(memcached_generate_hash(raw, $0, $0.utf8.count)) }
     }
 
     /// `count` servers on distinct loopback addresses and ports (never connected to).
@@ -310,15 +323,19 @@ struct ContinuumTests {
             #expect(stored.keysNotApplied.isEmpty, "\(Set(stored.values.compactMap(\.error?.code)))")
 
             let direct = try ports.map { try MemcachedConnection(servers: ["127.0.0.1:\($0)"]) }
-            var misplaced = 0
-            for key in keys {
-                let server = try connection.server(forKey: key)
-                let port = try #require(Int(server.split(separator: ":").last ?? ""))
-                let holder = try #require(ports.firstIndex(of: port))
-                for (index, single) in direct.enumerated() {
-                    let value = try single.get(key, as: String.self)
-                    if (value != nil) != (index == holder) { misplaced += 1 }
+            let misplaced = try atLowCPUPriority {
+                var misplaced = 0
+                for key in keys {
+                    let server = try connection.server(forKey: key)
+                    guard let port = Int(server.split(separator: ":").last ?? ""),
+                        let holder = ports.firstIndex(of: port)
+                    else { throw MappingFailure(description: "unknown server \(server)") }
+                    for (index, single) in direct.enumerated() {
+                        let value = try single.get(key, as: String.self)
+                        if (value != nil) != (index == holder) { misplaced += 1 }
+                    }
                 }
+                return misplaced
             }
             #expect(misplaced == 0, "\(misplaced) keys are not (only) on the server the mapping names")
             let read = try connection.getMulti(keys, as: String.self)
@@ -407,5 +424,19 @@ extension ContinuumTests {
             #expect(moved < keys.count / 10)
             #expect(!after.contains(servers[0].address.description))
         }
+    }
+}
+
+extension ContinuumTests {
+    @Test("the mapping loops run at nice 19, on a thread of their own")
+    func mappingRunsAtLowPriority() throws {
+        #if os(Linux)
+        let inside = try atLowCPUPriority { getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0) }
+        #expect(inside == 19)
+        #expect(
+            getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0) != 19,
+            "the test's own thread keeps its priority"
+        )
+        #endif
     }
 }

@@ -24,7 +24,7 @@ private struct Point: Codable, Equatable, MemcachedValue {
     var x: Int
 }
 
-@Suite("Value flag profiles: each Python client's flags, one table")
+@Suite("Value flag profiles: each Python client's flags, one table", .offCooperativePool)
 struct FlagProfileTests {
     /// The flags each profile writes for each kind of value, as read in the clients' sources:
     /// python-memcached 1.62 `_val_to_store_info`, pylibmc 1.6.3 `_PylibMC_serialize_native`,
@@ -125,7 +125,6 @@ struct FlagProfileTests {
 
     @Test(
         "with each profile, integers are never compressed and long text is, flag 8 beside the type's",
-        .offCooperativePool,
         arguments: profiles
     )
     func compressionWithEachProfile(profile: MemcachedFlagProfile) throws {
@@ -135,9 +134,12 @@ struct FlagProfileTests {
                 $0.compressionThreshold = 0
             }
             let server = cluster.servers[0]
-            #expect(try memc.set("n", Int.max, compression: .above(0)))
+            // 19 equal digits, which zlib shrinks (19 to 11 bytes), and below 2^63, which some
+            // memcached versions refuse to increment at random.
+            let repetitive = 1_111_111_111_111_111_111
+            #expect(try memc.set("n", repetitive, compression: .above(0)))
             #expect(try storedFlags("n", on: server) == (profile == .pylibmc ? 4 : 2))
-            #expect(try memc.increment("n", by: 0) == UInt64(Int.max))
+            #expect(try memc.increment("n", by: 0) == UInt64(repetitive))
             #expect(try memc.set("t", String(repeating: "abc", count: 100)))
             #expect(try storedFlags("t", on: server) == 24)
             #expect(try memc.get("t", as: String.self) == String(repeating: "abc", count: 100))

@@ -180,6 +180,9 @@ struct ProfileInteropTests {
                 distribution: mapping.distribution,
                 weights: mapping.weights
             )
+            // Every value equal, under every profile, with pylibmc's flags; before the increments,
+            // which change the integers.
+            try Self.checkPythonWrites(written, profile: .pylibmc, cluster: cluster, with: memc)
 
             // increment keeps pylibmc's flags (4), so pylibmc reads the new number as an int; a
             // negative number is not one memcached can increment. (Numbers of 2^63 and more are

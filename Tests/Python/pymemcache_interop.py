@@ -51,7 +51,11 @@ class Routed:
 
     def __init__(self, routes):
         self.routes = routes
-        self.clients = {address: Client(address, serde=SERDE) for address in sorted(set(routes.values()))}
+        # Bounded waits: a stalled server fails the script instead of hanging the test run.
+        self.clients = {
+            address: Client(address, serde=SERDE, connect_timeout=10, timeout=10)
+            for address in sorted(set(routes.values()))
+        }
 
     def client(self, key):
         return self.clients[self.routes[key]]

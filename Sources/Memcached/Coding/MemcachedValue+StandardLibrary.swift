@@ -154,8 +154,9 @@ extension Bool: MemcachedValue {
         return MemcachedPayload(bytes: self ? [0x31] : [0x30], flags: flags)
     }
 
-    /// Reads `1`/`0` (any flags but serialized), or JSON `true`/`false` (serialized), whichever
-    /// profile wrote it.
+    /// Reads `1`/`0`, `true`/`false` or Python's `True`/`False`, with any flags (surrounding
+    /// whitespace ignored): what every profile and Python client writes for a boolean, and text
+    /// that spells one.
     ///
     /// - Throws: ``MemcachedError/Code/undecodableValue`` for anything else.
     public init(

@@ -124,8 +124,8 @@ extension MemcachedConfiguration {
     /// It selects ``MemcachedFlagProfile/pymemcache``, ``MemcachedDistribution/rendezvous`` and
     /// ``MemcachedHash/pymemcacheMurmur3``. Keys map alike when pymemcache gets them as `str`
     /// and without its `key_prefix` (see ``MemcachedDistribution/rendezvous``); weights are
-    /// ignored, as `HashClient` has none. pymemcache needs a serde (its default stores only
-    /// bytes and text, both under flag 0), with JSON for flag 1. The test suite checks both
+    /// ignored, as `HashClient` has none. pymemcache needs a serde (without one it stores every
+    /// value as its `str()` text under flag 0), with JSON for flag 1. The test suite checks both
     /// against the real pymemcache 4.0.0 from PyPI.
     ///
     /// - Parameter servers: Server strings in any form ``MemcachedServer/init(parsing:)``

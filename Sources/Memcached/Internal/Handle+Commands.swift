@@ -959,9 +959,16 @@ extension Handle {
         // libmemcached 1.1.4's memcached_server_execute (instance.cc), which runs `stats` on each
         // server, returns MEMCACHED_SUCCESS even when the server failed, for example when it closed
         // the connection (as twemproxy does, which does not forward `stats`). This handle is fresh
-        // and serves one server, so an error recorded on that server is this call's.
+        // and serves one server, so an error recorded on that server is this call's, unless the
+        // server answered anyway: a host name whose first address refused leaves that error
+        // recorded after libmemcached connected to the next one, and the connection is then open.
         if let (instance, server) = try serverInstances().first, let error = serverError(instance, server: server) {
-            throw error
+            let answered =
+                ServerConnectionState.isAvailable
+                ? ServerConnectionState.descriptor(of: instance) != nil : !collector.values.isEmpty
+            if !answered {
+                throw error
+            }
         }
         return collector.values
     }
