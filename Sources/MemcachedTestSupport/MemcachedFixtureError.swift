@@ -37,6 +37,7 @@ public enum MemcachedFixtureError: Error, CustomStringConvertible, Sendable {
     /// `nutcracker` exited during startup or did not become ready in time; `log` is its log file.
     case nutcrackerFailedToStart(pid: pid_t, reason: String, log: String)
 
+    /// The failure, with the process's output or log and, where there is one, what to do about it.
     public var description: String {
         switch self {
         case .memcachedNotInstalled(let directories):

@@ -60,6 +60,16 @@ struct ProfileInteropTests {
         return try MemcachedConnection(configuration: configuration)
     }
 
+    /// A connection configured by ``MemcachedConfiguration/pylibmcCompatible(servers:distribution:hash:)``
+    /// for the mapping, with the tests' timeout and compression threshold.
+    static func pylibmcConnection(_ cluster: MemcachedCluster, _ mapping: PylibmcMapping) throws -> MemcachedConnection
+    {
+        var configuration = try mapping.configuration(cluster.addresses)
+        configuration.timeout = .seconds(2)
+        configuration.compressionThreshold = 100
+        return try MemcachedConnection(configuration: configuration)
+    }
+
     // MARK: - Checks shared by both clients
 
     /// Reads what Python wrote: with each value's Swift type, with a connection of every profile
@@ -173,13 +183,7 @@ struct ProfileInteropTests {
                 script: "pylibmc_interop.py",
                 as: [ProfileWrite].self
             )
-            let memc = try Self.connection(
-                cluster,
-                profile: .pylibmc,
-                hash: mapping.hash,
-                distribution: mapping.distribution,
-                weights: mapping.weights
-            )
+            let memc = try Self.pylibmcConnection(cluster, mapping)
             // Every value equal, under every profile, with pylibmc's flags; before the increments,
             // which change the integers.
             try Self.checkPythonWrites(written, profile: .pylibmc, cluster: cluster, with: memc)
@@ -225,13 +229,7 @@ struct ProfileInteropTests {
     )
     func swiftWritesPylibmcReads(mapping: PylibmcMapping) throws {
         try withMemcached(servers: 3) { cluster in
-            let memc = try Self.connection(
-                cluster,
-                profile: .pylibmc,
-                hash: mapping.hash,
-                distribution: mapping.distribution,
-                weights: mapping.weights
-            )
+            let memc = try Self.pylibmcConnection(cluster, mapping)
             let expected = try Self.writeSwiftValues(profile: .pylibmc, cluster: cluster, with: memc)
             let read = try PythonMemcached.run(
                 [

@@ -15,9 +15,8 @@
 ///
 /// Compressed values arrive decompressed, with the type their other flags say. Storing one writes
 /// it with the configured ``MemcachedFlagProfile``'s flags for its case (an object's bytes
-/// unchanged), so text,
-/// integers, bytes and objects move between keys or servers without knowing their type; what
-/// was read as ``bytes(_:)`` (unknown flags, a long beyond `Int`, text that is not UTF-8) is
+/// unchanged), so text, integers, bytes and objects move between keys or servers without knowing
+/// their type; what was read as ``bytes(_:)`` (unknown flags, a long beyond `Int`, text that is not UTF-8) is
 /// written back as plain bytes, flag 0.
 public enum MemcachedStoredValue: Sendable, Hashable, MemcachedValue {
     /// UTF-8 text (``MemcachedFlags/text``), python-memcached's `str`.

@@ -52,9 +52,10 @@ public struct MemcachedPayload: Sendable, Hashable {
 /// value protocol every command takes.
 ///
 /// `String`, `[UInt8]`, `Data`, every fixed-width integer, `Bool` and `Double` conform, using
-/// python-memcached's flags, or those of the configured ``MemcachedFlagProfile``. A `Codable` type conforms with one empty extension, and is then
-/// stored by the client's ``MemcachedConfiguration/objectCoder`` (JSON by default) with
-/// ``MemcachedFlags/serialized``, as python-memcached pickles objects:
+/// python-memcached's flags, or those of the configured ``MemcachedFlagProfile``. A `Codable`
+/// type conforms with one empty extension, and is then stored by the client's
+/// ``MemcachedConfiguration/objectCoder`` (JSON by default) with ``MemcachedFlags/serialized``,
+/// as python-memcached pickles objects:
 ///
 /// ```swift
 /// struct Film: Codable { var title: String; var rentals: Int }

@@ -97,15 +97,11 @@ extension MemcachedConfiguration {
         distribution: PylibmcDistribution = .modula,
         hash: MemcachedHash = .default
     ) throws -> MemcachedConfiguration {
-        var servers = try servers.map(MemcachedServer.init(parsing:))
-        var configuration = MemcachedConfiguration(servers: servers)
+        var configuration = try MemcachedConfiguration(servers: servers)
         configuration.flagProfile = .pylibmc
         switch distribution {
         case .modula:
-            for index in servers.indices {
-                servers[index].weight = 1
-            }
-            configuration.servers = servers
+            configuration.servers = configuration.servers.map { MemcachedServer(address: $0.address) }
             configuration.distribution = .modula
             configuration.hash = hash
         case .ketama:
@@ -134,7 +130,7 @@ extension MemcachedConfiguration {
     /// - Throws: ``MemcachedError`` with code ``MemcachedError/Code/invalidServerSpecification``
     ///   for a string that cannot be parsed.
     public static func pymemcacheCompatible(servers: [String]) throws -> MemcachedConfiguration {
-        var configuration = MemcachedConfiguration(servers: try servers.map(MemcachedServer.init(parsing:)))
+        var configuration = try MemcachedConfiguration(servers: servers)
         configuration.flagProfile = .pymemcache
         configuration.distribution = .rendezvous
         configuration.hash = .pymemcacheMurmur3

@@ -29,9 +29,6 @@ final class Continuum: Sendable {
     /// position as in libmemcached.
     private let points: [UInt64]
 
-    /// The number of points.
-    var count: Int { points.count }
-
     /// Builds the continuum of `servers`, in their order.
     ///
     /// - Parameters:

@@ -74,9 +74,9 @@ final class CustomHashFunction: Sendable, Hashable {
 extension Handle {
     /// Makes `function` the handle's key hash.
     ///
-    /// Must follow every `MEMCACHED_BEHAVIOR_HASH`, which would replace it. The caller keeps
-    /// `function` alive (in `keepAlive`, once this returns) for as long as the handle and its
-    /// clones live.
+    /// Must follow every `MEMCACHED_BEHAVIOR_HASH`, which would replace it. Once installed,
+    /// `function` is held in `keepAlive`, which clones copy, so it lives as long as the handle and
+    /// its clones; if installing fails, the previous box, which the hashkit still points at, stays.
     func installCustomHash(_ function: CustomHashFunction) throws(MemcachedError) {
         guard let hashkit = hashkit_create(nil) else {
             throw MemcachedError(code: .memoryAllocationFailure, message: "hashkit_create failed")
@@ -107,5 +107,6 @@ extension Handle {
                 message: "libmemcached refused the custom hash \(function.name): \(lastErrorMessage(for: rc))"
             )
         }
+        keepAlive = function
     }
 }

@@ -105,7 +105,6 @@ extension Handle {
             }
         case .custom(let function):
             try installCustomHash(function)
-            keepAlive = function
         }
     }
 
@@ -191,9 +190,11 @@ extension Handle {
         switch configuration.distribution.kind {
         case .rendezvous:
             let rendezvous = Rendezvous(names: servers.map(Rendezvous.name(of:)), hash: keyHash)
-            try installRoute(named: "rendezvous with \(configuration.hash)") { bytes in
-                rendezvous.serverPosition(forKey: bytes)
-            }
+            try installCustomHash(
+                CustomHashFunction(name: "rendezvous with \(configuration.hash)") { bytes in
+                    rendezvous.serverPosition(forKey: bytes)
+                }
+            )
             return
         case .consistent:
             (scheme, weighted) = (.libmemcachedWeighted, false)
@@ -215,21 +216,11 @@ extension Handle {
             scheme: scheme,
             keyHash: keyHash
         )
-        try installRoute(named: "\(configuration.hash) on a \(configuration.distribution) continuum") { bytes in
-            continuum.serverPosition(forHash: CustomHashFunction.value(keyHash, bytes))
-        }
-    }
-
-    /// Installs `route`, which gives a key's server position, as the key hash.
-    private func installRoute(
-        named name: String,
-        _ route: @escaping @Sendable (UnsafeRawBufferPointer) -> UInt32
-    ) throws(MemcachedError) {
-        let function = CustomHashFunction(name: name, function: route)
-        // Held only once installed: if installing fails, the handle's hashkit still points at the
-        // previous box, which must stay alive.
-        try installCustomHash(function)
-        keepAlive = function
+        try installCustomHash(
+            CustomHashFunction(name: "\(configuration.hash) on a \(configuration.distribution) continuum") { bytes in
+                continuum.serverPosition(forHash: CustomHashFunction.value(keyHash, bytes))
+            }
+        )
     }
 
     /// Maps keys to weighted servers as python-memcached does, without a server entry per unit.
@@ -257,7 +248,6 @@ extension Handle {
             CustomHashFunction.value(kind, bytes) % buckets
         }
         try installCustomHash(hash)
-        keepAlive = hash
         bucketMap = map
         try setBuckets(map)
     }

@@ -11,11 +11,14 @@ final class Rendezvous: Sendable {
     /// for UTF-8 is byte order).
     private let names: [[UInt8]]
     private let hash: MemcachedHash.Kind
+    /// The longest prefix: where the key starts in a lookup's buffer.
+    private let keyOffset: Int
 
     init(names: [String], hash: MemcachedHash.Kind) {
         self.names = names.map { Array($0.utf8) }
         self.prefixes = self.names.map { $0 + [UInt8(ascii: "-")] }
         self.hash = hash
+        self.keyOffset = prefixes.map(\.count).max() ?? 0
     }
 
     /// A server's name as pymemcache's `HashClient` names its nodes: `host:port` (an IPv6 host
@@ -29,21 +32,21 @@ final class Rendezvous: Sendable {
 
     /// The position of the server with the highest score for `key`.
     func serverPosition(forKey key: UnsafeRawBufferPointer) -> UInt32 {
-        let longest = prefixes.reduce(0) { max($0, $1.count) } + key.count
-        // `name-key` for each server, in one buffer on the stack (or a short-lived one for long
-        // names): no allocation per key.
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(longest, 1)) { text in
+        // `name-key` for each server in one buffer on the stack (no allocation per key): the key
+        // once, at the end, and each server's prefix written just before it in turn.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(keyOffset + key.count, 1)) { text in
+            let base = text.baseAddress!
+            if let source = key.baseAddress {
+                (base + keyOffset).initialize(from: source.assumingMemoryBound(to: UInt8.self), count: key.count)
+            }
             var winner = -1
             var highScore: UInt32 = 0
             for (position, prefix) in prefixes.enumerated() {
-                _ = text.initialize(fromContentsOf: prefix)
-                let keyStart = text.baseAddress! + prefix.count
-                if let source = key.baseAddress {
-                    keyStart.initialize(from: source.assumingMemoryBound(to: UInt8.self), count: key.count)
-                }
+                let start = base + (keyOffset - prefix.count)
+                prefix.withUnsafeBufferPointer { start.initialize(from: $0.baseAddress!, count: $0.count) }
                 let score = CustomHashFunction.value(
                     hash,
-                    UnsafeRawBufferPointer(start: text.baseAddress, count: prefix.count + key.count)
+                    UnsafeRawBufferPointer(start: start, count: prefix.count + key.count)
                 )
                 if winner < 0 || score > highScore {
                     (winner, highScore) = (position, score)
